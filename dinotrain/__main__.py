@@ -1,0 +1,5 @@
+import sys
+
+from dinotrain.cli import main
+
+sys.exit(main())

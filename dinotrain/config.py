@@ -1,0 +1,385 @@
+"""The typed configuration schema: every default lives here, YAML files hold only deltas.
+
+`load_config(path, overrides)` merges schema <- YAML <- dotlist and validates up front, raising
+`ConfigError` with one line that names the key and the fix. Fields carry their help text and
+allowed values in dataclass metadata so the CLI, the validator and the README's config
+reference all read one source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A bad configuration: the message is one line naming the key and the fix."""
+
+
+def opt(default: Any = MISSING, help: str = "", choices: tuple | None = None, factory=None) -> Any:
+    """A schema field with help text and (for enums) the allowed values."""
+    meta = {"help": help}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class SourceConfig:
+    name: str = opt(MISSING, "name of this shard set (used in logs and sweeps)")
+    path: str = opt(MISSING, "folder or s3:// prefix holding the shards and manifest.json of `shards build`")
+    weight: float = opt(1.0, "relative sampling weight in the mixture")
+    max_samples: Optional[float] = opt(
+        None, "use a deterministic nested subset: a count (>= 1) or a fraction (< 1); null = all"
+    )
+    split: str = opt("train", "which split's shards to read", choices=("train", "val", "test"))
+
+
+@dataclass
+class DataConfig:
+    sources: list[SourceConfig] = opt(help="shard sets to train on (the diversity axis)", factory=list)
+    batch_size_per_gpu: int = opt(40, "images per process and step (RAD-DINO: 40 per GPU)")
+    num_threads: int = opt(4, "DALI CPU threads per process")
+    device: str = opt("auto", "where DALI decodes and augments", choices=("auto", "cpu", "gpu"))
+    channels: int = opt(3, "channels fed to the model; grayscale is repeated (RAD-DINO: 3)", choices=(1, 3))
+    seed: int = opt(0, "seed of sample order, subsets and augmentation")
+    global_crops_number: int = opt(2, "global crops per image (DINO uses 2)")
+    global_crops_size: int = opt(224, "global crop side in pixels")
+    global_crops_scale: list[float] = opt(help="area fraction range of global crops", factory=lambda: [0.32, 1.0])
+    local_crops_number: int = opt(8, "local crops per image")
+    local_crops_size: int = opt(98, "local crop side in pixels")
+    local_crops_scale: list[float] = opt(help="area fraction range of local crops", factory=lambda: [0.05, 0.32])
+    flip_p: float = opt(0.5, "probability of a horizontal flip")
+    intensity_p: float = opt(0.8, "probability of brightness/contrast/gamma jitter")
+    brightness: float = opt(0.4, "brightness jitter amplitude (multiplicative)")
+    contrast: float = opt(0.4, "contrast jitter amplitude")
+    gamma: float = opt(0.2, "gamma jitter amplitude (gamma in [1-g, 1+g])")
+    blur_p_global1: float = opt(1.0, "probability of Gaussian blur on the first global crop")
+    blur_p_global2: float = opt(0.1, "probability of Gaussian blur on the second global crop")
+    solarize_p_global2: float = opt(0.2, "probability of solarisation on the second global crop")
+    blur_p_local: float = opt(0.5, "probability of Gaussian blur on each local crop")
+    mean: float = opt(0.5307, "normalisation mean (RAD-DINO)")
+    std: float = opt(0.2583, "normalisation std (RAD-DINO)")
+    shuffle_buffer: int = opt(256, "samples in the reader's shuffle buffer")
+
+
+# ----------------------------------------------------------------------------- model
+@dataclass
+class ModelConfig:
+    arch: str = opt(
+        "vit_base", "backbone size", choices=("vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant2")
+    )
+    patch_size: int = opt(14, "patch side in pixels")
+    img_size: int = opt(518, "size the position embeddings are defined for (DINOv2: 518 = 37 x 14)")
+    in_chans: int = opt(3, "input channels (1 for grayscale-native models)")
+    num_register_tokens: int = opt(0, "register tokens (RAD-DINO: 0)")
+    ffn: str = opt("mlp", "feed-forward layer", choices=("mlp", "swiglu"))
+    layerscale_init: float = opt(1e-5, "LayerScale initial value")
+    drop_path_rate: float = opt(0.1, "stochastic depth rate of the student")
+    attn_backend: str = opt("auto", "attention kernel", choices=("auto", "sdpa", "xformers"))
+    pretrained: Optional[str] = opt(None, "initial backbone weights: DINOv2 .pth/.safetensors or a HF folder")
+    pretrained_head: Optional[str] = opt(None, "initial DINO head weights (dino_head.safetensors as RAD-DINO)")
+
+
+# ----------------------------------------------------------------------------- ssl
+@dataclass
+class SSLConfig:
+    dino_loss_weight: float = opt(1.0, "weight of the DINO (CLS) loss")
+    ibot_loss_weight: float = opt(1.0, "weight of the iBOT (masked patch) loss")
+    koleo_loss_weight: float = opt(0.1, "weight of the KoLeo regulariser")
+    head_n_prototypes: int = opt(65536, "DINO head output dimension")
+    head_hidden_dim: int = opt(2048, "DINO head hidden dimension")
+    head_bottleneck_dim: int = opt(256, "DINO head bottleneck dimension")
+    head_nlayers: int = opt(3, "DINO head MLP layers")
+    ibot_separate_head: bool = opt(False, "give iBOT its own head (else shared with DINO)")
+    mask_ratio_min: float = opt(0.1, "minimum iBOT mask ratio")
+    mask_ratio_max: float = opt(0.5, "maximum iBOT mask ratio")
+    mask_sample_probability: float = opt(0.5, "fraction of global crops that get iBOT masks")
+    centering: str = opt("sinkhorn_knopp", "teacher centring", choices=("sinkhorn_knopp", "softmax_center"))
+    sinkhorn_iterations: int = opt(3, "Sinkhorn-Knopp iterations (fp32)")
+    center_momentum: float = opt(0.9, "momentum of the softmax centre")
+    student_temp: float = opt(0.1, "student softmax temperature")
+    teacher_temp: float = opt(0.07, "teacher temperature after warm-up")
+    warmup_teacher_temp: float = opt(0.04, "teacher temperature at step 0")
+    warmup_teacher_temp_steps: int = opt(37500, "steps of teacher temperature warm-up")
+    momentum_teacher: float = opt(0.992, "EMA momentum at step 0")
+    final_momentum_teacher: float = opt(1.0, "EMA momentum at the last step (cosine)")
+
+
+# ----------------------------------------------------------------------------- optim
+@dataclass
+class OptimConfig:
+    lr: float = opt(0.004, "base learning rate for a global batch of 1024 (see lr_scaling)")
+    lr_scaling: str = opt("sqrt_wrt_1024", "how lr scales with global batch", choices=("sqrt_wrt_1024", "none"))
+    min_lr: float = opt(1e-6, "learning rate at the end of the cosine")
+    warmup_steps: int = opt(12500, "linear lr warm-up steps")
+    weight_decay: float = opt(0.04, "weight decay at step 0")
+    weight_decay_end: float = opt(0.4, "weight decay at the last step (cosine)")
+    beta1: float = opt(0.9, "AdamW beta1")
+    beta2: float = opt(0.999, "AdamW beta2")
+    clip_grad: float = opt(3.0, "gradient norm clip (0 = off)")
+    layerwise_decay: float = opt(0.9, "layer-wise lr decay")
+    patch_embed_lr_mult: float = opt(0.2, "lr multiplier of the patch embedding")
+    freeze_last_layer_steps: int = opt(1250, "steps with the heads' last layer frozen")
+
+
+# ----------------------------------------------------------------------------- train
+@dataclass
+class TrainConfig:
+    max_steps: int = opt(35000, "optimisation steps (RAD-DINO's released checkpoint: 35k)")
+    seed: int = opt(0, "seed of model init and everything random outside the loader")
+    device: str = opt("auto", "compute device", choices=("auto", "cpu", "cuda"))
+    log_every: int = opt(10, "steps between metrics.jsonl lines")
+    checkpoint_every: int = opt(1000, "steps between DCP checkpoints (and one at the end)")
+    keep_checkpoints: int = opt(3, "how many checkpoints to keep")
+    export_every: int = opt(5000, "steps between teacher exports (HF + DINOv2), 0 = only at the end")
+    resume: bool = opt(True, "resume from the newest complete checkpoint in output_dir")
+    max_nonfinite_steps: int = opt(0, "skipped non-finite steps tolerated before stopping")
+    deterministic: bool = opt(False, "deterministic kernels (slower; used for exact-resume tests)")
+    progress: bool = opt(True, "progress bar on rank 0")
+
+
+# ----------------------------------------------------------------------------- parallel
+@dataclass
+class ParallelConfig:
+    fsdp: bool = opt(True, "shard student and teacher with FSDP2 when more than one process")
+    mixed_precision: str = opt("auto", "param dtype (auto: bf16 on GPU, fp32 on CPU)", choices=("auto", "bf16", "fp16", "fp32"))
+    activation_checkpointing: str = opt("none", "recompute activations", choices=("none", "selective", "full"))
+    compile: bool = opt(False, "torch.compile the blocks")
+    backend: str = opt("auto", "process group backend (auto: nccl on GPU, gloo on CPU)", choices=("auto", "nccl", "gloo"))
+    reshard_after_forward: bool = opt(True, "FSDP2 frees unsharded params after forward")
+
+
+# ----------------------------------------------------------------------------- launch
+@dataclass
+class LaunchConfig:
+    cluster: str = opt("slurm", "where jobs run", choices=("slurm", "local", "debug"))
+    nodes: int = opt(1, "SLURM nodes")
+    tasks_per_node: int = opt(1, "processes per node (= GPUs per node on GPU clusters)")
+    gpus_per_node: int = opt(0, "GPUs requested per node")
+    cpus_per_task: int = opt(8, "CPU cores per process")
+    mem_gb: int = opt(0, "memory per node in GB (0 = SLURM default)")
+    partition: Optional[str] = opt(None, "SLURM partition")
+    account: Optional[str] = opt(None, "SLURM account")
+    qos: Optional[str] = opt(None, "SLURM QOS")
+    time_minutes: int = opt(4320, "wall-clock limit per job (requeued jobs resume)")
+    constraint: Optional[str] = opt(None, "SLURM node constraint")
+    exclusive: bool = opt(False, "request whole nodes")
+    signal_delay_s: int = opt(120, "seconds before the time limit at which SLURM signals the job")
+    max_num_timeout: int = opt(20, "requeues allowed after time-outs/preemption")
+    array_parallelism: int = opt(64, "sweep runs running at once")
+    folder: Optional[str] = opt(None, "submitit job folder (default: <output_dir>/jobs); must be shared storage")
+    additional_parameters: dict[str, Any] = opt(help="extra sbatch parameters", factory=dict)
+    setup: list[str] = opt(help="shell lines run before the task (module load ...)", factory=list)
+    run_eval: bool = opt(True, "evaluate the exported teacher after training")
+
+
+# ----------------------------------------------------------------------------- eval
+@dataclass
+class EvalConfig:
+    tasks: list[str] = opt(help="task specs (built-in names or YAML paths) run after training", factory=list)
+    data_root: Optional[str] = opt(None, "root folder of the eval data sets (e.g. ../shared/data)")
+    batch_size: int = opt(32, "feature extraction batch size")
+    resolution: int = opt(518, "eval input size (RAD-DINO: resize 518 + centre crop 518)")
+    knn_k: int = opt(20, "k of the kNN classifier")
+    knn_temperature: float = opt(0.07, "kNN vote temperature (DINO)")
+    bootstrap: int = opt(1000, "bootstrap resamples for 95% CIs")
+    cache_dir: Optional[str] = opt(None, "feature cache folder (default: <out>/cache)")
+
+
+@dataclass
+class Config:
+    output_dir: str = opt("runs/dinotrain", "run directory: config.yaml, metrics.jsonl, ckpt/, export/")
+    data: DataConfig = opt(help="data pipeline", factory=DataConfig)
+    model: ModelConfig = opt(help="backbone", factory=ModelConfig)
+    ssl: SSLConfig = opt(help="self-supervised objectives", factory=SSLConfig)
+    optim: OptimConfig = opt(help="optimiser and schedules", factory=OptimConfig)
+    train: TrainConfig = opt(help="training loop", factory=TrainConfig)
+    parallel: ParallelConfig = opt(help="distribution and precision", factory=ParallelConfig)
+    launch: LaunchConfig = opt(help="job submission", factory=LaunchConfig)
+    eval: EvalConfig = opt(help="frozen-feature evaluation", factory=EvalConfig)
+
+
+# ----------------------------------------------------------------------------- loading
+def schema() -> DictConfig:
+    return OmegaConf.structured(Config)
+
+
+def _dataclass_of(tp: Any):
+    """The dataclass a field holds, directly or as list elements (for `data.sources`)."""
+    if dataclasses.is_dataclass(tp):
+        return tp, False
+    args = getattr(tp, "__args__", None)
+    if args and dataclasses.is_dataclass(args[0]):
+        return args[0], True
+    return None, False
+
+
+def _check_key(dotted: str) -> None:
+    """Raise ConfigError for a key the schema does not have, suggesting the nearest one."""
+    cls = Config
+    parts = dotted.split(".")
+    i = 0
+    while i < len(parts):
+        hints = typing.get_type_hints(cls)
+        if parts[i] not in hints:
+            all_keys = [k for k, _ in iter_fields()]
+            near = difflib.get_close_matches(dotted, all_keys, n=1, cutoff=0.6)
+            hint = f"did you mean '{near[0]}'?" if near else "run `dinotrain train --print-config` to list the keys"
+            raise ConfigError(f"unknown config key '{dotted}': {hint}")
+        inner, is_list = _dataclass_of(hints[parts[i]])
+        if inner is None:
+            return  # a leaf, or a free-form dict such as launch.additional_parameters
+        cls = inner
+        i += 1
+        if is_list and i < len(parts) and parts[i].isdigit():
+            i += 1
+
+
+def _walk_yaml(node: Any, prefix: str = ""):
+    """Dotted keys of a YAML delta, descending into sections (and list items of dataclasses)."""
+    if isinstance(node, (dict, DictConfig)):
+        for k, v in node.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            yield key
+            yield from _walk_yaml(v, key)
+    elif isinstance(node, (list, ListConfig)):
+        for i, v in enumerate(node):
+            if isinstance(v, (dict, DictConfig)):
+                yield from _walk_yaml(v, f"{prefix}.{i}")
+
+
+def iter_fields(cls=Config, prefix: str = ""):
+    """(dotted key, Field) for every leaf of the schema, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        inner, is_list = _dataclass_of(hints[f.name])
+        if inner is not None and not is_list:
+            yield from iter_fields(inner, key)
+        else:
+            yield key, f
+
+
+def _omegaconf_message(e: OmegaConfBaseException, origin: str) -> str:
+    key = getattr(e, "full_key", None) or "?"
+    msg = str(e).splitlines()[0]
+    return f"{origin}: invalid value for '{key}': {msg}"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
+    """Schema defaults <- YAML file <- dotlist overrides, then validated. Raises ConfigError."""
+    cfg = schema()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' not found: give a YAML path such as configs/pretrain/vitb14_cxr.yaml")
+        try:
+            delta = OmegaConf.load(path)
+        except Exception as e:  # yaml syntax errors
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+        for key in _walk_yaml(delta):
+            _check_key_origin(key, str(path))
+        try:
+            cfg = OmegaConf.merge(cfg, delta)
+        except OmegaConfBaseException as e:
+            raise ConfigError(_omegaconf_message(e, str(path))) from e
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not key=value: write e.g. optim.lr=1e-3")
+        key = item.split("=", 1)[0].lstrip("+")
+        _check_key_origin(key, "override")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as e:
+            raise ConfigError(_omegaconf_message(e, f"override '{item}'")) from e
+    validate(cfg)
+    return cfg
+
+
+def _check_key_origin(key: str, origin: str) -> None:
+    try:
+        _check_key(key)
+    except ConfigError as e:
+        raise ConfigError(f"{origin}: {e}") from None
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, throw_on_missing=False)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Semantic checks the types cannot express. Raises ConfigError naming the key and the fix."""
+    for key, f in iter_fields():
+        choices = f.metadata.get("choices")
+        value = _get(cfg, key)
+        if choices is not None and value not in choices:
+            allowed = ", ".join(str(c) for c in choices)
+            raise ConfigError(f"invalid value {value!r} for '{key}': allowed values are {allowed}")
+
+    def need(cond: bool, key: str, fix: str) -> None:
+        if not cond:
+            raise ConfigError(f"invalid value {_get(cfg, key)!r} for '{key}': {fix}")
+
+    for key in ("data.flip_p", "data.intensity_p", "data.blur_p_global1", "data.blur_p_global2",
+                "data.solarize_p_global2", "data.blur_p_local", "ssl.mask_sample_probability"):
+        need(0.0 <= _get(cfg, key) <= 1.0, key, "a probability must be in [0, 1]")
+    for key in ("data.global_crops_scale", "data.local_crops_scale"):
+        v = list(_get(cfg, key))
+        need(len(v) == 2 and 0 < v[0] <= v[1] <= 1, key, "write [min, max] with 0 < min <= max <= 1")
+    need(0 <= cfg.ssl.mask_ratio_min <= cfg.ssl.mask_ratio_max < 1, "ssl.mask_ratio_max",
+         "need 0 <= ssl.mask_ratio_min <= ssl.mask_ratio_max < 1")
+    for key in ("data.global_crops_size", "data.local_crops_size", "model.img_size"):
+        need(_get(cfg, key) % cfg.model.patch_size == 0, key,
+             f"must be a multiple of model.patch_size={cfg.model.patch_size} (e.g. 224, 98, 518 for 14)")
+    need(cfg.data.global_crops_number >= 1, "data.global_crops_number", "must be >= 1")
+    need(cfg.data.local_crops_number >= 0, "data.local_crops_number", "must be >= 0")
+    need(cfg.data.batch_size_per_gpu >= 1, "data.batch_size_per_gpu", "must be >= 1")
+    need(cfg.data.std > 0, "data.std", "must be > 0")
+    need(cfg.optim.lr > 0 and math.isfinite(cfg.optim.lr), "optim.lr", "must be a positive number such as 1e-3")
+    need(0 < cfg.optim.layerwise_decay <= 1, "optim.layerwise_decay", "must be in (0, 1]")
+    need(cfg.optim.clip_grad >= 0, "optim.clip_grad", "must be >= 0 (0 disables clipping)")
+    need(cfg.train.max_steps >= 1, "train.max_steps", "must be >= 1")
+    need(cfg.train.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
+    need(cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+    need(cfg.train.log_every >= 1, "train.log_every", "must be >= 1")
+    need(0 <= cfg.model.drop_path_rate < 1, "model.drop_path_rate", "must be in [0, 1)")
+    need(0 <= cfg.ssl.momentum_teacher <= cfg.ssl.final_momentum_teacher <= 1, "ssl.momentum_teacher",
+         "need 0 <= ssl.momentum_teacher <= ssl.final_momentum_teacher <= 1")
+    for key in ("launch.nodes", "launch.tasks_per_node", "launch.cpus_per_task", "launch.time_minutes"):
+        need(_get(cfg, key) >= 1, key, "must be >= 1")
+    for i, src in enumerate(cfg.data.sources):
+        for name in ("name", "path"):
+            if OmegaConf.is_missing(src, name):
+                raise ConfigError(f"data.sources.{i}.{name} is missing: every source needs name and path")
+        need(src.weight > 0, f"data.sources.{i}.weight", "must be > 0")
+        if src.max_samples is not None:
+            need(src.max_samples > 0, f"data.sources.{i}.max_samples", "a count >= 1 or a fraction in (0, 1)")
+            need(src.max_samples < 1 or float(src.max_samples).is_integer(), f"data.sources.{i}.max_samples",
+                 "a count must be a whole number; a fraction must be < 1")
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def save_config(cfg: DictConfig, run_dir: str | Path) -> Path:
+    """Write the resolved config beside the run (`<run_dir>/config.yaml`), atomically."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    out = run_dir / "config.yaml"
+    tmp = out.with_suffix(".yaml.tmp")
+    tmp.write_text(to_yaml(cfg))
+    tmp.replace(out)
+    return out

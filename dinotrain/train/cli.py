@@ -1,0 +1,52 @@
+"""`dinotrain train CONFIG [key=value ...]`: run pretraining in this process (or under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """CONFIG + dotlist overrides, shared by every command that takes a run config."""
+    parser.add_argument(
+        "config", nargs="?", default=None,
+        help="YAML file with deltas to the defaults (e.g. configs/pretrain/vitb14_cxr.yaml); "
+        "may be left out, or be a key=value override",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", default=[],
+        help="dotlist overrides applied after the file, e.g. optim.lr=1e-3 train.max_steps=100",
+    )
+    parser.add_argument("--print-config", action="store_true", help="print the resolved YAML config and exit")
+
+
+def resolve_config(args: argparse.Namespace):
+    """Load CONFIG + overrides (a first positional with '=' is an override, not a file)."""
+    from dinotrain.config import load_config
+
+    path, overrides = args.config, list(args.overrides)
+    if path is not None and "=" in path:
+        path, overrides = None, [path, *overrides]
+    return load_config(path, overrides)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    from dinotrain.config import to_yaml
+
+    cfg = resolve_config(args)
+    if args.print_config:
+        sys.stdout.write(to_yaml(cfg))
+        return 0
+    try:
+        from dinotrain.train.loop import run
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("dinotrain.train"):
+            print("dinotrain train: the trainer is not built yet in this version", file=sys.stderr)
+            return 2
+        raise
+    run(cfg)
+    return 0

@@ -1,0 +1,1 @@
+"""Job submission through submitit: SLURM/local executors, requeue, sweeps, scaling reports."""

@@ -1,0 +1,1 @@
+"""Offline corpus -> WebDataset shards: readers (DICOM, PNG, NIfTI...), writer, manifest, splits."""
