@@ -12,6 +12,9 @@ from tests.services import LocalSlurm, S3Endpoint, slurm_missing
 REPO = Path(__file__).resolve().parents[1]
 IN_CI = bool(os.environ.get("CI"))
 
+# shard sets built from the real images, shared by the data, train and launch tests
+pytest_plugins = ["tests.shard_fixtures"]
+
 
 def _unavailable(msg: str):
     """Under CI a missing service is a failure (a green run must not hide it); locally a skip."""

@@ -178,8 +178,11 @@ class S3Endpoint:
         self.port = free_port()
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port)
         self.server.start()
-        fs = self.filesystem()
-        fs.mkdir(self.bucket)
+        import boto3
+
+        # boto3 directly: s3fs's mkdir sends a LocationConstraint that us-east-1 rejects
+        boto3.client("s3", endpoint_url=self.url, region_name="us-east-1", aws_access_key_id="testing",
+                     aws_secret_access_key="testing").create_bucket(Bucket=self.bucket)
         return self
 
     def filesystem(self):
