@@ -41,12 +41,15 @@ def main(args: argparse.Namespace) -> int:
     if args.print_config:
         sys.stdout.write(to_yaml(cfg))
         return 0
+    import logging
+
+    from dinotrain.train.loop import NonFiniteLossError, run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
-        from dinotrain.train.loop import run
-    except ModuleNotFoundError as e:
-        if e.name and e.name.startswith("dinotrain.train"):
-            print("dinotrain train: the trainer is not built yet in this version", file=sys.stderr)
-            return 2
-        raise
-    run(cfg)
+        summary = run(cfg)
+    except NonFiniteLossError as e:
+        print(f"dinotrain train: stopped: {e}", file=sys.stderr)
+        return 3
+    print(f"dinotrain train: done at step {summary['final_step']} -> {summary['output_dir']}", file=sys.stderr)
     return 0
