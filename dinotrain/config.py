@@ -71,7 +71,6 @@ class DataConfig:
     blur_p_local: float = opt(0.5, "probability of Gaussian blur on each local crop")
     mean: float = opt(0.5307, "normalisation mean (RAD-DINO)")
     std: float = opt(0.2583, "normalisation std (RAD-DINO)")
-    shuffle_buffer: int = opt(256, "samples in the reader's shuffle buffer")
 
 
 # ----------------------------------------------------------------------------- model
@@ -84,10 +83,14 @@ class ModelConfig:
     img_size: int = opt(518, "size the position embeddings are defined for (DINOv2: 518 = 37 x 14)")
     in_chans: int = opt(3, "input channels (1 for grayscale-native models)")
     num_register_tokens: int = opt(0, "register tokens (RAD-DINO: 0)")
-    ffn: str = opt("mlp", "feed-forward layer", choices=("mlp", "swiglu"))
+    ffn: str = opt("auto", "feed-forward layer (auto: swiglu for vit_giant2 as DINOv2, mlp otherwise)",
+                   choices=("auto", "mlp", "swiglu"))
     layerscale_init: float = opt(1e-5, "LayerScale initial value")
     drop_path_rate: float = opt(0.1, "stochastic depth rate of the student")
+    drop_path_uniform: bool = opt(True, "same drop-path rate in every block (DINOv2); false = linear ramp")
     attn_backend: str = opt("auto", "attention kernel", choices=("auto", "sdpa", "xformers"))
+    interpolate_offset: float = opt(0.1, "DINOv2's position-embedding resampling offset (0.0 for register models and HF)")
+    interpolate_antialias: bool = opt(False, "antialiased position-embedding resampling (True for register models)")
     pretrained: Optional[str] = opt(None, "initial backbone weights: DINOv2 .pth/.safetensors or a HF folder")
     pretrained_head: Optional[str] = opt(None, "initial DINO head weights (dino_head.safetensors as RAD-DINO)")
 
@@ -148,6 +151,9 @@ class TrainConfig:
     max_nonfinite_steps: int = opt(0, "skipped non-finite steps tolerated before stopping")
     deterministic: bool = opt(False, "deterministic kernels (slower; used for exact-resume tests)")
     progress: bool = opt(True, "progress bar on rank 0")
+    debug_nan_step: Optional[int] = opt(
+        None, "testing aid: make the DINO loss NaN at this step (1-based) to exercise the non-finite guard"
+    )
 
 
 # ----------------------------------------------------------------------------- parallel
@@ -196,6 +202,13 @@ class EvalConfig:
     knn_temperature: float = opt(0.07, "kNN vote temperature (DINO)")
     bootstrap: int = opt(1000, "bootstrap resamples for 95% CIs")
     cache_dir: Optional[str] = opt(None, "feature cache folder (default: <out>/cache)")
+    max_samples: Optional[int] = opt(None, "deterministic stratified subset per task (quick runs); null = all")
+    seg_steps: int = opt(300, "training steps of the linear segmentation head")
+    align_steps: int = opt(300, "training steps of the image-to-text linear map")
+    device: str = opt("auto", "where features are extracted", choices=("auto", "cpu", "cuda"))
+    threads: int = opt(0, "CPU threads for torch (0 = torch's default; 1 on busy shared machines)")
+    loader: str = opt("plain", "eval preprocessing: plain (PIL + numpy) or dali (same recipe, GPU when extracting on CUDA)",
+                      choices=("plain", "dali"))
 
 
 @dataclass
@@ -383,3 +396,22 @@ def save_config(cfg: DictConfig, run_dir: str | Path) -> Path:
     tmp.write_text(to_yaml(cfg))
     tmp.replace(out)
     return out
+
+
+def reference_markdown() -> str:
+    """The config reference table for README.md, generated from the schema (a test keeps it in sync)."""
+    defaults = OmegaConf.to_container(schema(), resolve=False)
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for key, f in iter_fields():
+        node: Any = defaults
+        for part in key.split("."):
+            node = node[part]
+        default = "???" if node == "???" else ("null" if node is None else node)
+        if isinstance(default, bool):
+            default = str(default).lower()
+        text = f.metadata.get("help", "")
+        choices = f.metadata.get("choices")
+        if choices:
+            text += " (" + " \\| ".join(str(c) for c in choices) + ")"
+        lines.append(f"| `{key}` | `{default}` | {text} |")
+    return "\n".join(lines) + "\n"
