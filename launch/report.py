@@ -1,0 +1,287 @@
+"""`sweep report`: collect every run's results into results.csv, fit scaling laws, plot, tabulate.
+
+Evaluation results are read from each run's `results.json` (written by `dinotrain eval`;
+looked for in <run>/eval/, <run>/ and one level below). The collector accepts:
+  - {"results": [record, ...]} or [record, ...], a record holding
+      task (or dataset), metric (or name), value (or mean / score), optional kind
+      (knn, linear, ...; the metric is then named kind/metric), split, ci_low / ci_high
+      (or ci: [low, high]) -- `dinotrain eval`'s format (dinotrain/eval/report.py);
+  - {task: {metric: value | {"value": v, ...}}}.
+The end of each run's training (mean of the last lines of metrics.jsonl) adds rows with
+task `train` for every key with 'loss' in its name, so a sweep without evaluation still
+gets curves.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from launch import status as run_status
+from launch.scaling import PowerLawFit, fit_power_law
+from launch.sweep import read_run_record, run_dirs
+
+RESULT_NAMES = ("eval/results.json", "results.json", "*/results.json")
+TRAIN_TAIL = 5  # metrics lines averaged for the end-of-training value (single steps are noisy)
+
+
+@dataclass
+class Row:
+    run: str
+    state: str
+    diversity: str
+    size: str
+    n_images: float | None
+    axes: dict[str, Any]
+    task: str
+    metric: str
+    value: float
+    split: str = ""
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+    @property
+    def key(self) -> str:
+        """How a metric is named on the command line and in the report: task/metric[@split]."""
+        base = f"{self.task}/{self.metric}"
+        return f"{base}@{self.split}" if self.split and self.split != "test" else base
+
+    @property
+    def series(self) -> str:
+        """The curve this point belongs to: its diversity set plus any other axis values."""
+        extra = ",".join(f"{k}={v}" for k, v in sorted(self.axes.items()) if k not in ("diversity", "size"))
+        return f"{self.diversity} ({extra})" if extra else self.diversity
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def parse_results(data: Any) -> list[dict[str, Any]]:
+    """Normalise an eval results.json to records {task, metric, value, split, ci_low, ci_high}."""
+    records = data.get("results") if isinstance(data, dict) and "results" in data else data
+    out: list[dict[str, Any]] = []
+    if isinstance(records, list):
+        for r in records:
+            if not isinstance(r, dict):
+                continue
+            value = _num(next((r[k] for k in ("value", "mean", "score") if k in r), None))
+            task = r.get("task") or r.get("dataset")
+            metric = r.get("metric") or r.get("name")
+            if metric and r.get("kind"):
+                metric = f"{r['kind']}/{metric}"  # the method (knn, linear, ...) tells two AUROCs apart
+            if value is None or not task or not metric:
+                continue
+            ci = r.get("ci") if isinstance(r.get("ci"), (list, tuple)) and len(r.get("ci")) == 2 else (None, None)
+            out.append({"task": str(task), "metric": str(metric), "value": value, "split": str(r.get("split") or ""),
+                        "ci_low": _num(r.get("ci_low", ci[0])), "ci_high": _num(r.get("ci_high", ci[1]))})
+    elif isinstance(records, dict):
+        for task, metrics in records.items():
+            if not isinstance(metrics, dict):
+                continue
+            for metric, v in metrics.items():
+                value = _num(v.get("value", v.get("mean")) if isinstance(v, dict) else v)
+                if value is not None:
+                    lo = _num(v.get("ci_low")) if isinstance(v, dict) else None
+                    hi = _num(v.get("ci_high")) if isinstance(v, dict) else None
+                    out.append({"task": str(task), "metric": str(metric), "value": value, "split": "",
+                                "ci_low": lo, "ci_high": hi})
+    return out
+
+
+def _eval_records(run_dir: Path) -> list[dict[str, Any]]:
+    for pattern in RESULT_NAMES:
+        for path in sorted(run_dir.glob(pattern)):
+            try:
+                return parse_results(json.loads(path.read_text()))
+            except (OSError, json.JSONDecodeError):
+                continue
+    return []
+
+
+def _train_records(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    lines = []
+    for ln in path.read_text().splitlines():
+        try:
+            lines.append(json.loads(ln))
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+    values: dict[str, list[float]] = defaultdict(list)
+    for d in lines:
+        for k, v in d.items():
+            if "loss" in k and _num(v) is not None:
+                values[k].append(float(v))
+    return [{"task": "train", "metric": k, "value": float(sum(v[-TRAIN_TAIL:]) / len(v[-TRAIN_TAIL:])),
+             "split": "", "ci_low": None, "ci_high": None} for k, v in values.items()]
+
+
+def collect(sweep_dir: str | Path) -> list[Row]:
+    dirs = run_dirs(sweep_dir)
+    states = {s.run_dir: s.state for s in run_status.states_of(dirs)}
+    rows: list[Row] = []
+    for d in dirs:
+        rec = read_run_record(d)
+        axes = dict(rec.get("axes", {}))
+        n = _num(rec.get("n_images"))
+        if n is None and str(axes.get("size", "")).isdigit():
+            n = float(axes["size"])
+        for r in _eval_records(d) + _train_records(d):
+            rows.append(Row(run=rec["name"], state=states.get(d, "?"), diversity=str(axes.get("diversity", "base")),
+                            size=str(axes.get("size", "all")), n_images=n, axes=axes, **r))
+    return rows
+
+
+def write_csv(rows: list[Row], path: Path) -> None:
+    axis_keys = sorted({k for r in rows for k in r.axes if k not in ("diversity", "size")})
+    cols = ["run", "state", "diversity", "size", "n_images", *axis_keys, "task", "metric", "split",
+            "value", "ci_low", "ci_high"]
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for r in rows:
+            w.writerow([r.run, r.state, r.diversity, r.size, "" if r.n_images is None else int(r.n_images),
+                        *[r.axes.get(k, "") for k in axis_keys], r.task, r.metric, r.split, r.value,
+                        "" if r.ci_low is None else r.ci_low, "" if r.ci_high is None else r.ci_high])
+
+
+def fit_all(rows: list[Row], form: str) -> dict[tuple[str, str], PowerLawFit | str]:
+    """(metric key, series) -> fit, or the reason there is none."""
+    points: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for r in rows:
+        if r.n_images is not None:
+            points[(r.key, r.series)].append((r.n_images, r.value))
+    fits: dict[tuple[str, str], PowerLawFit | str] = {}
+    for k, pts in sorted(points.items()):
+        try:
+            fits[k] = fit_power_law([p[0] for p in pts], [p[1] for p in pts], form=form)
+        except (ValueError, RuntimeError) as e:  # too few sizes, or curve_fit did not converge
+            fits[k] = str(e)
+    return fits
+
+
+def choose_metric(rows: list[Row], wanted: str | None) -> str | None:
+    keys = sorted({r.key for r in rows})
+    if wanted:
+        if wanted not in keys:
+            raise ValueError(f"metric '{wanted}' not in the results: have {', '.join(keys) or 'none'}")
+        return wanted
+    evals = [k for k in keys if not k.startswith("train/")]
+    for pick in ("/linear/auroc", "/knn/auroc", "auroc"):  # the paper's headline metric first
+        hits = [k for k in evals if k.endswith(pick)]
+        if hits:
+            return hits[0]
+    if evals:
+        return evals[0]
+    train = [k for k in keys if k.startswith("train/")]
+    return next((k for k in train if k in ("train/total_loss", "train/loss")), train[0] if train else None)
+
+
+def plot(rows: list[Row], fits: dict, metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display on cluster nodes
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    by_series: dict[str, list[Row]] = defaultdict(list)
+    for r in rows:
+        if r.key == metric and r.n_images is not None:
+            by_series[r.series].append(r)
+    for i, (series, pts) in enumerate(sorted(by_series.items())):
+        color = f"C{i % 10}"
+        xs = np.array([p.n_images for p in pts], dtype=float)
+        ys = np.array([p.value for p in pts], dtype=float)
+        ax.scatter(xs, ys, color=color, zorder=3)
+        ci = [(p.n_images, p.value, p.ci_low, p.ci_high) for p in pts if p.ci_low is not None and p.ci_high is not None]
+        if ci:  # the evaluation's 95% bootstrap intervals
+            x, v, lo, hi = (np.array(c, dtype=float) for c in zip(*ci))
+            ax.errorbar(x, v, yerr=[v - lo, hi - v], fmt="none", ecolor=color, alpha=0.5, capsize=3)
+        fit = fits.get((metric, series))
+        label = series
+        if isinstance(fit, PowerLawFit):
+            grid = np.geomspace(xs.min(), xs.max(), 100)
+            ax.plot(grid, fit.predict(grid), color=color)
+            label = f"{series}: b = {fit.exponent:.3g}"
+        ax.plot([], [], color=color, marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} vs training images")
+    ax.grid(True, which="both", alpha=0.3)
+    if by_series:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _fmt(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return "0" if abs(v) < 1e-9 else f"{v:.4g}"  # a flat fit's exponent is round-off, not 1e-17
+
+
+def markdown(name: str, rows: list[Row], fits: dict, metric: str | None, form: str,
+             state_counts: dict[str, int]) -> str:
+    lines = [f"# Scaling report: {name}", "",
+             "Runs: " + ", ".join(f"{k} {v}" for k, v in sorted(state_counts.items())), ""]
+    if metric:
+        sizes = sorted({r.n_images for r in rows if r.key == metric and r.n_images is not None})
+        table: dict[str, dict[float, float]] = defaultdict(dict)
+        for r in rows:
+            if r.key == metric and r.n_images is not None:
+                table[r.series][r.n_images] = r.value
+        lines += [f"## {metric} by training images", "",
+                  "| series | " + " | ".join(str(int(s)) for s in sizes) + " |",
+                  "|---|" + "---:|" * len(sizes)]
+        for series, vals in sorted(table.items()):
+            lines.append(f"| {series} | " + " | ".join(_fmt(vals.get(s)) for s in sizes) + " |")
+        lines += ["", "![scaling](scaling.png)", ""]
+    lines += [f"## Fits ({form} law, parameters ± standard error)", "",
+              "| metric | series | points | fit | exponent b | R² |", "|---|---|---:|---|---:|---:|"]
+    for (key, series), fit in sorted(fits.items()):
+        if isinstance(fit, PowerLawFit):
+            b = fit.exponent
+            se = fit.stderr["b"]
+            lines.append(f"| {key} | {series} | {fit.n_points} | {fit.formula()} | "
+                         f"{_fmt(b)}{'' if math.isnan(se) else ' ± ' + _fmt(se)} | {_fmt(fit.r2)} |")
+        else:
+            lines.append(f"| {key} | {series} | | no fit: {fit} | | |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(sweep_dir: str | Path, metric: str | None = None, form: str | None = None) -> dict[str, Path]:
+    """results.csv + scaling.png + report.md in the sweep folder; returns their paths."""
+    from omegaconf import OmegaConf
+
+    sweep_dir = Path(sweep_dir)
+    if not run_dirs(sweep_dir):
+        raise FileNotFoundError(f"{sweep_dir}: no runs (runs/*/run.json); is this a sweep folder from `dinotrain sweep`?")
+    spec_path = sweep_dir / "sweep.yaml"
+    spec = OmegaConf.load(spec_path) if spec_path.exists() else OmegaConf.create({})
+    settings = spec.get("report") or {}
+    form = form or str(settings.get("form", "power"))
+    rows = collect(sweep_dir)
+    metric = choose_metric(rows, metric or settings.get("metric"))
+    fits = fit_all(rows, form)
+    counts: dict[str, int] = defaultdict(int)
+    for s in run_status.states_of(run_dirs(sweep_dir)):
+        counts[s.state] += 1
+    out = {"csv": sweep_dir / "results.csv", "png": sweep_dir / "scaling.png", "md": sweep_dir / "report.md"}
+    write_csv(rows, out["csv"])
+    plot(rows, fits, metric or "", out["png"])
+    out["md"].write_text(markdown(str(spec.get("name") or sweep_dir.name), rows, fits, metric, form, counts))
+    return out

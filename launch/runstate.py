@@ -1,0 +1,69 @@
+"""Per-run state files: what was submitted (`job.json`) and how the task got on (`job_status.json`).
+
+These JSON markers are the source of truth for `sweep status` and the idempotent re-submission:
+the cluster here may have no accounting (no `sacct`), and a job that SLURM killed leaves no
+result of its own, so "finished" is what the task itself wrote, and "gone from the queue
+without writing done" means failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+SUBMISSION = "job.json"
+STATUS = "job_status.json"
+
+TERMINAL = ("done", "failed")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)  # atomic: a reader never sees half a file
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError:
+        return None  # a foreign or damaged file counts as absent; the run is then resubmitted
+
+
+def record_submission(run_dir: str | Path, job_id: str, cluster: str, logs: str | Path) -> None:
+    """Written by the submitting side right after sbatch answered."""
+    _write_json(Path(run_dir) / SUBMISSION, {
+        "job_id": str(job_id), "cluster": cluster, "logs": str(logs), "submitted_at": time.time(),
+    })
+
+
+def clear_status(run_dir: str | Path) -> None:
+    """Before (re)submitting: a resubmitted failed run must not read as failed.
+
+    Called before sbatch, never after: the job may start and write its status at once.
+    """
+    (Path(run_dir) / STATUS).unlink(missing_ok=True)
+
+
+def read_submission(run_dir: str | Path) -> dict[str, Any] | None:
+    return _read_json(Path(run_dir) / SUBMISSION)
+
+
+def write_status(run_dir: str | Path, state: str, **extra: Any) -> None:
+    """Written by rank 0 of the task: running | requeued | done | failed."""
+    prev = read_status(run_dir) or {}
+    data = {**prev, **extra, "state": state, "time": time.time(), "host": socket.gethostname()}
+    if state == "running":
+        data["attempt"] = int(prev.get("attempt", 0)) + 1
+    _write_json(Path(run_dir) / STATUS, data)
+
+
+def read_status(run_dir: str | Path) -> dict[str, Any] | None:
+    return _read_json(Path(run_dir) / STATUS)
