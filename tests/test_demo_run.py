@@ -1,0 +1,143 @@
+"""`dinotrain demo`: its plan, its configs against the real schema and eval spec parser, and the chain."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dinotrain.demo import run as demo_run
+from dinotrain.demo.synthetic import make_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_plan_scales_with_minutes_and_honours_overrides():
+    small, default, big = demo_run.plan(3), demo_run.plan(8), demo_run.plan(30)
+    assert small.steps < default.steps < big.steps
+    assert small.images <= default.images < big.images
+    assert all(p.images % 3 == 0 for p in (small, default, big))
+    exact = demo_run.plan(8, steps=7, images=61)
+    assert exact.steps == 7 and exact.images == 60
+    with pytest.raises(ValueError, match="--minutes"):
+        demo_run.plan(0)
+
+
+def test_train_overrides_validate_against_the_schema(tmp_path):
+    from dinotrain.config import load_config
+
+    p = demo_run.plan(8, steps=40)
+    cfg = load_config(None, demo_run.train_overrides(tmp_path / "run", tmp_path / "shards", p, 2, 5))
+    assert cfg.launch.cluster == "local" and cfg.launch.tasks_per_node == 2
+    assert cfg.train.max_steps == 40 and cfg.train.seed == 5 and cfg.data.seed == 5
+    assert cfg.model.arch == demo_run.ARCH and cfg.data.sources[0].path == str(tmp_path / "shards")
+    assert cfg.train.checkpoint_every < cfg.train.max_steps  # the budget cut needs an earlier checkpoint
+    assert demo_run.EVAL_RESOLUTION % cfg.model.patch_size == 0
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("demo") / "corpus", n=90, seed=0, size=48)
+
+
+def test_eval_specs_select_the_right_rows(corpus):
+    from dinotrain.eval.specs import load_task, spec_from_dict
+
+    for spec, probe, metric, _ in demo_run.eval_specs("corpus"):
+        task = load_task(spec_from_dict(spec, source="test"), corpus.root.parent)
+        modalities = set(task.column("modality"))
+        if spec["name"] == "modality":
+            assert modalities == {"xr_chest", "us_breast", "ct_chest"} and len(task.rows) == 90
+        else:
+            assert modalities == {spec["where"]["modality"][0]} and len(task.rows) == 30
+        assert len(task.indices("train")) > 0 and len(task.indices("test")) > 0
+        assert probe in spec.get("probes", [probe]) and metric in ("auroc", "r2")
+
+
+def test_corpus_is_reused_and_a_new_one_invalidates_what_was_built_from_it(tmp_path):
+    root = tmp_path / "corpus"
+    first = demo_run.build_corpus(root, 9, seed=0, progress=False)
+    png = root / "xr_chest" / "xr_chest_00000.png"
+    stamp = png.stat().st_mtime_ns
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "manifest.json").write_text("{}")
+    again = demo_run.build_corpus(root, 9, seed=0, progress=False)
+    assert again == first and png.stat().st_mtime_ns == stamp  # not rewritten
+    assert (tmp_path / "shards" / "manifest.json").is_file()
+    other = demo_run.build_corpus(root, 12, seed=0, progress=False)
+    assert other.n_synthetic == 12
+    assert not (tmp_path / "shards").exists()  # shards of the old corpus are gone
+
+
+def test_task_specs_are_written_as_yaml(tmp_path):
+    from dinotrain.eval.specs import load_spec
+
+    paths = demo_run.write_task_specs(tmp_path, "corpus", seed=3)
+    specs = [load_spec(p) for p in paths]
+    assert [s.name for s in specs] == [s[0]["name"] for s in demo_run.eval_specs("corpus")]
+    assert all(s.seed == 3 and s.dataset == "corpus" for s in specs)
+
+
+def test_probe_rows_pair_models_per_task():
+    recs = []
+    for model, v in (("run", 0.8), ("random:vit_tiny:0", 0.6)):
+        recs += [
+            {"model": model, "task": "xr_age", "kind": "ridge", "metric": "r2", "value": v,
+             "ci_low": v - 0.1, "ci_high": v + 0.1},
+            {"model": model, "task": "xr_age", "kind": "ridge", "metric": "mae", "value": 9.0},
+            {"model": model, "task": "xr_sex", "kind": "linear", "metric": "auroc", "value": v / 2,
+             "ci_low": float("nan"), "ci_high": float("nan")},
+        ]
+    rows = demo_run.probe_rows(recs, "run", "random:vit_tiny:0")
+    assert [(r.task, r.metric) for r in rows] == [("xr_age", "ridge r2"), ("xr_sex", "linear auroc")]
+    assert rows[0].ssl == 0.8 and rows[0].random == 0.6 and rows[0].ssl_ci == pytest.approx((0.7, 0.9))
+    assert rows[1].ssl_ci is None and rows[1].delta == pytest.approx(0.1)
+
+
+def test_missing_piece_is_named_and_exits_2(monkeypatch, tmp_path, capsys):
+    from dinotrain.cli import main
+
+    monkeypatch.setattr(demo_run, "PIECES", demo_run.PIECES + (("the frobnicator", "dinotrain.no_such_module", "x"),
+                                                               ("the runner", "dinotrain.demo.run", "no_such_fn")))
+    assert main(["demo", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "the frobnicator: module dinotrain.no_such_module not found" in err
+    assert "the runner: dinotrain.demo.run.no_such_fn not found" in err
+    assert not (tmp_path / "d").exists()  # failed before doing anything
+
+
+def test_pieces_present_in_this_tree():
+    assert demo_run.missing_pieces() == []
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    """The real chain: shards build, 2-process training via the local executor, eval, report."""
+    out = tmp_path / "demo"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "dinotrain", "demo", "--out", str(out), "--steps", "3", "--images", "60"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in ("loss_curves.png", "probes.png", "samples.png", "training_crops.png", "REPORT.md", "results.json"):
+        assert (out / name).is_file(), name
+    manifest = json.loads((out / "shards" / "manifest.json").read_text())
+    assert manifest["modalities"]["xr_chest"] == 20
+    rejected = {Path(json.loads(line)["source"]).name for line in
+                (out / "shards" / "rejects.jsonl").read_text().splitlines()}
+    assert rejected == {"MR_truncated.dcm", "rtplan.dcm", "no_meta.dcm"}
+    steps = [json.loads(line)["step"] for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 3
+    records = json.loads((out / "results.json").read_text())["records"]
+    models = {r["model"] for r in records}
+    assert models == {str(out / "run"), f"random:{demo_run.ARCH}:0"}
+    assert {r["task"] for r in records} == {s[0]["name"] for s in demo_run.eval_specs("corpus")}
+    # tiny test splits may leave one class (AUROC undefined), but every MAE is a number
+    assert all(np.isfinite(r["value"]) for r in records if r["metric"] == "mae")
+    table = proc.stdout[proc.stdout.index("SSL pretrained"):]
+    assert all(s[0]["name"] in table for s in demo_run.eval_specs("corpus"))
+    assert "stopped by" not in proc.stdout and "synthetic" in proc.stdout
