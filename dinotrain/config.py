@@ -314,9 +314,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         key = item.split("=", 1)[0].lstrip("+")
         _check_key_origin(key, "override")
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+            # update() walks list indices (data.sources.0.path=...), which a dotlist merge cannot
+            value = OmegaConf.from_dotlist([item.lstrip("+")])
+            for part in key.split("."):
+                value = value[part]
+            if OmegaConf.is_config(value):
+                value = OmegaConf.to_container(value)
+            OmegaConf.update(cfg, key, value, merge=True)
         except OmegaConfBaseException as e:
             raise ConfigError(_omegaconf_message(e, f"override '{item}'")) from e
+        except (IndexError, KeyError) as e:
+            raise ConfigError(f"override '{item}': '{key}' does not exist in this config ({e}); "
+                              "list items must exist before they are overridden") from e
     validate(cfg)
     return cfg
 

@@ -123,3 +123,12 @@ def test_saved_config_round_trips(tmp_path):
     assert out == tmp_path / "run" / "config.yaml"
     again = load_config(out)
     assert to_yaml(again) == to_yaml(cfg)
+
+
+def test_override_inside_a_list_item():
+    cfg = load_config(REPO / "configs/pretrain/vitb14_cxr.yaml", ["data.sources.0.path=/data/shards/mimic"])
+    assert cfg.data.sources[0].path == "/data/shards/mimic" and cfg.data.sources[0].name == "cxr"
+    cfg = load_config(None, ["data.sources=[{name: a, path: /y, max_samples: 0.5}]"])
+    assert cfg.data.sources[0].max_samples == 0.5 and cfg.data.sources[0].weight == 1.0
+    with pytest.raises(ConfigError, match=r"data.sources"):
+        load_config(None, ["data.sources.0.path=/x"])  # no such item
