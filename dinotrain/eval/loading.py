@@ -1,0 +1,100 @@
+"""MODEL arguments of `dinotrain eval`: what each string means and how it becomes a backbone.
+
+- `random:ARCH` or `random:ARCH:SEED`  a randomly initialised backbone (the floor every trained
+  model must beat), e.g. `random:vit_small`.
+- a run directory (holds `config.yaml`)  its teacher, via `dinotrain.train.checkpoint.load_teacher`
+  (newest complete checkpoint, else `export/latest`).
+- a Hugging Face folder (holds `config.json`, e.g. a downloaded `microsoft/rad-dino`), or an
+  export folder (`hf/` + `dinov2.safetensors`)  via `dinotrain.models.convert`.
+- a checkpoint file (`.pth`, `.pt`, `.safetensors`, DINOv2 or HF naming)  via
+  `dinotrain.models.convert.load_backbone`.
+
+Every model is put in eval mode with drop path off; its fingerprint (a hash of the weights)
+keys the feature cache, so two names for the same weights share features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dinotrain.eval.specs import SpecError
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    model: Any  # a dinotrain VisionTransformer
+    patch_size: int
+    in_chans: int
+    fingerprint: str
+
+
+def _from_state(state_dict: dict, model_cfg: Any, source: str):
+    from dinotrain.models import build_backbone
+
+    model = build_backbone(model_cfg, device="cpu", drop_path_rate=0.0)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise SpecError(f"model {source}: weights do not fit arch {getattr(model_cfg, 'arch', model_cfg)} "
+                        f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}); check its config")
+    return model
+
+
+def _convert(path: Path):
+    try:
+        from dinotrain.models import convert
+    except ImportError as e:
+        raise SpecError(f"model {path}: loading it needs dinotrain.models.convert, which is not available ({e})") from e
+    if path.is_dir() and (path / "hf" / "config.json").is_file():
+        return convert.from_hf(path / "hf")  # an export folder: hf/ + dinov2.safetensors
+    return convert.load_backbone(path)  # HF folder, or a file in HF or DINOv2 naming
+
+
+def build_model(spec: str, device: str = "cpu"):
+    """The backbone named by a MODEL argument (see the module docstring)."""
+    import torch
+
+    if spec.startswith("random:"):
+        parts = spec.split(":")
+        arch = parts[1] if len(parts) > 1 and parts[1] else "vit_small"
+        seed = int(parts[2]) if len(parts) > 2 else 0
+        from dinotrain.config import ModelConfig
+        from dinotrain.models import build_backbone
+        from dinotrain.models.vit import ARCHS
+
+        if arch not in ARCHS:
+            raise SpecError(f"model '{spec}': unknown arch '{arch}'; use one of {', '.join(ARCHS)}")
+        torch.manual_seed(seed)  # the same name gives the same weights (and shares the feature cache)
+        model = build_backbone(ModelConfig(arch=arch), device="cpu", drop_path_rate=0.0)
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise SpecError(f"model '{spec}': no such file or folder, and not 'random:ARCH' "
+                            "(give a run directory, a Hugging Face folder, a DINOv2 checkpoint or random:vit_small)")
+        if path.is_dir() and (path / "config.yaml").is_file():
+            from dinotrain.train.checkpoint import load_teacher
+
+            state, model_cfg = load_teacher(path)
+            model = _from_state(state, model_cfg, spec)
+        elif path.is_dir() and any((path / n).is_file() for n in
+                                   ("config.json", "hf/config.json", "dinov2.safetensors", "model.safetensors")):
+            model = _convert(path)
+        elif path.is_file() and path.suffix in (".pth", ".pt", ".safetensors"):
+            model = _convert(path)
+        else:
+            raise SpecError(f"model '{spec}': not a run directory (config.yaml), a Hugging Face folder "
+                            "(config.json) or a DINOv2 checkpoint (.pth/.pt/.safetensors)")
+    return model.to(device).eval()
+
+
+def load_model(spec: str, device: str = "cpu") -> LoadedModel:
+    from dinotrain.eval.features import model_fingerprint
+
+    model = build_model(spec, device)
+    # the architecture enters the hash too: equal weights under another forward would differ
+    extra = f"{type(model).__name__}:{getattr(model, 'interpolate_offset', '')}:{getattr(model, 'num_register_tokens', '')}"
+    return LoadedModel(name=spec, model=model, patch_size=int(model.patch_size),
+                       in_chans=int(getattr(model, "in_chans", 3)),
+                       fingerprint=model_fingerprint(model.state_dict(), extra))

@@ -1,0 +1,96 @@
+"""Metrics from scikit-learn and percentile bootstrap confidence intervals.
+
+Multi-class and multi-label AUROC/AUPRC are macro averages over the classes that have both
+positives and negatives in the evaluated set (a class absent from a small test split would
+otherwise make the whole metric undefined); binary tasks score the positive class only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+
+def one_hot(y: np.ndarray, n_classes: int) -> np.ndarray:
+    out = np.zeros((len(y), n_classes), dtype=np.float32)
+    out[np.arange(len(y)), y] = 1.0
+    return out
+
+
+def _macro(fn, Y: np.ndarray, S: np.ndarray) -> float:
+    pos = Y.sum(0)
+    cols = np.flatnonzero((pos > 0) & (pos < len(Y)))
+    if not len(cols):
+        return float("nan")
+    # one call over all valid columns: sklearn validates once (the bootstrap calls this a lot)
+    return float(fn(Y[:, cols], S[:, cols], average="macro"))
+
+
+def auroc(Y: np.ndarray, S: np.ndarray) -> float:
+    """Binary (2 columns: score of class 1) or macro one-vs-rest AUROC; Y is one-/multi-hot."""
+    from sklearn.metrics import roc_auc_score
+
+    if Y.shape[1] == 2 and np.all(Y.sum(1) == 1):
+        Y, S = Y[:, 1:], S[:, 1:]
+    return _macro(roc_auc_score, Y, S)
+
+
+def auprc(Y: np.ndarray, S: np.ndarray) -> float:
+    from sklearn.metrics import average_precision_score
+
+    if Y.shape[1] == 2 and np.all(Y.sum(1) == 1):
+        Y, S = Y[:, 1:], S[:, 1:]
+    return _macro(average_precision_score, Y, S)
+
+
+def accuracy(Y: np.ndarray, S: np.ndarray, multilabel: bool = False) -> float:
+    """Top-1 accuracy; for multi-label, the mean per-label accuracy at threshold 0.5."""
+    if multilabel:
+        return float(np.mean((S >= 0.5) == (Y > 0.5)))
+    return float(np.mean(S.argmax(1) == Y.argmax(1)))
+
+
+def classification_metrics(Y: np.ndarray, S: np.ndarray, multilabel: bool) -> dict[str, Callable]:
+    """name -> fn(idx) for the evaluated rows `idx` (so the bootstrap can resample them)."""
+    return {
+        "auroc": lambda i: auroc(Y[i], S[i]),
+        "auprc": lambda i: auprc(Y[i], S[i]),
+        "accuracy": lambda i: accuracy(Y[i], S[i], multilabel),
+    }
+
+
+def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, Callable]:
+    from sklearn.metrics import mean_absolute_error, r2_score
+
+    return {
+        "mae": lambda i: float(mean_absolute_error(y[i], pred[i])),
+        "r2": lambda i: float(r2_score(y[i], pred[i])) if len(np.unique(y[i])) > 1 else float("nan"),
+    }
+
+
+def bootstrap_ci(fn: Callable[[np.ndarray], float], n: int, n_boot: int, seed: int = 0,
+                 groups: np.ndarray | None = None, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile CI of fn over `n` items resampled with replacement (whole groups when given:
+    images of one patient are not independent)."""
+    if n_boot <= 0 or n == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    if groups is not None:
+        uniq, inv = np.unique(np.asarray(groups), return_inverse=True)
+        members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
+    vals = []
+    for _ in range(n_boot):
+        if groups is None:
+            idx = rng.integers(0, n, n)
+        else:
+            pick = rng.integers(0, len(members), len(members))
+            idx = np.concatenate([members[g] for g in pick])
+        with np.errstate(all="ignore"):
+            v = fn(idx)
+        if np.isfinite(v):
+            vals.append(v)
+    if len(vals) < max(10, n_boot // 10):  # mostly undefined resamples: no honest interval
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(vals, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(lo), float(hi)

@@ -1,0 +1,117 @@
+"""`evaluate_models`: the whole evaluation as one function (the CLI and `launch` call it).
+
+Specs and data are checked before any model is loaded, so a typo in a task name fails in a
+second, not after an hour of feature extraction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from dinotrain.eval.specs import SpecError, builtin_names, load_spec, load_task
+from dinotrain.eval.tasks import EvalSettings, evaluate, needs_patch_tokens, prepare_targets
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SpecError("device 'cuda' asked for but no CUDA device is visible; use --device cpu")
+    return device
+
+
+def task_names(tasks: list[str] | str) -> list[str]:
+    """Comma-separated or list; 'all' means every built-in spec."""
+    items = tasks.split(",") if isinstance(tasks, str) else list(tasks)
+    out: list[str] = []
+    for t in (x.strip() for x in items):
+        if t == "all":
+            out += builtin_names()
+        elif t:
+            out.append(t)
+    if not out:
+        raise SpecError(f"no tasks given; built-in tasks: {', '.join(builtin_names())}")
+    return list(dict.fromkeys(out))
+
+
+def evaluate_models(models: list[str], tasks: list[str] | str, data_root: str | Path, out: str | Path,
+                    eval_cfg: Any = None, max_samples: int | None = None, with_plot: bool = True,
+                    **overrides) -> dict[str, Any]:
+    """Evaluate each MODEL on each task; write results.json/.md/.png under `out`; return the records.
+
+    `eval_cfg` is the config's `eval` section (defaults from `EvalConfig`); `overrides` replace
+    `EvalSettings` fields (resolution, batch_size, bootstrap, seg_steps, ...).
+    """
+    from dinotrain.config import EvalConfig
+    from dinotrain.eval.report import write_all
+
+    if not models:
+        raise SpecError("no MODEL given: pass a run directory, a Hugging Face folder, a checkpoint or random:vit_small")
+    cfg = eval_cfg if eval_cfg is not None else EvalConfig()
+    out = Path(out)
+    cache_dir = overrides.pop("cache_dir", None) or getattr(cfg, "cache_dir", None) or str(out / "cache")
+    fields = {f.name for f in dataclasses.fields(EvalSettings)}
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise SpecError(f"unknown evaluation setting(s) {bad}; allowed: {sorted(fields)}")
+    base = {k: getattr(cfg, k) for k in fields if hasattr(cfg, k)}
+    settings = EvalSettings(**{**base, **overrides, "cache_dir": cache_dir or None})
+    settings.device = resolve_device(settings.device)
+    limit = max_samples if max_samples is not None else getattr(cfg, "max_samples", None)
+
+    names = task_names(tasks)
+    specs = [load_spec(t) for t in names]
+    dup = [s.name for s in specs if sum(t.name == s.name for t in specs) > 1]
+    if dup:
+        raise SpecError(f"two task specs are named '{dup[0]}': give each YAML a distinct 'name'")
+    data = [load_task(s, data_root, limit) for s in specs]
+
+    import torch
+
+    threads_before = torch.get_num_threads()
+    if settings.threads > 0:
+        torch.set_num_threads(settings.threads)
+    try:
+        records = _run(models, data, settings, cache_dir)
+    finally:
+        torch.set_num_threads(threads_before)
+    settings_out = {**dataclasses.asdict(settings), "max_samples": limit}
+    paths = write_all(out, list(models), [t.spec.name for t in data], records, settings_out, with_plot)
+    return {"records": records, "paths": paths}
+
+
+def _run(models: list[str], data: list, settings: EvalSettings, cache_dir: str) -> list[dict]:
+    from dinotrain.eval.features import FeatureCache, extract_features
+    from dinotrain.eval.loading import load_model
+
+    records: list[dict] = []
+    targets_by: dict[tuple[str, int], Any] = {}
+    for name in models:
+        lm = load_model(name, settings.device)
+        s = dataclasses.replace(settings, patch_size=lm.patch_size)
+        if s.resolution % s.patch_size:
+            raise SpecError(f"resolution {s.resolution} is not a multiple of {name}'s patch size {s.patch_size}; "
+                            f"use e.g. {s.patch_size * round(s.resolution / s.patch_size)}")
+        cache = FeatureCache(cache_dir, lm.fingerprint, s.resolution, s.loader)
+        for task in data:
+            key = (task.spec.name, s.patch_size)
+            if key not in targets_by:
+                targets_by[key] = prepare_targets(task, s)
+            feats = extract_features(
+                lm.model.forward_features, task.keys, task.images, resolution=s.resolution,
+                patch_size=s.patch_size, cache=cache, need_patch=needs_patch_tokens(task),
+                batch_size=s.batch_size, device=s.device, channels=lm.in_chans, progress=s.progress,
+                desc=f"{task.spec.name} [{name}]", loader=s.loader,
+            )
+            recs = evaluate(task, targets_by[key], feats, name, s)
+            log.info("%s on %s: %d metrics", name, task.spec.name, len(recs))
+            records += recs
+        del lm
+    return records

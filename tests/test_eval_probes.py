@@ -1,0 +1,209 @@
+"""Probes, metrics, specs and preprocessing of `dinotrain eval` on constructed features and real data.
+
+No backbone here: features are built so that the right answer is known (separable by
+construction, or pure noise), while labels, ages, masks and texts are the real ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dinotrain.eval import metrics
+from dinotrain.eval.attributes import mean_baseline, ridge_probe
+from dinotrain.eval.features import RAD_DINO_MEAN, RAD_DINO_STD, preprocess, preprocess_mask, resize_crop_box
+from dinotrain.eval.knn import knn_scores
+from dinotrain.eval.linear import linear_probe
+from dinotrain.eval.segmentation import constant_mask, dice_per_image, train_linear_head
+from dinotrain.eval.specs import SpecError, builtin_names, load_spec, load_task, spec_from_dict
+from dinotrain.eval.tasks import EvalSettings, class_targets, prepare_targets
+
+
+def separable(n: int, n_classes: int, dim: int = 32, noise: float = 0.3, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_classes, dim)) * 3
+    y = rng.integers(0, n_classes, n)
+    return centers[y] + noise * rng.normal(size=(n, dim)), metrics.one_hot(y, n_classes)
+
+
+# ----------------------------------------------------------------------------- kNN
+def test_knn_weights_follow_dino_formula():
+    train = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+    Y = metrics.one_hot(np.array([0, 1, 1]), 2)
+    test = np.array([[1.0, 0.1]])
+    s = knn_scores(train, Y, test, k=2, temperature=0.1)
+    q = test[0] / np.linalg.norm(test[0])
+    sims = train @ q  # train rows are unit norm
+    top = np.argsort(-sims)[:2]
+    w = np.exp(sims[top] / 0.1)
+    expect1 = w[Y[top, 1] == 1].sum() / w.sum()
+    assert s[0, 1] == pytest.approx(expect1, rel=1e-5) and s[0].sum() == pytest.approx(1.0)
+    # k larger than the bank is clipped, not an error
+    assert knn_scores(train, Y, test, k=50).shape == (1, 2)
+
+
+def test_knn_separable_vs_noise():
+    x, Y = separable(300, 3)
+    s = knn_scores(x[:200], Y[:200], x[200:], k=20)
+    assert metrics.auroc(Y[200:], s) > 0.99 and metrics.accuracy(Y[200:], s) > 0.95
+    noise = np.random.default_rng(1).normal(size=x.shape)
+    s = knn_scores(noise[:200], Y[:200], noise[200:], k=20)
+    assert 0.3 < metrics.auroc(Y[200:], s) < 0.7
+
+
+# ----------------------------------------------------------------------------- linear
+def test_linear_probe_binary_multiclass_multilabel():
+    for n_classes in (2, 4):
+        x, Y = separable(240, n_classes, seed=n_classes)
+        s, C = linear_probe(x[:120], Y[:120], x[120:160], Y[120:160], x[160:])
+        assert metrics.auroc(Y[160:], s) > 0.99, n_classes
+        assert C > 0 and s.shape == (80, n_classes)
+    # multi-label: label j present when feature j > 0
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 16))
+    Y = (x[:, :3] > 0).astype(np.float32)
+    s, _ = linear_probe(x[:150], Y[:150], x[150:200], Y[150:200], x[200:], multilabel=True)
+    assert s.shape == (100, 3) and metrics.auroc(Y[200:], s) > 0.97
+    assert metrics.accuracy(Y[200:], s, multilabel=True) > 0.9
+    # noise features: no better than chance
+    s, _ = linear_probe(x[:150, 3:], Y[:150], x[150:200, 3:], Y[150:200], x[200:, 3:], multilabel=True)
+    assert metrics.auroc(Y[200:], s) < 0.7
+
+
+def test_macro_metrics_skip_absent_classes_and_bootstrap():
+    Y = metrics.one_hot(np.array([0, 0, 1, 1, 0, 1]), 3)  # class 2 never occurs
+    S = np.array([[.9, .1, 0], [.8, .2, 0], [.2, .8, 0], [.3, .7, 0], [.6, .4, 0], [.1, .9, 0]])
+    assert metrics.auroc(Y, S) == 1.0 and np.isfinite(metrics.auprc(Y, S))
+    # 20 patients x 20 images: label and most of the score are per patient, so the images of a
+    # patient are not independent and a patient-level bootstrap must give a wider interval
+    rng = np.random.default_rng(0)
+    groups = np.arange(400) // 20
+    y = rng.integers(0, 2, 20)[groups]
+    score = y + rng.normal(scale=1.0, size=20)[groups] + rng.normal(scale=0.1, size=400)
+    Yb, Sb = metrics.one_hot(y, 2), np.stack([-score, score], 1)
+    f = metrics.classification_metrics(Yb, Sb, False)["auroc"]
+    v = f(np.arange(400))
+    lo, hi = metrics.bootstrap_ci(f, 400, 150, seed=0)
+    assert lo < v < hi
+    glo, ghi = metrics.bootstrap_ci(f, 400, 150, seed=0, groups=groups)
+    assert glo < v < ghi and ghi - glo > 2 * (hi - lo)
+
+
+# ----------------------------------------------------------------------------- specs on the real folders
+def test_builtin_specs_load_and_split_by_patient(test_data):
+    names = builtin_names()
+    assert {"jsrt_nodule", "jsrt_age", "jsrt_sex", "jsrt_anatomy", "covid_finding", "covid_lungs",
+            "covid_notes_alignment", "covid_notes_retrieval", "busi", "brain_mri", "ham10000",
+            "pneumoniamnist"} <= set(names)
+    for n in names:
+        t = load_task(load_spec(n), test_data, max_samples=60)
+        assert len(t.keys) == 60 and {"train", "test"} <= set(t.split.tolist()), n
+        assert len(set(t.keys)) == 60, n
+    full = load_task(load_spec("covid_finding"), test_data)
+    assert set(full.column("label")) == {"COVID-19", "other_pneumonia", "No Finding"}
+    pid = np.asarray(full.column("patient_id"))
+    for a, b in (("train", "test"), ("train", "val"), ("val", "test")):
+        assert not set(pid[full.split == a]) & set(pid[full.split == b]), (a, b)
+    # stratified: every class reaches the test split
+    assert set(np.asarray(full.column("label"))[full.split == "test"]) == {"COVID-19", "other_pneumonia", "No Finding"}
+    lungs = load_task(load_spec("covid_lungs"), test_data)
+    assert set(lungs.column("modality")) == {"X-ray"} and all(r["mask_paths"] for r in lungs.rows)
+    # the npz spec keeps the file's own splits
+    pm = load_task(load_spec("pneumoniamnist"), test_data)
+    assert (pm.split == "test").sum() == 468 and set(pm.column("label")) == {"normal", "pneumonia"}
+    # deterministic subsets
+    a = load_task(load_spec("busi"), test_data, max_samples=40)
+    b = load_task(load_spec("busi"), test_data, max_samples=40)
+    assert a.keys == b.keys and (a.split == b.split).all()
+
+
+def test_spec_errors_name_the_problem(test_data, tmp_path):
+    with pytest.raises(SpecError, match="built-in tasks: .*jsrt_nodule"):
+        load_spec("jsrt_nodul")
+    with pytest.raises(SpecError, match="unknown key.*'lable'"):
+        spec_from_dict({"dataset": "jsrt", "lable": "x"})
+    with pytest.raises(SpecError, match="kind 'clasification'"):
+        spec_from_dict({"dataset": "jsrt", "kind": "clasification"})
+    with pytest.raises(SpecError, match="'nowhere' not found under --data"):
+        load_task(spec_from_dict({"dataset": "nowhere"}), test_data)
+    with pytest.raises(SpecError, match="column 'scanner'"):
+        load_task(spec_from_dict({"dataset": "jsrt", "where": {"scanner": ["x"]}}), test_data)
+    y = tmp_path / "mine.yaml"
+    y.write_text("dataset: busi_ultrasound\nclasses: [benign, malignant]\nmax_samples: 30\n")
+    t = load_task(load_spec(str(y)), test_data)
+    assert t.spec.name == "mine" and len(t.keys) == 30 and set(t.column("label")) == {"benign", "malignant"}
+
+
+# ----------------------------------------------------------------------------- preprocessing
+def test_preprocess_matches_rad_dino_recipe(test_data):
+    im = Image.open(test_data / "jsrt/images/JPCLN001.png")
+    x = preprocess(im, 112)
+    assert x.shape == (3, 112, 112) and x.dtype == np.float32
+    assert np.array_equal(x[0], x[1]) and np.array_equal(x[1], x[2])
+    ref = np.asarray(im.convert("L").resize((112, 112), Image.BICUBIC), dtype=np.float32) / 255
+    np.testing.assert_allclose(x[0], (ref - RAD_DINO_MEAN) / RAD_DINO_STD, atol=1e-5)
+    # lungs are dark on a radiograph: the centre-left region is darker than the mediastinum
+    assert x[0, 40:70, 20:45].mean() < x[0, 40:70, 50:62].mean()
+    # non-square: shorter side -> resolution, centred crop
+    assert resize_crop_box(300, 200, 100) == ((150, 100), (25, 0, 125, 100))
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8))
+    assert preprocess(rgb, 56).shape == (3, 56, 56) and preprocess(rgb, 56, channels=1).shape == (1, 56, 56)
+    m = preprocess_mask(Image.open(test_data / "jsrt/masks/heart/JPCLN001.png"), 112, 32)
+    assert m.shape == (32, 32) and 0.05 < m.mean() < 0.3
+
+
+# ----------------------------------------------------------------------------- attributes (real ages)
+def test_ridge_age_beats_mean_only_with_signal(test_data):
+    task = load_task(load_spec("jsrt_age"), test_data)
+    y = prepare_targets(task, EvalSettings()).y
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(len(y), 48))
+    signal = noise.copy()
+    signal[:, :4] += (y[:, None] - y.mean()) / y.std() * np.array([2.0, 1.0, -1.5, 0.8])
+    tr, va, te = (task.indices(s) for s in ("train", "val", "test"))
+    base = np.mean(np.abs(mean_baseline(y[tr], y[va], len(te)) - y[te]))
+    pred, alpha = ridge_probe(signal[tr], y[tr], signal[va], y[va], signal[te])
+    assert np.mean(np.abs(pred - y[te])) < 0.6 * base
+    pred, alpha = ridge_probe(noise[tr], y[tr], noise[va], y[va], noise[te])
+    assert np.mean(np.abs(pred - y[te])) > 0.9 * base  # noise cannot explain age
+    assert alpha >= 100  # and validation picks strong regularisation for it
+
+
+def test_class_targets_multilabel_and_sex(test_data):
+    t = load_task(spec_from_dict({"dataset": "covid_cxr", "multilabel": True, "label_separator": ",",
+                                  "label_column": "labels_all", "max_samples": 80}), test_data)
+    Y, classes = class_targets(t)
+    assert "COVID-19" in classes and "ARDS" in classes and Y.shape == (80, len(classes))
+    assert (Y.sum(1) >= 1).all()
+    t = load_task(load_spec("jsrt_sex"), test_data)
+    Y, classes = class_targets(t)
+    assert classes == ["F", "M"] and Y.sum() == len(t.keys)
+
+
+# ----------------------------------------------------------------------------- segmentation (real masks)
+def test_linear_head_segments_when_tokens_carry_the_mask(test_data):
+    task = load_task(load_spec("jsrt_anatomy"), test_data, max_samples=40)
+    s = EvalSettings(resolution=112, patch_size=14)
+    t = prepare_targets(task, s)
+    M = t.masks
+    assert M.shape == (40, 3, 32, 32) and t.keep.all()
+    # tokens = the mask fraction of each 14 px patch (8x8 grid) + noise channels
+    frac = M.reshape(40, 3, 8, 4, 8, 4).mean((3, 5)).transpose(0, 2, 3, 1)
+    rng = np.random.default_rng(0)
+    tokens = np.concatenate([frac + 0.05 * rng.normal(size=frac.shape), rng.normal(size=(40, 8, 8, 13))], -1)
+    tr, va, te = (task.indices(x) for x in ("train", "val", "test"))
+    predict = train_linear_head(tokens[tr], M[tr], tokens[va], M[va], steps=100, seed=0)
+    pred = predict(tokens[te])
+    dice = [dice_per_image(pred[:, k], M[te, k]).mean() for k in range(3)]
+    const = constant_mask(M[tr])
+    cdice = [dice_per_image(np.broadcast_to(const[k], M[te, k].shape), M[te, k]).mean() for k in range(3)]
+    assert dice[0] > 0.9 and dice[1] > 0.8, dice  # lungs, heart
+    assert dice[0] > cdice[0] and dice[1] > cdice[1], (dice, cdice)
+    # pure noise tokens: the head learns no better than the position-free average
+    predict = train_linear_head(tokens[tr][..., 3:], M[tr], tokens[va][..., 3:], M[va], steps=60, seed=0)
+    noisy = predict(tokens[te][..., 3:])
+    assert dice_per_image(noisy[:, 0], M[te, 0]).mean() < dice[0] - 0.1
+    # Dice conventions
+    z = np.zeros((1, 4, 4), bool)
+    assert dice_per_image(z, z)[0] == 1.0 and dice_per_image(~z, z)[0] == 0.0
