@@ -187,6 +187,22 @@ def test_two_rank_checkpoint_resumes_on_one_rank(reference_run, tmp_path):
     assert json.loads((run_dir / "ckpt" / "step_0000007" / "meta.json").read_text())["world_size"] == 1
 
 
+def test_one_rank_checkpoint_resumes_on_two_ranks(cxr_shards, tmp_path):
+    cfg = write_config(tmp_path / "cfg.yaml", cxr_shards, tmp_path / "run", checkpoint_every=2, export_every=0)
+    first = train(cfg, 1, "train.max_steps=2")
+    assert first.returncode == 0, first.stderr[-4000:]
+    meta = tmp_path / "run" / "ckpt" / "step_0000002" / "meta.json"
+    assert json.loads(meta.read_text())["world_size"] == 1
+    res = train(cfg, 2, "train.max_steps=4")
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "resharded" in res.stderr
+    rows = losses_by_step(tmp_path / "run")
+    assert sorted(rows) == [1, 2, 3, 4]
+    assert rows[2]["world_size"] == 1 and rows[4]["world_size"] == 2
+    assert all(math.isfinite(rows[s]["total_loss"]) for s in rows)
+    assert json.loads((tmp_path / "run" / "ckpt" / "step_0000004" / "meta.json").read_text())["world_size"] == 2
+
+
 def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(cxr_shards, tmp_path):
     cfg = write_config(tmp_path / "cfg.yaml", cxr_shards, tmp_path / "run", checkpoint_every=2, debug_nan_step=3,
                        max_steps=4, export_every=0)
