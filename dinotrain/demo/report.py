@@ -76,6 +76,16 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, out: str | Path, dpi: int) -> Path:
+    """Lay out, write (creating the folder) and close a figure; returns the PNG path."""
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
+
+
 def plot_losses(metrics: Sequence[dict], out: str | Path, title: str = "pretraining losses") -> Path:
     """Loss curves (one line per loss term) against the step; returns the PNG path."""
     series = loss_series(metrics)
@@ -91,12 +101,7 @@ def plot_losses(metrics: Sequence[dict], out: str | Path, title: str = "pretrain
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out, dpi=110)
 
 
 def plot_probes(rows: Sequence[ProbeRow], out: str | Path, title: str = "frozen features: SSL vs random init") -> Path:
@@ -117,12 +122,7 @@ def plot_probes(rows: Sequence[ProbeRow], out: str | Path, title: str = "frozen 
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out, dpi=110)
 
 
 def plot_images(images: Sequence[tuple[str, np.ndarray]], out: str | Path, cols: int = 6,
@@ -146,12 +146,7 @@ def plot_images(images: Sequence[tuple[str, np.ndarray]], out: str | Path, cols:
         ax.set_title(name, fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out, dpi=100)
 
 
 def _score(v: float, ci: tuple[float, float] | None) -> str:
