@@ -173,7 +173,9 @@ def _worker(rank: int, world: int, port: int, logits: torch.Tensor, center: torc
         sk = sinkhorn_knopp(part, 0.05)  # auto: a process group is initialised
         local_only = sinkhorn_knopp(part, 0.05, distributed=False)
         c = update_center(center, part)
-        q.put((rank, sk, local_only, c))
+        # numpy, not tensors: torch's queue shares tensor storage through a file descriptor that
+        # the parent fetches from this process, which may have exited by then (a flaky failure)
+        q.put((rank, sk.numpy(), local_only.numpy(), c.numpy()))
     finally:
         dist.destroy_process_group()
 
@@ -190,7 +192,7 @@ def test_reductions_across_two_processes_equal_one_big_batch():
     procs = [ctx.Process(target=_worker, args=(r, 2, port, logits, center, q)) for r in range(2)]
     for p in procs:
         p.start()
-    results = {r: rest for r, *rest in (q.get(timeout=120) for _ in procs)}
+    results = {r: [torch.from_numpy(a) for a in rest] for r, *rest in (q.get(timeout=120) for _ in procs)}
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
