@@ -215,6 +215,31 @@ def test_writer_index_matches_dali_wds2idx(tmp_path):
         ShardWriter(str(tmp_path / "t.tar")).add("1.2.3", [("png", b"x")])
 
 
+@pytest.mark.parametrize("sizes", [[1, 511, 512, 513], [10240 - 512 * 3], [0, 7]])
+def test_writer_bytes_equal_tarfiles_own(tmp_path, sizes):
+    # the writer builds headers itself; tarfile (USTAR, same fixed header fields) is the reference,
+    # including the end-of-archive blocks and the padding to a whole 10240-byte record
+    import hashlib
+    import io
+
+    from shards.writer import tarinfo
+
+    rng = np.random.default_rng(2)
+    members = [(f"{i:016x}", rng.bytes(n)) for i, n in enumerate(sizes)]
+    w = ShardWriter(str(tmp_path / "ours.tar"))
+    for key, data in members:
+        w.add(key, [("png", data), ("json", b'{"a":1}')])
+    facts = w.close()
+    ref = io.BytesIO()
+    with tarfile.open(fileobj=ref, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for key, data in members:
+            for name, d in ((f"{key}.png", data), (f"{key}.json", b'{"a":1}')):
+                tf.addfile(tarinfo(name, len(d)), io.BytesIO(d))
+    ours = (tmp_path / "ours.tar").read_bytes()
+    assert ours == ref.getvalue()
+    assert facts["sha256"] == hashlib.sha256(ours).hexdigest() and facts["bytes"] == len(ours)
+
+
 def test_dicom_window_none_uses_the_stored_range():
     ds = pydicom.dcmread(str(TEST_FILES / "CT_small.dcm"))
     fr = read(_dicom_bytes(ds), "ct.dcm", ReadOptions(dicom_window="none")).frames[0]
