@@ -14,57 +14,98 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from itertools import islice
 
 
-def _context():
+def _context(preload: tuple[str, ...]):
     import multiprocessing as mp
 
-    # fork is cheap (no re-imports) but only safe while this process runs no other thread
-    # (an s3fs event loop, a test server): otherwise spawn, which inherits no locks
-    return mp.get_context("fork" if sys.platform == "linux" and threading.active_count() == 1 else "spawn")
+    if sys.platform != "linux":
+        return mp.get_context("spawn")
+    # fork is cheapest (workers inherit every imported module) but only safe while this process
+    # runs no other thread (an s3fs event loop, tqdm's monitor, a test server): a lock held by
+    # one of them at the fork would stay held in the child forever. Otherwise a fork server:
+    # one clean process that imports `preload` once and forks the workers, instead of spawn
+    # re-importing numpy, Pillow, pydicom... in every worker (which cost most of the gain of a
+    # second worker: benchmarks/shards_build.py).
+    if threading.active_count() == 1:
+        return mp.get_context("fork")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(list(preload))  # read when the server starts, once per process
+    return ctx
 
 
 def ordered_map(fn: Callable, tasks: Iterable, workers: int, crashed: Callable[[object, str], object],
-                window: int | None = None) -> Iterator:
+                window: int | None = None, preload: tuple[str, ...] = (), chunk: int = 1) -> Iterator:
     """fn(task) for each task, in order, on `workers` processes; crashed(task, error) for a task that
-    kills its worker twice."""
-    window = window or workers * 4
-    it = iter(tasks)
-    pending: deque[tuple[object, Future]] = deque()
-    ctx = _context()
+    kills its worker twice.
+
+    `chunk` tasks travel to a worker together (one round trip instead of `chunk`: the pool's
+    per-task cost is about a millisecond of CPU on each side, noticeable when a task takes
+    ten); `window` chunks are in flight at most (default 4 per worker).
+    The pool starts, and the first chunks are submitted, before this returns: workers are forked
+    while the caller has not yet started threads of its own (a progress bar's monitor).
+    `preload`: modules a fork server imports for the workers when fork is not safe.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    gen = _ordered(fn, _chunks(iter(tasks), chunk), workers, crashed, window or workers * 4, preload)
+    next(gen)  # runs up to the first yield: pool started, first window submitted
+    return gen
+
+
+def _chunks(it: Iterator, n: int) -> Iterator[list]:
+    while batch := list(islice(it, n)):
+        yield batch
+
+
+def _call_each(fn: Callable, batch: list) -> list:
+    return [fn(t) for t in batch]
+
+
+def _ordered(fn, chunks, workers, crashed, window, preload):
+    pending: deque[tuple[list, Future]] = deque()
+    ctx = _context(preload)
     ex = ProcessPoolExecutor(workers, mp_context=ctx)
+    started = False
     try:
         while True:
             while len(pending) < window:
-                task = next(it, _END)
-                if task is _END:
+                batch = next(chunks, None)
+                if batch is None:
                     break
-                pending.append((task, _submit(ex, fn, task)))
+                pending.append((batch, _submit(ex, fn, batch)))
+            if not started:
+                started = True
+                yield _STARTED
             if not pending:
                 ex.shutdown(wait=True)  # reap the workers (their CPU time is then accounted)
                 return
-            task, fut = pending[0]
+            batch, fut = pending[0]
             try:
-                result = fut.result()
+                results = fut.result()
             except BrokenProcessPool as e:
-                # a worker died: the oldest unfinished task runs alone (it may be the culprit); the
-                # others go to a fresh pool, keeping the results that had already come back
+                # a worker died: the tasks of the oldest unfinished chunk run one by one, alone
+                # (one of them may be the culprit); the other chunks go to a fresh pool, keeping
+                # the results that had already come back
                 ex.shutdown(wait=False, cancel_futures=True)
                 pending.popleft()
-                yield _run_alone(fn, task, ctx, crashed, e)
+                ctx = _context(preload)  # threads may have started since the first pool
+                for task in batch:
+                    yield _run_alone(fn, task, ctx, crashed, e)
                 ex = ProcessPoolExecutor(workers, mp_context=ctx)
-                pending = deque((t, f if _succeeded(f) else _submit(ex, fn, t)) for t, f in pending)
+                pending = deque((b, f if _succeeded(f) else _submit(ex, fn, b)) for b, f in pending)
                 continue
             pending.popleft()
-            yield result
+            yield from results
     finally:
         ex.shutdown(wait=False, cancel_futures=True)
 
 
-def _submit(ex: ProcessPoolExecutor, fn: Callable, task) -> Future:
+def _submit(ex: ProcessPoolExecutor, fn: Callable, batch: list) -> Future:
     """Submit, turning a pool that broke meanwhile into a failed future (handled like any other)."""
     try:
-        return ex.submit(fn, task)
+        return ex.submit(_call_each, fn, batch)
     except BrokenProcessPool as e:
         f: Future = Future()
         f.set_exception(e)
@@ -83,4 +124,4 @@ def _run_alone(fn, task, ctx, crashed, first_error):
             return crashed(task, f"the worker process died twice decoding it ({first_error})")
 
 
-_END = object()
+_STARTED = object()
