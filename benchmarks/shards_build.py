@@ -7,7 +7,7 @@ tar writing, index, checkpoints and manifest on top, and spreads the work over p
 Targets (issue 3): workers=1 >= 0.9 x floor; per-worker efficiency with N workers >= 0.9
 (so >= 1.8x speed-up with 2 workers).
 
-    .venv/bin/python -m benchmarks.shards_build [--quick] [--data ../shared/data --n 240 --size 256]
+    .venv/bin/python -m benchmarks.shards_build [--quick] [--data ../shared/data --n 240 --size 518]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import Skip, format_table, ratio_row, result, write_json  # noqa: E402
-from shards.build import build_shards  # noqa: E402
+from shards.build import TASKS_PER_CHUNK, build_shards  # noqa: E402
 from shards.process import ProcessOptions, encode_png, render  # noqa: E402
 from shards.readers import ReadOptions, Reject, read  # noqa: E402
 
@@ -65,6 +65,27 @@ def floor(files: list[str], size: int) -> tuple[float, float]:
     return time.perf_counter() - t, cpu_seconds() - c
 
 
+def _floor_part(args: tuple[list[str], int]) -> float:
+    return floor(*args)[1]
+
+
+def parallel_floor(files: list[str], size: int, workers: int) -> float:
+    """Wall seconds of the floor loop split over `workers` forked processes: the machine's ceiling.
+
+    No builder can beat the same work divided perfectly between processes with nothing else to
+    do, so (floor / this) is the speed-up that `workers` cores of this machine allow.
+    """
+    import multiprocessing as mp
+
+    parts = [(files[k::workers], size) for k in range(workers)]
+    ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
+    with ctx.Pool(workers) as pool:
+        pool.map(_floor_part, [([], size)] * workers)  # workers started before the clock
+        t = time.perf_counter()
+        pool.map(_floor_part, parts, chunksize=1)
+        return time.perf_counter() - t
+
+
 def timed_build(files: list[str], size: int, workers: int) -> tuple[float, float, dict]:
     with tempfile.TemporaryDirectory() as out:
         t, c = time.perf_counter(), cpu_seconds()
@@ -74,27 +95,37 @@ def timed_build(files: list[str], size: int, workers: int) -> tuple[float, float
 
 
 def measure(data: Path, n: int, size: int, workers: int, repeat: int) -> dict:
-    """Best-of-`repeat` wall and CPU seconds of the floor, a 1-worker build and an N-worker build."""
+    """Best-of-`repeat` wall and CPU seconds of the floor, a 1-worker build and an N-worker build.
+
+    Best of several, not the median: on a shared virtual machine the neighbours' load only ever
+    slows a run down, so the fastest run is the closest to what the code itself costs.
+    """
     files = corpus(data, n)
     if not files:
         raise Skip(f"no images under {data}: pass --data or set DINOTRAIN_TEST_DATA")
     floor(files[:10], size)  # warm imports and caches, for both sides
     timed_build(files[:10], size, 1)
-    floors = [floor(files, size) for _ in range(repeat)]
-    runs1 = [timed_build(files, size, 1) for _ in range(repeat)]
-    runsn = [timed_build(files, size, workers) for _ in range(repeat)]
+    timed_build(files[:10], size, workers)  # a fork server, if one is used, starts here, not in the timing
+    floors, ceilings, runs1, runsn = [], [], [], []
+    for _ in range(repeat):  # interleaved rounds: a slow spell of the machine hits every case alike
+        floors.append(floor(files, size))
+        ceilings.append(parallel_floor(files, size, workers))
+        runs1.append(timed_build(files, size, 1))
+        runsn.append(timed_build(files, size, workers))
+    ceiling = min(ceilings)
     t1, c1, man = min(runs1, key=lambda r: r[0])
-    tn, cn, _ = min(runsn, key=lambda r: r[0])
+    # (no CPU seconds for N workers: a fork server's workers are not this process's children)
+    tn = min(r[0] for r in runsn)
     return {"inputs": man["totals"]["inputs"], "samples": man["totals"]["samples"], "size": size,
             "workers": workers, "cpus": os.cpu_count(), "load_average": os.getloadavg()[0],
-            "floor_s": min(f[0] for f in floors), "floor_cpu_s": min(f[1] for f in floors),
-            "workers1_s": t1, "workers1_cpu_s": c1, "workersN_s": tn, "workersN_cpu_s": cn}
+            "floor_s": min(f[0] for f in floors), "floor_parallel_s": ceiling, "floor_cpu_s": min(f[1] for f in floors),
+            "workers1_s": t1, "workers1_cpu_s": c1, "workersN_s": tn}
 
 
-def run(quick: bool = False, data: str | None = None, n: int | None = None, size: int = 256,
+def run(quick: bool = False, data: str | None = None, n: int | None = None, size: int = 518,
         workers: int = 2, repeat: int | None = None) -> dict:
     root = Path(data or os.environ.get("DINOTRAIN_TEST_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
-    m = measure(root, n or (40 if quick else 240), size, workers, repeat or (1 if quick else 2))
+    m = measure(root, n or (40 if quick else 240), size, workers, repeat or (1 if quick else 5))
     k = m["inputs"]
     rows = [
         ratio_row("build workers=1 vs bare floor loop (wall)", k / m["floor_s"], k / m["workers1_s"],
@@ -104,11 +135,18 @@ def run(quick: bool = False, data: str | None = None, n: int | None = None, size
                   baseline_name="floor", candidate_name="build w=1", unit="cpu s", target=">= 0.9"),
         ratio_row(f"build workers={workers} vs workers=1 (speed-up)", m["workers1_s"], m["workersN_s"],
                   baseline_name="w=1", candidate_name=f"w={workers}", unit="s", target=f">= {0.9 * workers:.1f}"),
+        ratio_row(f"ceiling: floor loop split over {workers} processes vs 1 (what this machine allows)",
+                  m["floor_s"], m["floor_parallel_s"], baseline_name="floor, 1 process",
+                  candidate_name=f"floor, {workers} processes", unit="s"),
     ]
     return result("shards_build", "shards build images/s vs the decode+resize+encode floor", rows,
                   notes="floor = read, decode, window, resize and PNG-encode the same files in a bare loop in the "
                   "same process. Wall-clock ratios need an otherwise idle machine; the CPU-seconds row is robust "
-                  "to load. Targets (issue 3): w=1 >= 0.9 x floor, >= 1.8x speed-up with 2 workers.",
+                  "to load. Targets (issue 3): w=1 >= 0.9 x floor, >= 1.8x speed-up with 2 workers. The ceiling row "
+                  "divides the floor's work perfectly between processes that do nothing else: a build's speed-up "
+                  "can come close to it, not really pass it, so on a machine whose ceiling is below 1.8x the "
+                  "target cannot be shown there. Workers are forked (a fork server if this process runs other threads) and get "
+                  f"{TASKS_PER_CHUNK} inputs per round trip.",
                   params=m)
 
 
@@ -117,7 +155,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="40 files, one repeat")
     ap.add_argument("--data", default=None, help="folder with jsrt/, covid_cxr/, brain_mri/ (default ../shared/data)")
     ap.add_argument("--n", type=int, default=None, help="input files (default 240)")
-    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--size", type=int, default=518, help="shorter side, as `shards build --size` (default 518, RAD-DINO)")
     ap.add_argument("--workers", type=int, default=2, help="the multi-worker run")
     ap.add_argument("--repeat", type=int, default=None, help="best of R runs each")
     args = ap.parse_args()
