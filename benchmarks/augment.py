@@ -86,6 +86,29 @@ def cpu_seconds(fn, repeat: int) -> float:
     return statistics.median(runs)
 
 
+def decode_resize_pipeline(arrays, params, spec, n: int):
+    """The DALI graph cut down to decode + the resized crops: a ceiling for the full graph on CPU."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from dinotrain.data.augment import X0, X1, Y0, Y1
+
+    @pipeline_def(batch_size=n, num_threads=1, device_id=None, prefetch_queue_depth=1, exec_dynamic=True)
+    def graph():
+        enc, prm = fn.external_source(source=lambda: (arrays, params), num_outputs=2, batch=True,
+                                      dtype=[types.UINT8, types.FLOAT], ndim=[1, 2])
+        img = fn.decoders.image(enc, device="cpu", output_type=types.GRAY, dtype=types.UINT16)
+        return tuple(
+            fn.resize(img, size=[224 if c < spec.n_global else 98] * 2, roi_start=prm[c, Y0 : X0 + 1],
+                      roi_end=prm[c, Y1 : X1 + 1], roi_relative=True, interp_type=types.INTERP_CUBIC,
+                      dtype=types.UINT16)
+            for c in range(spec.n_global + spec.n_local)
+        )
+
+    pipe = graph()
+    pipe.build()
+    return pipe
+
+
 def run(quick: bool = False) -> dict:
     from dinotrain.data.augment import AugmentSpec, sample_params
     from dinotrain.data.pipeline import GraphSpec, train_pipeline
@@ -100,10 +123,14 @@ def run(quick: bool = False) -> dict:
     pipe = train_pipeline(lambda: (arrays, params), spec, graph, n, num_threads=1, device="cpu",
                           device_id=None, prefetch=1)
 
+    floor = decode_resize_pipeline(arrays, params, spec, n)
+
+    def materialise(p):
+        for o in p.run():
+            np.asarray(o.as_tensor())  # like the loader does
+
     def dali():
-        outs = pipe.run()
-        for o in outs:
-            np.asarray(o.as_tensor())  # materialise like the loader does
+        materialise(pipe)
 
     def base():
         for b, p in zip(images, params):
@@ -113,6 +140,7 @@ def run(quick: bool = False) -> dict:
     t_base = timeit(base, repeat=repeat)
     t_dali = timeit(dali, repeat=repeat)
     cpu_base, cpu_dali = cpu_seconds(base, repeat), cpu_seconds(dali, repeat)
+    cpu_floor = cpu_seconds(lambda: materialise(floor), repeat)
     rows = [
         ratio_row(f"{n} imgs 518px, 2x224 + 8x98 crops, 1 thread (wall clock)", n / t_base.median,
                   n / t_dali.median, baseline_name="PIL+numpy", candidate_name="DALI CPU", unit="img/s",
@@ -121,17 +149,23 @@ def run(quick: bool = False) -> dict:
         # shared machine do not move it the way they move wall-clock time
         ratio_row(f"{n} imgs, same work (process CPU time)", n / cpu_base, n / cpu_dali,
                   baseline_name="PIL+numpy", candidate_name="DALI CPU", unit="img/cpu-s", higher_is_better=True),
+        # the most the full graph could reach on this CPU: its decode and resize alone
+        ratio_row(f"ceiling: DALI decode + the {spec.n_global + spec.n_local} resized crops only (CPU time)",
+                  n / cpu_base, n / cpu_floor, baseline_name="PIL+numpy (whole recipe)",
+                  candidate_name="DALI decode+resize", unit="img/cpu-s", higher_is_better=True),
     ]
     return result(
         "augment",
         "DALI CPU multi-crop vs a PIL+numpy DINOv2 recipe (images/s per core)",
         rows,
         notes="Same PNG bytes, crop windows and apply-flags on both sides; ratio > 1 = DALI faster. Target >= 3x, "
-              "not met on CPU. Per operation (CPU time), DALI's PNG decode matches Pillow's, its float bicubic "
-              "resize costs about 2x Pillow's fixed-point one, and its Gaussian blur costs more than Pillow's "
-              "box-approximated blur; blur and solarisation run only on the crops whose flag is set (DALI "
-              "conditionals). The graph's speed-up is meant to come from the GPU path (decode 'mixed', "
-              "augment on the device), which this CPU-only machine cannot measure.",
+              "not met on CPU, and not reachable there: the ceiling row runs only DALI's decode and resized "
+              "crops (no jitter, blur or normalisation), and even that is far from 3x the whole PIL recipe, "
+              "because Pillow's PNG decode and fixed-point bicubic resize are as fast per core as DALI's. The "
+              "graph keeps pixels as uint16 through decode and resize (DALI's CPU resize writes integers "
+              "about 1.4x faster than float) and runs blur and solarisation only on the crops whose flag is "
+              "set (DALI conditionals). The speed-up the design is for comes from the GPU path (decode "
+              "'mixed', augment on the device), which a CPU-only machine cannot measure.",
         params={"images": n, "global": "2x224", "local": "8x98", "threads": 1},
     )
 
