@@ -5,17 +5,29 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from dinotrain.cli import main as cli_main
-from launch import runstate, status
+from launch import queue, runstate, status
 from launch.report import write_report
 from launch.sweep import load_sweep, run_dirs
 from launch.sweep_run import plan_and_submit
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+def _wait_until_gone(job_ids: list[str], timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = queue.squeue_states()
+        left = [j for j in job_ids if queue.queue_state(j, "slurm", states) is not None]
+        if not left:
+            return
+        assert time.monotonic() < deadline, f"jobs still queued after {timeout_s} s: {left} ({states})"
+        time.sleep(0.5)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,6 +78,9 @@ def test_smoke_sweep_runs_as_array_and_reports(slurm_cluster, modality_folders, 
         assert [json.loads(ln)["step"] for ln in (d / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     # finished runs are skipped; a run that died without finishing is resubmitted
     assert plan_and_submit(spec, dry_run=True).submit == []
+    # a task writes 'done' a moment before its job leaves the queue, and a queued job is never
+    # resubmitted: wait for the queue to empty before faking the death
+    _wait_until_gone([str(runstate.read_submission(d)["job_id"]) for d in run_dirs(out)])
     (out / "runs" / "cxr-n8" / runstate.STATUS).unlink()
     again = plan_and_submit(spec, dry_run=True)
     assert again.submit == ["cxr-n8"] and set(again.skip.values()) == {"done"}
