@@ -67,17 +67,11 @@ def _ordered(fn, chunks, workers, crashed, window, preload):
     pending: deque[tuple[list, Future]] = deque()
     ctx = _context(preload)
     ex = ProcessPoolExecutor(workers, mp_context=ctx)
-    started = False
     try:
+        _fill(pending, window, chunks, ex, fn)
+        yield _STARTED
         while True:
-            while len(pending) < window:
-                batch = next(chunks, None)
-                if batch is None:
-                    break
-                pending.append((batch, _submit(ex, fn, batch)))
-            if not started:
-                started = True
-                yield _STARTED
+            _fill(pending, window, chunks, ex, fn)
             if not pending:
                 ex.shutdown(wait=True)  # reap the workers (their CPU time is then accounted)
                 return
@@ -100,6 +94,12 @@ def _ordered(fn, chunks, workers, crashed, window, preload):
             yield from results
     finally:
         ex.shutdown(wait=False, cancel_futures=True)
+
+
+def _fill(pending: deque, window: int, chunks: Iterator[list], ex: ProcessPoolExecutor, fn: Callable) -> None:
+    """Submit chunks until `window` are in flight or none are left."""
+    while len(pending) < window and (batch := next(chunks, None)) is not None:
+        pending.append((batch, _submit(ex, fn, batch)))
 
 
 def _submit(ex: ProcessPoolExecutor, fn: Callable, batch: list) -> Future:
