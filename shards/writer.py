@@ -57,7 +57,7 @@ def member_bytes(name: str, data: bytes) -> bytes:
 class ShardWriter:
     """Write samples (key, [(ext, bytes), ...]) to `path`; `close()` returns the shard's facts.
 
-    The bytes are those of `tarfile` in USTAR format (tests/test_shards_build.py compares them),
+    The bytes are those of `tarfile` in USTAR format (tests/test_shards_readers.py compares them),
     written directly: `TarFile.addfile` costs the parent about as much per member as the rest of
     the bookkeeping, and the parent's time is what a multi-worker build cannot spread.
     """
