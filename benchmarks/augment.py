@@ -87,22 +87,18 @@ def cpu_seconds(fn, repeat: int) -> float:
 
 
 def decode_resize_pipeline(arrays, params, spec, n: int):
-    """The DALI graph cut down to decode + the resized crops: a ceiling for the full graph on CPU."""
+    """The train graph cut down to its decode and resized crops: a ceiling for the full graph on CPU."""
     from nvidia.dali import fn, pipeline_def, types
 
-    from dinotrain.data.augment import X0, X1, Y0, Y1
+    from dinotrain.data.pipeline import _decode, _resized_crop
 
     @pipeline_def(batch_size=n, num_threads=1, device_id=None, prefetch_queue_depth=1, exec_dynamic=True)
     def graph():
         enc, prm = fn.external_source(source=lambda: (arrays, params), num_outputs=2, batch=True,
                                       dtype=[types.UINT8, types.FLOAT], ndim=[1, 2])
-        img = fn.decoders.image(enc, device="cpu", output_type=types.GRAY, dtype=types.UINT16)
-        return tuple(
-            fn.resize(img, size=[224 if c < spec.n_global else 98] * 2, roi_start=prm[c, Y0 : X0 + 1],
-                      roi_end=prm[c, Y1 : X1 + 1], roi_relative=True, interp_type=types.INTERP_CUBIC,
-                      dtype=types.UINT16)
-            for c in range(spec.n_global + spec.n_local)
-        )
+        img = _decode(enc, gpu=False, gray=True, dtype=types.UINT16)
+        return tuple(_resized_crop(img, prm, c, 224 if c < spec.n_global else 98)
+                     for c in range(spec.n_global + spec.n_local))
 
     pipe = graph()
     pipe.build()

@@ -84,6 +84,21 @@ def _to_chw(x, g: GraphSpec):
     return fn.transpose(x, perm=[2, 0, 1], output_layout="CHW")
 
 
+def _resized_crop(img, prm_cpu, c: int, size: int):
+    """Crop `c`'s window of the uint16 image, bicubic-resized to size x size, mirrored when x0 > x1."""
+    from nvidia.dali import fn, types
+
+    return fn.resize(
+        img,
+        size=[size, size],
+        roi_start=prm_cpu[c, Y0 : X0 + 1],  # (y, x): DALI's spatial order for HWC
+        roi_end=prm_cpu[c, Y1 : X1 + 1],
+        roi_relative=True,
+        interp_type=types.INTERP_CUBIC,
+        dtype=types.UINT16,  # bicubic overshoot saturates at 0 and PIXEL_MAX: the [0, 1] clip
+    )
+
+
 def _augment_crop(img, prm_cpu, prm, c: int, size: int, spec: AugmentSpec, g: GraphSpec):
     """One crop: resized crop (+ mirror), intensity jitter, normalise, blur, solarise.
 
@@ -93,18 +108,9 @@ def _augment_crop(img, prm_cpu, prm, c: int, size: int, spec: AugmentSpec, g: Gr
     values below.
     """
     import nvidia.dali.math as dmath
-    from nvidia.dali import fn, types
+    from nvidia.dali import fn
 
-    x = fn.resize(
-        img,
-        size=[size, size],
-        roi_start=prm_cpu[c, Y0 : X0 + 1],  # (y, x): DALI's spatial order for HWC
-        roi_end=prm_cpu[c, Y1 : X1 + 1],
-        roi_relative=True,
-        interp_type=types.INTERP_CUBIC,
-        dtype=types.UINT16,  # bicubic overshoot saturates at 0 and PIXEL_MAX: the [0, 1] clip
-    )
-    x = dmath.clamp(x * (prm[c, BRIGHT] * (1.0 / PIXEL_MAX)), 0.0, 1.0)
+    x = dmath.clamp(_resized_crop(img, prm_cpu, c, size) * (prm[c, BRIGHT] * (1.0 / PIXEL_MAX)), 0.0, 1.0)
     # contrast around the crop's own mean (torchvision's rule), gamma on [0, 1] data
     m = fn.reductions.mean(x)
     x = _normalise(dmath.pow(dmath.clamp((x - m) * prm[c, CONTRAST] + m, 0.0, 1.0), prm[c, GAMMA]), g)
