@@ -23,7 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import Skip, format_table, ratio_row, result, write_json  # noqa: E402
-from shards.build import TASKS_PER_CHUNK, build_shards  # noqa: E402
+from shards.build import TASKS_PER_CHUNK, WORKER_MODULES, build_shards  # noqa: E402
+from shards.parallel import _context  # noqa: E402
 from shards.process import ProcessOptions, encode_png, render  # noqa: E402
 from shards.readers import ReadOptions, Reject, read  # noqa: E402
 
@@ -70,16 +71,13 @@ def _floor_part(args: tuple[list[str], int]) -> float:
 
 
 def parallel_floor(files: list[str], size: int, workers: int) -> float:
-    """Wall seconds of the floor loop split over `workers` forked processes: the machine's ceiling.
+    """Wall seconds of the floor loop split over `workers` processes: the machine's ceiling.
 
     No builder can beat the same work divided perfectly between processes with nothing else to
     do, so (floor / this) is the speed-up that `workers` cores of this machine allow.
     """
-    import multiprocessing as mp
-
     parts = [(files[k::workers], size) for k in range(workers)]
-    ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
-    with ctx.Pool(workers) as pool:
+    with _context(WORKER_MODULES).Pool(workers) as pool:  # started as the build starts its workers
         pool.map(_floor_part, [([], size)] * workers)  # workers started before the clock
         t = time.perf_counter()
         pool.map(_floor_part, parts, chunksize=1)
