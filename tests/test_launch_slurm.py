@@ -11,6 +11,7 @@ import pytest
 from dinotrain.config import load_config
 from launch import probe, runstate, status
 from launch.submit import submit_run
+from tests.services import wait_until
 
 pytestmark = pytest.mark.slurm
 
@@ -30,15 +31,6 @@ def _probe_cfg(out: Path, *extra: str):
 def _steps(run_dir: Path) -> list[int]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [json.loads(ln)["step"] for ln in lines if ln.strip()]
-
-
-def _wait_until(cond, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _release_requeued(cluster, job_id: str, timeout: float = 90) -> None:
@@ -72,7 +64,7 @@ def test_preempted_job_requeues_and_resumes_without_repeating_steps(slurm_cluste
     run = tmp_path / "run"
     cfg = _probe_cfg(run, "train.max_steps=16", "train.checkpoint_every=2")
     job = submit_run(cfg, entry=probe.ENTRY)
-    _wait_until(lambda: (run / probe.CKPT).exists() and len(_steps(run)) >= 3, 90, "a checkpoint")
+    wait_until(lambda: (run / probe.CKPT).exists() and len(_steps(run)) >= 3, 90, "a checkpoint")
     job._interrupt()  # submitit's preemption: SIGTERM then USR2 -> checkpoint() -> scontrol requeue
     _release_requeued(slurm_cluster, job.job_id)
     (final,) = status.wait_for([run], timeout_s=120, poll_s=1)
@@ -108,7 +100,7 @@ def test_two_task_fsdp_job_is_requeued_and_resumes_to_the_last_step(slurm_cluste
         f"output_dir={run}", f"data.sources=[{{name: cxr, path: {cxr_folder}}}]", "launch.tasks_per_node=2",
         "train.max_steps=6", "train.checkpoint_every=2", *TINY])
     job = submit_run(cfg)
-    _wait_until(lambda: latest_checkpoint(run) is not None or status.states_of([run])[0].state == "failed",
+    wait_until(lambda: latest_checkpoint(run) is not None or status.states_of([run])[0].state == "failed",
                 240, "the first checkpoint")
     assert status.states_of([run])[0].state == "running", _logs(job)
     job._interrupt()  # preemption as SLURM signals it: SIGTERM, then USR2 -> checkpoint() -> requeue

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -15,21 +14,16 @@ from launch import queue, runstate, status
 from launch.report import write_report
 from launch.sweep import load_sweep, run_dirs
 from launch.sweep_run import plan_and_submit
+from tests.services import wait_until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-
-def _wait_until_gone(job_ids: list[str], timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        states = queue.squeue_states()
-        left = [j for j in job_ids if queue.queue_state(j, "slurm", states) is not None]
-        if not left:
-            return
-        assert time.monotonic() < deadline, f"jobs still queued after {timeout_s} s: {left} ({states})"
-        time.sleep(0.5)
-
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _queued(job_ids: list[str]) -> list[str]:
+    states = queue.squeue_states()
+    return [j for j in job_ids if queue.queue_state(j, "slurm", states) is not None]
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +74,8 @@ def test_smoke_sweep_runs_as_array_and_reports(slurm_cluster, modality_folders, 
     assert plan_and_submit(spec, dry_run=True).submit == []
     # a task writes 'done' a moment before its job leaves the queue, and a queued job is never
     # resubmitted: wait for the queue to empty before faking the death
-    _wait_until_gone([str(runstate.read_submission(d)["job_id"]) for d in run_dirs(out)])
+    job_ids = [str(runstate.read_submission(d)["job_id"]) for d in run_dirs(out)]
+    wait_until(lambda: not _queued(job_ids), 120, f"jobs {job_ids} to leave the queue")
     (out / "runs" / "cxr-n8" / runstate.STATUS).unlink()
     again = plan_and_submit(spec, dry_run=True)
     assert again.submit == ["cxr-n8"] and set(again.skip.values()) == {"done"}
