@@ -74,11 +74,14 @@ class DINOHead(nn.Module):
                     nn.init.zeros_(m.bias)
         self.last_layer.reset_parameters()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_bottleneck: bool = False):
+        """Prototype logits; with `return_bottleneck`, also the L2-normalised bottleneck vectors
+        they come from (one call: FSDP2 gathers the head's parameters around `forward` only)."""
         x = self.mlp(x)
         eps = 1e-6 if x.dtype == torch.float16 else 1e-12
-        x = F.normalize(x, dim=-1, p=2, eps=eps)
-        return self.last_layer(x)
+        z = F.normalize(x, dim=-1, p=2, eps=eps)
+        logits = self.last_layer(z)
+        return (logits, z) if return_bottleneck else logits
 
 
 def build_head(in_dim: int, ssl_cfg=None, device: torch.device | str | None = None, **overrides) -> DINOHead:

@@ -34,8 +34,11 @@ from dinotrain.train.monitor import (
     MetricsLog,
     collapse_stats,
     collapse_warnings,
+    head_collapse_stats,
+    mean_pairwise_cosine,
     peak_flops,
     peak_memory_gb,
+    unit_row_sum,
     vit_flops_per_image,
 )
 from dinotrain.train.optim import apply_step_values, build_optimizer
@@ -243,6 +246,16 @@ def _quiet_known_warnings() -> None:
     # DTensor warns that CPU random init is per shard (handled in build_networks)
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     warnings.filterwarnings("ignore", message=r"DTensor random operators may not have complete support on cpu")
+
+
+def _prototype_row_sum(net: SSLNetwork) -> torch.Tensor:
+    """Sum of the unit-normalised prototypes over every rank's rows (FSDP shards them by row)."""
+    w = net.dino_head.last_layer.weight_v
+    sharded = hasattr(w, "to_local")
+    s = unit_row_sum(w.to_local() if sharded else w)
+    if sharded and torch.distributed.get_world_size() > 1:
+        torch.distributed.all_reduce(s)
+    return s
 
 
 def _unscale_grads(student: nn.Module, scale: float) -> bool:
@@ -457,6 +470,8 @@ def _train(cfg, env: DistEnv) -> dict:
                 with torch.no_grad():
                     cls_t, _ = teacher_targets(teacher_out, params)
                     stats = collapse_stats(s_out["global_cls"], cls_t)
+                    stats.update(head_collapse_stats(t_out["global_cls_bottleneck"], _prototype_row_sum(teacher), K))
+                    stats["student_head_bottleneck_cos"] = mean_pairwise_cosine(s_out["global_cls_bottleneck"])
                 record = {"step": n, **last, **values.as_dict(), **gnorms, **stats,
                           "images_per_s": images / elapsed, "step_time_s": step_time,
                           **{f"time_{k}_s": v for k, v in timer.phases.items()},

@@ -52,10 +52,12 @@ class SSLNetwork(nn.Module):
         parts = ([loc["x_norm_clstoken"]] if has_local else []) + [cls_g]
         if self.ibot_head is None:
             parts.append(masked)
-        out = self.dino_head(torch.cat(parts, dim=0))
+        out, z = self.dino_head(torch.cat(parts, dim=0), return_bottleneck=True)
         sizes = [p.shape[0] for p in parts]
         chunks = list(out.split(sizes, dim=0))
-        res = {"global_cls": cls_g}
+        # the global crops' bottleneck vectors, for the head-collapse monitor (no copy: a view)
+        n_local = sizes[0] if has_local else 0
+        res = {"global_cls": cls_g, "global_cls_bottleneck": z[n_local:n_local + cls_g.shape[0]]}
         if has_local:
             res["local_cls_logits"] = chunks.pop(0)
         else:

@@ -58,6 +58,45 @@ def collapse_stats(cls_features: torch.Tensor, teacher_probs: torch.Tensor) -> d
     }
 
 
+def mean_pairwise_cosine(rows: torch.Tensor) -> float:
+    """Mean cosine similarity over all pairs of distinct rows: ~0 for spread directions, 1 when
+    every row points the same way. O(n d): the pairs are summed through the squared row sum."""
+    z = F.normalize(rows.detach().float(), dim=-1)
+    n = z.shape[0]
+    if n < 2:
+        return float("nan")
+    s = z.sum(0)
+    return float(((s @ s) - (z * z).sum()) / (n * (n - 1)))
+
+
+def unit_row_sum(weight: torch.Tensor) -> torch.Tensor:
+    """Sum of the L2-normalised rows: with the row count, what `prototype_cosine` needs, and
+    additive over row shards (so FSDP ranks can all-reduce it instead of gathering the matrix)."""
+    return F.normalize(weight.detach().float(), dim=-1).sum(0)
+
+
+def prototype_cosine(row_sum: torch.Tensor, n_rows: int) -> float:
+    """Mean pairwise cosine of `n_rows` unit vectors whose sum is `row_sum`."""
+    if n_rows < 2:
+        return float("nan")
+    return float(((row_sum @ row_sum) - n_rows) / (n_rows * (n_rows - 1)))
+
+
+def head_collapse_stats(bottleneck: torch.Tensor, prototype_row_sum: torch.Tensor, n_prototypes: int) -> dict:
+    """Indicators of a collapsed DINO head, which the CLS indicators do not see: the backbone's CLS
+    can vary across images while the head maps them all to one bottleneck point (then every
+    centred teacher target is uniform and the DINO terms teach nothing), or while every prototype
+    points the same way (then the logits are equal whatever the input).
+
+    - `head_bottleneck_cos`: mean pairwise cosine of the (teacher's) bottleneck vectors of a batch.
+    - `prototype_cos`: mean pairwise cosine of the prototypes (rows of the last layer).
+    """
+    return {
+        "head_bottleneck_cos": mean_pairwise_cosine(bottleneck),
+        "prototype_cos": prototype_cosine(prototype_row_sum, n_prototypes),
+    }
+
+
 def collapse_warnings(stats: dict[str, float], step: int) -> list[str]:
     """Human advice when the indicators look like a collapse (empty when healthy)."""
     out = []
@@ -74,6 +113,27 @@ def collapse_warnings(stats: dict[str, float], step: int) -> list[str]:
             f"step {step}: the teacher assigns every image to the same prototype "
             f"(batch entropy {stats['teacher_batch_entropy']:.3g} nats): use ssl.centering=sinkhorn_knopp, "
             "raise ssl.warmup_teacher_temp_steps or lower ssl.teacher_temp"
+        )
+    if stats.get("head_bottleneck_cos", 0.0) > 0.98:
+        out.append(
+            f"step {step}: the DINO head maps every image to nearly the same bottleneck vector "
+            f"(mean pairwise cosine {stats['head_bottleneck_cos']:.4f}): the teacher's targets carry no "
+            "information about the image. From scratch, start with image-dependent features "
+            "(model.layerscale_init=0.1 for small runs), keep optim.freeze_last_layer_steps and the lr "
+            "warm-up long enough, and use a batch of at least a few dozen images"
+        )
+    if stats.get("prototype_cos", 0.0) > 0.9:
+        out.append(
+            f"step {step}: the DINO head's prototypes all point the same way (mean pairwise cosine "
+            f"{stats['prototype_cos']:.4f}): every logit is equal whatever the input. Restart with a longer "
+            "optim.freeze_last_layer_steps and a lower optim.lr"
+        )
+    max_h = stats.get("teacher_max_entropy", 0.0)
+    if max_h > 0 and stats.get("teacher_entropy", 0.0) > 0.995 * max_h:
+        out.append(
+            f"step {step}: the teacher's targets are uniform (entropy {stats['teacher_entropy']:.4f} of "
+            f"ln K = {max_h:.4f}): the DINO and iBOT terms sit at their trivial value. See the head "
+            "indicators (head_bottleneck_cos, prototype_cos) in metrics.jsonl"
         )
     return out
 
