@@ -282,7 +282,10 @@ def make_samples(task: tuple) -> Result:
     except Reject as r:
         return Result.rejected(i, source, r.reason, r.error)
     result = Result(i, source, frames=len(decoded.frames))
-    base = describe(source, row, decoded.tags, opts, csv_path, result.notes)
+    try:
+        base = describe(source, row, decoded.tags, opts, csv_path, result.notes)
+    except Exception as e:  # noqa: BLE001 - one odd name or row must not stop the build
+        return Result.rejected(i, source, "metadata_error", f"{type(e).__name__}: {e}")
     bits = _output_bits(decoded, opts.process)
     for fr in decoded.frames:
         try:
