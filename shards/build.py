@@ -110,8 +110,12 @@ class _Assembler:
             for split in [s for s in SPLITS if s in self.writers] + sorted(set(self.writers) - set(SPLITS)):
                 self.commit(split)
             return
-        for _, w in self.writers.values():
+        for _, w in self.writers.values():  # shards never committed: the rerun writes them again
             w.abort()
+            try:
+                os.remove(w.path)
+            except OSError:
+                pass
 
     def add(self, shard: str, sample: Sample) -> None:
         if shard in self.finished:

@@ -82,9 +82,10 @@ class BuildOptions:
         "modality of every sample (default: metadata, DICOM tag, or 'unknown')"))
     size: int = field(default=518, metadata=_opt("shorter side after resize (default 518; 0 = keep)", type=int))
     min_size: int = field(default=MIN_SIZE, metadata=_opt(
-        f"reject images whose shorter side is below this many pixels (default {MIN_SIZE}; 0 = keep all)", type=int))
+        f"reject images whose shorter side is below this many pixels (default {MIN_SIZE}; 0 = keep all)", type=int,
+        metavar="PIXELS"))
     max_file_mb: float | None = field(default=None, metadata=_opt(
-        "reject files larger than this many MB before reading them (default: no cap)", type=float))
+        "reject files larger than this many MB before reading them (default: no cap)", type=float, metavar="MB"))
     resample: str = field(default="bicubic", metadata=_opt("resampling filter", choices=RESAMPLE))
     upscale: bool = field(default=False, metadata=_opt("also enlarge images smaller than --size"))
     bits: int | None = field(default=None, metadata=_opt(
@@ -96,7 +97,8 @@ class BuildOptions:
     axis: int = field(default=2, metadata=_opt("NIfTI slicing axis", type=int, choices=(0, 1, 2)))
     slice_stride: int = field(default=1, metadata=_opt("keep every Nth NIfTI slice", type=int))
     ct_window: tuple[float, float] | None = field(default=None, metadata=_opt(
-        "CENTER,WIDTH intensity window for NIfTI volumes (default: min-max per volume)", type=parse_ct_window))
+        "CENTER,WIDTH intensity window for NIfTI volumes (default: min-max per volume)", type=parse_ct_window,
+        metavar="CENTER,WIDTH"))
     val_fraction: float = field(default=0.0, metadata=_opt("fraction of patients in split val", type=float))
     test_fraction: float = field(default=0.0, metadata=_opt("fraction of patients in split test", type=float))
     split_salt: str = field(default="dinotrain", metadata=_opt("salt of the patient hash (splits, stored ids)"))
@@ -108,7 +110,8 @@ class BuildOptions:
     workers: int | None = field(default=None, metadata=_opt(
         "processes (default: all cores); output is the same for any N", identity=False, type=int))
     storage_options: dict | None = field(default=None, metadata=_opt(
-        "fsspec options as JSON (e.g. an S3 endpoint)", identity=False, type=parse_storage_options))
+        "fsspec options as JSON (e.g. an S3 endpoint)", identity=False, type=parse_storage_options,
+        metavar="JSON"))
     overwrite: bool = field(default=False, metadata=_opt(
         "remove this build's files in OUT and rebuild", identity=False))
     progress: bool = field(default=True, metadata=_opt(

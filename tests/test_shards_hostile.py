@@ -356,3 +356,34 @@ def test_build_options_are_spelled_once():
         build_shards(["x"], "o", name="n", sise=3)
     with pytest.raises(BuildError, match="--samples-per-shard 0"):
         build_shards(["x"], "o", name="n", samples_per_shard=0)
+
+
+def test_interrupted_dedup_build_resumes_to_the_same_bytes(tmp_path, cxrs, monkeypatch):
+    """An exception mid-build (Ctrl-C) leaves the finished shards and checkpoints, no partial shard;
+    the rerun re-plans duplicates from the checkpoints and ends byte-identical, duplicates.jsonl too."""
+    import shards.build as sb
+
+    src = tmp_path / "in"
+    names = [f"{k:02d}.png" for k in range(14)]
+    for k, n in enumerate(names):
+        write_images(src, [cxrs[k % 5]], [n])  # 5 distinct images, 9 duplicates
+    kw = dict(KW, name="r", dedup=True, samples_per_shard=2)
+    ref = build_shards([str(src)], str(tmp_path / "ref"), **kw)
+    real = sb.make_samples
+
+    def interrupted(task):
+        if task[0] == 11:
+            raise KeyboardInterrupt
+        return real(task)
+
+    monkeypatch.setattr(sb, "make_samples", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_shards([str(src)], str(tmp_path / "out"), **kw)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("*.tar")) == ["r-train-000000.tar", "r-train-000001.tar"]
+    assert not list((out / ".build" / "partial").iterdir()) and not (out / "manifest.json").exists()
+    monkeypatch.setattr(sb, "make_samples", real)
+    assert build_shards([str(src)], str(out), **dict(kw, workers=2)) == ref
+    for name in ["manifest.json", "rejects.jsonl", "duplicates.jsonl", *(s["path"] for s in ref["shards"])]:
+        assert (out / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
+    assert len((out / "duplicates.jsonl").read_text().splitlines()) == 9
