@@ -113,6 +113,8 @@ class Csv:
 
 
 def read_csv(url: str, storage_options: dict | None = None) -> Csv:
+    if not is_remote(url) and os.path.exists(url) and not os.path.isfile(url):
+        raise SourceError(f"CSV {url} is not a regular file (a FIFO, device or folder): name the CSV file itself")
     try:
         data = read_bytes(url, storage_options)
     except FileNotFoundError:

@@ -78,6 +78,10 @@ def test_fifo_and_device_symlink_are_rejected_before_any_read(tmp_path, cxrs):
     assert rej["zero.png"]["reason"] == "not_a_regular_file"
     assert "character device" in rej["zero.png"]["error"] and "symlink" in rej["zero.png"]["error"]
     assert verify_shards(str(out)).ok
+    # a FIFO given as the metadata CSV is refused the same way, before it is opened
+    os.mkfifo(tmp_path / "meta.csv")
+    with pytest.raises(BuildError, match="not a regular file"):
+        build_shards([str(src / "a.png")], str(tmp_path / "o2"), name="f", metadata=str(tmp_path / "meta.csv"), **KW)
 
 
 def test_size_cap_rejects_a_huge_regular_file_without_reading_it(tmp_path, cxrs):
