@@ -7,14 +7,19 @@ import hashlib
 SPLITS = ("train", "val", "test")
 
 
+def _bytes(text: str) -> bytes:
+    """UTF-8, with a file name that is not valid UTF-8 (held as surrogate escapes) back to its own bytes."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 def sample_key(source: str, frame: int) -> str:
     """16 hex characters: short, dot-free (WebDataset splits at the first dot), stable."""
-    return hashlib.blake2b(f"{source}#{frame}".encode(), digest_size=8).hexdigest()
+    return hashlib.blake2b(_bytes(f"{source}#{frame}"), digest_size=8).hexdigest()
 
 
 def patient_hash(patient: str, salt: str) -> str:
     """Salted hash of a patient id: stored instead of the id, and the basis of the split."""
-    return hashlib.sha256(f"{salt}\x00{patient}".encode()).hexdigest()[:16]
+    return hashlib.sha256(_bytes(f"{salt}\x00{patient}")).hexdigest()[:16]
 
 
 def assign_split(phash: str, val_fraction: float, test_fraction: float) -> str:

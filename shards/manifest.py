@@ -27,34 +27,34 @@ def _sorted_counts(c: Counter) -> dict:
     return {k: c[k] for k in sorted(c, key=str)}
 
 
-def make_manifest(*, name: str, options: dict, fingerprint: str, outcomes: list[dict], shards: list[dict],
+def make_manifest(*, name: str, options: dict, fingerprint: str, outcomes: list, shards: list[dict],
                   files: list[str]) -> dict:
+    """`outcomes`: one shards.samples.Result per input, in input order (duplicates already marked)."""
     src = Counter()
     frames = Counter()
     splits, modalities, datasets, reasons = Counter(), Counter(), Counter(), Counter()
     for o in outcomes:
         src["inputs"] += 1
-        frames["inputs"] += o.get("frames", 0)
-        frames["rejected"] += len(o.get("frame_rejects", []))
+        frames["inputs"] += o.frames
+        frames["rejected"] += len(o.frame_rejects)
         n_written = 0
-        for s in o["samples"]:
-            if s.get("duplicate"):
+        for s in o.samples:
+            if s.duplicate_of is not None:
                 frames["duplicates"] += 1
                 continue
             n_written += 1
-            splits[s["split"]] += 1
-            modalities[s["modality"]] += 1
-            datasets[s["dataset"]] += 1
+            splits[s.split] += 1
+            modalities[s.modality] += 1
+            datasets[s.dataset] += 1
         frames["written"] += n_written
-        if o["status"] == "rejected":
+        if o.status == "rejected":
             src["rejected"] += 1
-            reasons[o["reason"]] += 1
+            reasons[o.reason] += 1
         elif n_written:
             src["written"] += 1
         else:
             src["duplicates"] += 1
-    frame_reasons = Counter(fr["reason"] for o in outcomes if o["status"] != "rejected"
-                            for fr in o.get("frame_rejects", []))
+    frame_reasons = Counter(fr["reason"] for o in outcomes if o.status != "rejected" for fr in o.frame_rejects)
     order = {s: i for i, s in enumerate(SPLITS)}
     shards = sorted(shards, key=lambda r: (order.get(r["split"], 9), r["split"], r["path"]))
     return {
@@ -80,15 +80,39 @@ def make_manifest(*, name: str, options: dict, fingerprint: str, outcomes: list[
     }
 
 
-def rejects_jsonl(outcomes: list[dict]) -> str:
+MAX_VALUES = 20  # distinct raw values kept per metadata issue (the counts are complete)
+
+
+def metadata_issues(outcomes: list) -> dict:
+    """{"age_unparsed": {"inputs": n, "values": {"abc": 2, ...}}, "sex_unknown_code": ...}: the metadata
+    values that could not be used (stored as null, the raw value kept in the sample's json)."""
+    out: dict[str, dict] = {}
+    for o in outcomes:
+        for note in o.notes:
+            entry = out.setdefault(f"{note['field']}_{note['issue']}", {"inputs": 0, "values": Counter()})
+            entry["inputs"] += 1
+            if note["value"] in entry["values"] or len(entry["values"]) < MAX_VALUES:
+                entry["values"][note["value"]] += 1
+    return {k: {"inputs": v["inputs"], "values": dict(v["values"].most_common())} for k, v in sorted(out.items())}
+
+
+def rejects_jsonl(outcomes: list) -> str:
     """One line per rejected input (and per rejected frame of an input that was otherwise written)."""
     lines = []
     for o in outcomes:
-        if o["status"] == "rejected":
-            lines.append({"source": o["source"], "reason": o["reason"], "error": o["error"]})
+        if o.status == "rejected":
+            lines.append({"source": o.source, "reason": o.reason, "error": o.error})
         else:
-            for fr in o.get("frame_rejects", []):
-                lines.append({"source": o["source"], "frame": fr["frame"], "reason": fr["reason"], "error": fr["error"]})
+            for fr in o.frame_rejects:
+                lines.append({"source": o.source, "frame": fr["frame"], "reason": fr["reason"], "error": fr["error"]})
+    return "".join(json.dumps(x, sort_keys=True) + "\n" for x in lines)
+
+
+def duplicates_jsonl(outcomes: list) -> str:
+    """With --dedup: one line per dropped frame, naming the frame it duplicates (kept in a shard)."""
+    lines = [{"source": o.source, "frame": s.frame, "duplicate_of": s.duplicate_of[0],
+              "duplicate_of_frame": s.duplicate_of[1]}
+             for o in outcomes for s in o.samples if s.duplicate_of is not None]
     return "".join(json.dumps(x, sort_keys=True) + "\n" for x in lines)
 
 
@@ -98,9 +122,40 @@ def dumps(man: dict) -> str:
 
 def final_line(man: dict) -> str:
     t = man["totals"]
-    top = ", ".join(f"{k} {v}" for k, v in sorted(man.get("reject_reasons", {}).items(), key=lambda kv: -kv[1])[:3])
-    rej = f"rejected {t['rejected']}" + (f" ({top})" if top else "")
-    return f"written {t['written']} ({t['samples']} samples in {len(man['shards'])} shards), {rej}, duplicates {t['duplicates']}"
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(man.get("reject_reasons", {}).items(),
+                                                       key=lambda kv: (-kv[1], kv[0])))
+    rej = f"rejected {t['rejected']}" + (f" ({reasons})" if reasons else "")
+    hidden = f", skipped hidden {t['skipped_hidden']}" if t.get("skipped_hidden") else ""
+    return (f"written {t['written']} ({t['samples']} samples in {len(man['shards'])} shards), {rej}, "
+            f"duplicates {t['duplicates']}{hidden}")
+
+
+_ISSUE_TEXT = {"age_unparsed": "ages not understood", "age_implausible": "implausible ages (below 0 or above 125)",
+               "sex_unknown_code": "sex codes not understood"}
+
+
+def warnings(man: dict) -> list[str]:
+    """What a user should look at, one line each (the counts are in the manifest too)."""
+    out = []
+    t, meta = man["totals"], man.get("metadata", {})
+    if t["written"] == 0:
+        out.append(f"nothing was written: all {t['inputs']} inputs were rejected or duplicates (see rejects.jsonl)")
+    if meta.get("mask_files_as_inputs"):
+        out.append(f"{meta['mask_files_as_inputs']} input files are masks named in the metadata's mask_paths "
+                   f"(e.g. {meta['mask_files_as_inputs_examples'][0]}): they are built as images; give the "
+                   "images folder or a CSV listing as SOURCE instead of the dataset root")
+    if meta.get("rows_without_input"):
+        out.append(f"{meta['rows_without_input']} of {meta['rows']} metadata rows match no input file "
+                   f"(e.g. {meta['rows_without_input_examples'][0]})")
+    if meta.get("inputs_without_row"):
+        out.append(f"{meta['inputs_without_row']} input files have no metadata row "
+                   f"(e.g. {meta['inputs_without_row_examples'][0]})")
+    for kind, entry in meta.get("issues", {}).items():
+        values = ", ".join(f"{v!r} x{n}" for v, n in list(entry["values"].items())[:5])
+        hint = ": map codes with --sex-map, e.g. --sex-map 1=M,2=F" if kind == "sex_unknown_code" else ""
+        out.append(f"metadata: {entry['inputs']} inputs with {_ISSUE_TEXT.get(kind, kind)} ({values}), "
+                   f"stored as null{hint}")
+    return out
 
 
 def read_manifest(out: str, storage_options: dict | None = None) -> dict:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from shards.demographics import parse_age
+
 
 class Reject(Exception):
     """An input (or one of its frames) that cannot become a sample: `reason` is a short tag."""
@@ -192,6 +194,7 @@ def _dicom_tags(ds) -> dict:
     age = get("PatientAge")
     if age is not None:
         tags["age"] = parse_age(str(age))
+        tags["age_raw"] = str(age).strip()
     spacing = get("PixelSpacing") or get("ImagerPixelSpacing")
     if spacing is not None:
         try:
@@ -202,22 +205,6 @@ def _dicom_tags(ds) -> dict:
     if tsyntax is not None:
         tags["transfer_syntax"] = str(tsyntax)
     return tags
-
-
-def parse_age(text: str) -> float | None:
-    """DICOM AS ('065Y', '018M', '003W', '010D') or a plain number -> years."""
-    t = str(text).strip().upper()
-    if not t:
-        return None
-    units = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
-    try:
-        if t[-1] in units:
-            years = float(t[:-1]) * units[t[-1]]
-        else:
-            years = float(t)
-    except ValueError:
-        return None
-    return round(years, 2) if years != int(years) else int(years)
 
 
 def _read_dicom(data: bytes, opts: ReadOptions) -> Decoded:

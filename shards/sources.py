@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import hashlib
 import io
 import os
 import posixpath
@@ -17,8 +18,9 @@ from dataclasses import dataclass, field
 
 from shards.storage import filesystem, is_remote, read_bytes, strip_file
 
-# files that are never images, skipped silently when walking a folder (they are not inputs)
+# files that are never images, skipped when walking a folder (they are not inputs; counted)
 SKIP_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
+EXAMPLES = 5  # names kept per kind of skipped or unmatched entry (the counts are complete)
 
 
 class SourceError(ValueError):
@@ -26,9 +28,29 @@ class SourceError(ValueError):
 
 
 @dataclass
+class Skipped:
+    """What a folder walk left out: hidden entries (name starting with '.': files, and folders such
+    as .git/ whose content is not walked) and OS clutter files (SKIP_NAMES)."""
+
+    hidden: int = 0
+    system: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, path: str, hidden: bool) -> None:
+        if hidden:
+            self.hidden += 1
+        else:
+            self.system += 1
+        if len(self.examples) < EXAMPLES:
+            self.examples.append(path)
+
+
+@dataclass
 class Inputs:
     files: list[str]
     metadata: dict[str, dict] = field(default_factory=dict)  # source -> CSV row
+    skipped: Skipped = field(default_factory=Skipped)
+    csv_sha256: dict[str, str] = field(default_factory=dict)  # listing CSV -> sha256 of its bytes
 
 
 def _is_glob(s: str) -> bool:
@@ -39,7 +61,7 @@ def _norm(path: str) -> str:
     return path if is_remote(path) else os.path.abspath(strip_file(path))
 
 
-def _walk_local(root: str) -> list[str]:
+def _walk_local(root: str, skipped: Skipped) -> list[str]:
     """Files under root (following symlinked folders once: a link loop is not walked twice)."""
     out, seen = [], set()
     for d, dirs, files in os.walk(root, followlinks=True):
@@ -48,12 +70,19 @@ def _walk_local(root: str) -> list[str]:
             dirs[:] = []
             continue
         seen.add(real)
+        for x in dirs:
+            if x.startswith("."):
+                skipped.add(os.path.join(d, x) + "/", hidden=True)
         dirs[:] = [x for x in dirs if not x.startswith(".")]
-        out.extend(os.path.join(d, f) for f in files if f not in SKIP_NAMES and not f.startswith("."))
+        for f in files:
+            if f.startswith(".") or f in SKIP_NAMES:
+                skipped.add(os.path.join(d, f), hidden=f not in SKIP_NAMES)
+            else:
+                out.append(os.path.join(d, f))
     return out
 
 
-def _expand_remote(src: str, storage_options: dict | None) -> list[str]:
+def _expand_remote(src: str, storage_options: dict | None, skipped: Skipped) -> list[str]:
     fs, path = filesystem(src, storage_options)
     protocol = src.split("://", 1)[0]
     if _is_glob(path):
@@ -64,15 +93,42 @@ def _expand_remote(src: str, storage_options: dict | None) -> list[str]:
         found = [path]
     else:
         raise SourceError(f"source {src} does not exist")
-    return [f"{protocol}://{p}" for p in found if posixpath.basename(p) not in SKIP_NAMES]
+    out = []
+    base = path.rstrip("/")
+    for p in found:
+        parts = p[len(base):].strip("/").split("/") if p.startswith(base) else [posixpath.basename(p)]
+        if any(x.startswith(".") for x in parts) or parts[-1] in SKIP_NAMES:
+            skipped.add(f"{protocol}://{p}", hidden=parts[-1] not in SKIP_NAMES)
+        else:
+            out.append(f"{protocol}://{p}")
+    return out
 
 
-def read_csv(url: str, storage_options: dict | None = None) -> list[dict]:
+@dataclass
+class Csv:
+    url: str
+    rows: list[dict]
+    lines: list[int]  # line number of each row in the file (header = line 1)
+    sha256: str
+
+
+def read_csv(url: str, storage_options: dict | None = None) -> Csv:
+    if not is_remote(url) and os.path.exists(url) and not os.path.isfile(url):
+        raise SourceError(f"CSV {url} is not a regular file (a FIFO, device or folder): name the CSV file itself")
     try:
-        text = read_bytes(url, storage_options).decode("utf-8-sig")
+        data = read_bytes(url, storage_options)
     except FileNotFoundError:
         raise SourceError(f"CSV {url} not found") from None
-    return list(csv.DictReader(io.StringIO(text)))
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SourceError(f"CSV {url} is not UTF-8 ({e}): save it as UTF-8") from None
+    reader = csv.DictReader(io.StringIO(text))
+    rows, lines = [], []
+    for row in reader:
+        rows.append(row)
+        lines.append(reader.line_num)
+    return Csv(url, rows, lines, hashlib.sha256(data).hexdigest())
 
 
 def join_relative(base: str, rel: str) -> str:
@@ -84,39 +140,69 @@ def join_relative(base: str, rel: str) -> str:
     return os.path.abspath(os.path.join(os.path.dirname(base), rel))
 
 
-def expand(sources: list[str], storage_options: dict | None = None) -> Inputs:
+def index_rows(table: Csv, key_of, what: str, policy: str) -> dict[str, dict]:
+    """key -> row for the rows of `table` with a key; several different rows for one key raise
+    SourceError naming their lines (policy 'error'), else the first or last is kept."""
+    out: dict[str, dict] = {}
+    line_of: dict[str, int] = {}
+    conflicts = []
+    for row, line in zip(table.rows, table.lines):
+        key = key_of(row)
+        if not key:
+            continue
+        if key in out and out[key] != row:
+            conflicts.append((key, line_of[key], line))
+            if policy != "last":
+                continue
+        elif key in out:
+            continue  # the same row twice: harmless
+        out[key], line_of[key] = row, line
+    if conflicts and policy == "error":
+        listed = "; ".join(f"lines {a} and {b} for {k}" for k, a, b in conflicts[:3])
+        more = f" (and {len(conflicts) - 3} more)" if len(conflicts) > 3 else ""
+        raise SourceError(f"{table.url}: different rows for the same {what}: {listed}{more}: remove the wrong "
+                          "rows, or pass --duplicate-rows first|last to keep one")
+    return out
+
+
+def expand(sources: list[str], storage_options: dict | None = None, duplicate_rows: str = "error") -> Inputs:
     """All input files named by SOURCE arguments (sorted, unique) and the rows of CSV listings."""
     if not sources:
         raise SourceError("no SOURCE given: name files, folders, glob patterns or a CSV with a `path` column")
     files: set[str] = set()
-    rows: dict[str, dict] = {}
+    inputs = Inputs([])
     for src in sources:
         if src.lower().endswith(".csv"):
-            listing = read_csv(src if is_remote(src) else _norm(src), storage_options)
-            if listing and "path" not in listing[0]:
-                raise SourceError(f"CSV listing {src} has no `path` column (columns: {', '.join(listing[0])})")
             base = src if is_remote(src) else _norm(src)
-            for row in listing:
-                if row.get("path"):
-                    p = join_relative(base, row["path"])
-                    files.add(p)
-                    rows[p] = row
+            listing = read_csv(base, storage_options)
+            if listing.rows and "path" not in listing.rows[0]:
+                raise SourceError(f"CSV listing {src} has no `path` column (columns: {', '.join(listing.rows[0])})")
+            inputs.csv_sha256[base] = listing.sha256
+            rows = index_rows(listing, lambda r, base=base: r.get("path") and join_relative(base, r["path"]),
+                              "path", duplicate_rows)
+            files.update(rows)
+            inputs.metadata.update(rows)
             continue
         if is_remote(src):
-            files.update(_expand_remote(src, storage_options))
+            files.update(_expand_remote(src, storage_options, inputs.skipped))
             continue
         local = _norm(src)
         if _is_glob(src):
-            matched = glob.glob(local, recursive=True)
-            for m in matched:
-                files.update(_walk_local(m) if os.path.isdir(m) else [m])
+            for m in glob.glob(local, recursive=True):
+                files.update(_walk_local(m, inputs.skipped) if os.path.isdir(m) else [m])
         elif os.path.isdir(local):
-            files.update(_walk_local(local))
-        elif os.path.exists(local):
+            files.update(_walk_local(local, inputs.skipped))
+        elif os.path.exists(local) or os.path.islink(local):
             files.add(local)
         else:
             raise SourceError(f"source {src} does not exist (give a file, a folder, a glob or a CSV listing)")
-    return Inputs(sorted(files), rows)
+    inputs.files = sorted(files, key=_sort_key)
+    return inputs
+
+
+def _sort_key(path: str) -> bytes:
+    """Sort by the bytes of the name: also defined for names that are not valid UTF-8."""
+    return path.encode("utf-8", "surrogateescape")
 
 
 @dataclass
@@ -127,6 +213,7 @@ class MetadataTable:
     by_id: dict[str, dict]
     by_name: dict[str, dict]
     id_column: str | None
+    csv: Csv | None = None
 
     def lookup(self, source: str) -> dict | None:
         row = self.by_path.get(source)
@@ -141,24 +228,24 @@ class MetadataTable:
         return self.by_name.get(name)
 
 
-def load_metadata(url: str, id_column: str | None = None, storage_options: dict | None = None) -> MetadataTable:
+def load_metadata(url: str, id_column: str | None = None, storage_options: dict | None = None,
+                  duplicate_rows: str = "error") -> MetadataTable:
     base = url if is_remote(url) else _norm(url)
-    rows = read_csv(base, storage_options)
-    if not rows:
+    table = read_csv(base, storage_options)
+    if not table.rows:
         raise SourceError(f"metadata {url} has no rows")
-    cols = list(rows[0])
+    cols = list(table.rows[0])
     if "path" not in cols and id_column is None:
         raise SourceError(f"metadata {url} has neither a `path` column nor --id-column (columns: {', '.join(cols)})")
     if id_column is not None and id_column not in cols:
         raise SourceError(f"metadata {url} has no column '{id_column}' (columns: {', '.join(cols)}): fix --id-column")
-    by_path, by_id, names = {}, {}, {}
-    for row in rows:
-        if row.get("path"):
-            p = join_relative(base, row["path"])
-            by_path[p] = row
-            names.setdefault(p.rsplit("/", 1)[-1], []).append(row)
-        if id_column is not None and row.get(id_column):
-            by_id[str(row[id_column])] = row
+    by_path = index_rows(table, lambda r: r.get("path") and join_relative(base, r["path"]), "path", duplicate_rows)
+    by_id = {}
+    if id_column is not None:
+        by_id = index_rows(table, lambda r: r.get(id_column) and str(r[id_column]), id_column, duplicate_rows)
+    names: dict[str, list[dict]] = {}
+    for p, row in by_path.items():
+        names.setdefault(p.rsplit("/", 1)[-1], []).append(row)
     # a bare file name only joins when it is unambiguous
     by_name = {n: r[0] for n, r in names.items() if len(r) == 1}
-    return MetadataTable(by_path, by_id, by_name, id_column)
+    return MetadataTable(by_path, by_id, by_name, id_column, table)

@@ -53,10 +53,19 @@ def _check_member(shard: str, m: tarfile.TarInfo, rep: VerifyReport) -> bool:
     return True
 
 
-def _verify_shard(rec: dict, f, idx: str | None, rep: VerifyReport, keys: set[str]) -> Counter:
+@dataclass
+class _Seen:
+    """What the shards hold, to check the manifest's counts against."""
+
+    splits: Counter = field(default_factory=Counter)
+    modalities: Counter = field(default_factory=Counter)
+    datasets: Counter = field(default_factory=Counter)
+    sources: set = field(default_factory=set)
+
+
+def _verify_shard(rec: dict, f, idx: str | None, rep: VerifyReport, keys: set[str], seen: _Seen) -> None:
     """Check one shard read from the seekable binary file `f` (streamed: shards may be GBs)."""
     shard = rec["path"]
-    splits = Counter()
     sha, size = hashlib.sha256(), 0
     for block in iter(lambda: f.read(1 << 20), b""):
         sha.update(block)
@@ -71,7 +80,7 @@ def _verify_shard(rec: dict, f, idx: str | None, rep: VerifyReport, keys: set[st
         members = tf.getmembers()
     except (tarfile.TarError, EOFError, OSError) as e:
         rep.add(f"shard {shard}: not a readable tar ({e})")
-        return splits
+        return
     groups: dict[str, dict[str, tarfile.TarInfo]] = {}
     order: list[str] = []
     lines = []
@@ -111,7 +120,10 @@ def _verify_shard(rec: dict, f, idx: str | None, rep: VerifyReport, keys: set[st
             rep.add(f"shard {shard}: sample '{key}' is {list(img.shape[:2])}, json says {meta.get('shape')}")
         if meta.get("split") != rec["split"]:
             rep.add(f"shard {shard}: sample '{key}' has split {meta.get('split')!r} in a {rec['split']} shard")
-        splits[rec["split"]] += 1
+        seen.splits[rec["split"]] += 1
+        seen.modalities[meta.get("modality")] += 1
+        seen.datasets[meta.get("dataset")] += 1
+        seen.sources.add(meta.get("source"))
     if n != rec["samples"]:
         rep.add(f"shard {shard}: {n} complete samples, manifest says {rec['samples']}")
     rep.samples += n
@@ -121,7 +133,6 @@ def _verify_shard(rec: dict, f, idx: str | None, rep: VerifyReport, keys: set[st
         first = idx.split("\n", 1)[0]
         hint = "" if first.startswith(INDEX_VERSION) else f" (header {first!r}, expected '{INDEX_VERSION} N')"
         rep.add(f"shard {shard}: index {rec.get('index')} does not match the tar's members{hint}")
-    return splits
 
 
 def verify_shards(out: str, storage_options: dict | None = None, progress: bool = False) -> VerifyReport:
@@ -142,7 +153,7 @@ def verify_shards(out: str, storage_options: dict | None = None, progress: bool 
     from tqdm.auto import tqdm
 
     keys: set[str] = set()
-    splits = Counter()
+    seen = _Seen()
     for rec in tqdm(man.get("shards", []), desc="verify", unit="shard", disable=not progress):
         rep.shards += 1
         if rec["path"] not in present:
@@ -150,17 +161,41 @@ def verify_shards(out: str, storage_options: dict | None = None, progress: bool 
             continue
         idx = outp.read_bytes(rec["index"]).decode() if outp.exists(rec.get("index", "")) else None
         with outp.open(rec["path"]) as f:
-            splits += _verify_shard(rec, f, idx, rep, keys)
+            _verify_shard(rec, f, idx, rep, keys, seen)
+    _check_totals(man, rep, seen)
+    _check_lists(outp, man.get("totals", {}), rep)
+    return rep
+
+
+def _counts(c: Counter) -> dict:
+    return {k: v for k, v in c.items() if v}
+
+
+def _check_totals(man: dict, rep: VerifyReport, seen: _Seen) -> None:
+    """Every count of the manifest against what the shards hold (and the accounting identities)."""
     t = man.get("totals", {})
-    if rep.samples != t.get("samples"):
-        rep.add(f"totals: {rep.samples} samples in the shards, manifest says {t.get('samples')}")
-    if dict(splits) != {k: v for k, v in man.get("splits", {}).items() if v}:
-        rep.add(f"splits: shards hold {dict(splits)}, manifest says {man.get('splits')}")
+    for key, held in (("samples", rep.samples), ("written", len(seen.sources))):
+        if t.get(key) != held:
+            rep.add(f"totals.{key}: the shards hold {held}, manifest says {t.get(key)}")
+    fr = t.get("frames", {})
+    if fr and fr.get("written") != rep.samples:
+        rep.add(f"totals.frames.written: the shards hold {rep.samples} samples, manifest says {fr.get('written')}")
+    for key, held in (("splits", seen.splits), ("modalities", seen.modalities), ("datasets", seen.datasets)):
+        if _counts(held) != _counts(Counter(man.get(key, {}))):
+            rep.add(f"{key}: shards hold {dict(held)}, manifest says {man.get(key)}")
+    if sum(s.get("samples", 0) for s in man.get("shards", [])) != t.get("samples"):
+        rep.add(f"totals.samples {t.get('samples')} != the sum of the shards' sample counts")
     if t.get("inputs") != t.get("written", 0) + t.get("rejected", 0) + t.get("duplicates", 0):
         rep.add(f"totals: inputs {t.get('inputs')} != written + rejected + duplicates ({t})")
-    fr = t.get("frames", {})
     if fr and fr.get("inputs") != fr.get("written", 0) + fr.get("rejected", 0) + fr.get("duplicates", 0):
         rep.add(f"totals.frames: inputs {fr.get('inputs')} != written + rejected + duplicates ({fr})")
+    reasons = sum(man.get("reject_reasons", {}).values())
+    if "reject_reasons" in man and reasons != t.get("rejected"):
+        rep.add(f"reject_reasons add up to {reasons}, totals.rejected says {t.get('rejected')}")
+
+
+def _check_lists(outp: Output, t: dict, rep: VerifyReport) -> None:
+    """rejects.jsonl (and duplicates.jsonl when --dedup wrote one) against the totals."""
     if outp.exists("rejects.jsonl"):
         lines = [json.loads(x) for x in outp.read_bytes("rejects.jsonl").decode().splitlines() if x.strip()]
         whole = sum(1 for x in lines if "frame" not in x)
@@ -168,4 +203,8 @@ def verify_shards(out: str, storage_options: dict | None = None, progress: bool 
             rep.add(f"rejects.jsonl: {whole} rejected inputs, manifest says {t.get('rejected')}")
     else:
         rep.add("rejects.jsonl missing")
-    return rep
+    if outp.exists("duplicates.jsonl"):
+        lines = [json.loads(x) for x in outp.read_bytes("duplicates.jsonl").decode().splitlines() if x.strip()]
+        frames = t.get("frames", {}).get("duplicates")
+        if frames is not None and len(lines) != frames:
+            rep.add(f"duplicates.jsonl: {len(lines)} duplicate frames, manifest says {frames}")

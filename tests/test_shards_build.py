@@ -229,7 +229,7 @@ def test_fatal_errors_and_overwrite(tmp_path, test_data):
     with pytest.raises(BuildError, match="--overwrite"):
         build_shards(one, str(out), name="x", size=16, progress=False)
     m2 = build_shards(one, str(out), name="x", size=16, overwrite=True, progress=False)
-    assert m2["options"]["sample"]["process"]["size"] == 16 and verify_shards(str(out)).ok
+    assert m2["options"]["size"] == 16 and verify_shards(str(out)).ok
 
 
 def test_verify_catches_tampering(tmp_path, test_data):
