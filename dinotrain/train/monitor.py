@@ -118,9 +118,10 @@ def collapse_warnings(stats: dict[str, float], step: int) -> list[str]:
         out.append(
             f"step {step}: the DINO head maps every image to nearly the same bottleneck vector "
             f"(mean pairwise cosine {stats['head_bottleneck_cos']:.4f}): the teacher's targets carry no "
-            "information about the image. From scratch, start with image-dependent features "
-            "(model.layerscale_init=0.1 for small runs), keep optim.freeze_last_layer_steps and the lr "
-            "warm-up long enough, and use a batch of at least a few dozen images"
+            "information about the image, and the DINO loss keeps it that way. From scratch with DINOv2's "
+            "LayerScale init (1e-5) the CLS token does not depend on the image at the first step: start "
+            "from pretrained weights (model.pretrained) or, for a small run, raise model.layerscale_init "
+            "(0.1 in configs/pretrain/laptop_real.yaml)"
         )
     if stats.get("prototype_cos", 0.0) > 0.9:
         out.append(
