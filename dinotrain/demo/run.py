@@ -156,6 +156,8 @@ def train_overrides(run_dir: Path, shards: Path, p: Plan, processes: int, seed: 
         f"model.arch={ARCH}",
         f"model.patch_size={PATCH}",
         "model.drop_path_rate=0.0",
+        # image-dependent CLS from step 1: at 1e-5 a from-scratch tiny run's DINO head collapses
+        "model.layerscale_init=0.1",
         "model.attn_backend=sdpa",
         "ssl.head_n_prototypes=1024",
         "ssl.head_hidden_dim=512",
