@@ -20,6 +20,7 @@ import sys
 from collections import Counter
 
 from shards import manifest as mf
+from shards.codecs import CODECS
 from shards.keys import SPLITS
 from shards.parallel import ordered_map
 from shards.process import RESAMPLE, ProcessOptions
@@ -90,7 +91,7 @@ def _own_files(out: Output, name: str) -> list[str]:
 def _outcome(res: dict) -> dict:
     """What a checkpoint keeps of a worker result: everything but the pixels."""
     out = {k: v for k, v in res.items() if k != "samples"}
-    out["samples"] = [{k: v for k, v in s.items() if k not in ("png", "json")} for s in res["samples"]]
+    out["samples"] = [{k: v for k, v in s.items() if k not in ("image", "json")} for s in res["samples"]]
     return out
 
 
@@ -111,18 +112,18 @@ class _Assembler:
         j = self.count[split] // self.per_shard
         return j, shard_name(self.name, split, j)
 
-    def add(self, split: str, key: str, png: bytes | None, js: bytes | None) -> None:
+    def add(self, split: str, key: str, image: bytes | None, js: bytes | None, ext: str = "png") -> None:
         j, sname = self.shard_of(split)
         self.count[split] += 1
         if sname in self.finished:
             return
-        if png is None:
+        if image is None:
             raise RuntimeError(f"internal: sample {key} of unfinished shard {sname} has no bytes on resume")
         cur = self.writers.get(split)
         if cur is None:
             cur = (j, ShardWriter(os.path.join(self.out.staging(), f"{sname}.tar")))
             self.writers[split] = cur
-        cur[1].add(key, [("png", png), ("json", js)])
+        cur[1].add(key, [(ext, image), ("json", js)])
         if cur[1].samples == self.per_shard:
             self.commit(split)
 
@@ -212,6 +213,7 @@ def build_shards(
     dedup: bool = False,
     samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD,
     compress_level: int = 6,
+    codec: str = "png",
     storage_options: dict | None = None,
     overwrite: bool = False,
     progress: bool = True,
@@ -223,12 +225,14 @@ def build_shards(
     """
     _check(name, size, bits, channels, val_fraction, test_fraction, samples_per_shard, resample,
            dicom_window, frames)
+    if codec not in CODECS:
+        raise BuildError(f"--codec {codec!r}: allowed values are {', '.join(CODECS)}")
     sopts = SampleOptions(
         name=name,
         read=ReadOptions(dicom_window=dicom_window, frames=frames, axis=axis, slice_stride=slice_stride,
                          ct_window=tuple(ct_window) if ct_window else None),
         process=ProcessOptions(size=size, resample=resample, upscale=upscale, bits=bits, channels=channels,
-                               compress_level=compress_level),
+                               compress_level=compress_level, codec=codec),
         modality=modality, patient_column=patient_column, split_salt=split_salt,
         val_fraction=val_fraction, test_fraction=test_fraction, hash_source=dedup,
     )
@@ -312,7 +316,7 @@ def build_shards(
                     asm.seen.add(s_out["src_sha"])
                 s_out.pop("duplicate", None)
                 any_written = True
-                asm.add(s_out["split"], s_out["key"], s.get("png"), s.get("json"))
+                asm.add(s_out["split"], s_out["key"], s.get("image"), s.get("json"), s_out["ext"])
             if o["status"] == "rejected":
                 rejected += 1
             elif any_written:
@@ -337,7 +341,7 @@ def build_shards(
         if close is not None:
             close()  # shuts the worker pool down
 
-    man = mf.make_manifest(name=name, options=options, fingerprint=fingerprint, outcomes=outcomes,
+    man = mf.make_manifest(name=name, codec=codec, options=options, fingerprint=fingerprint, outcomes=outcomes,
                            shards=list(asm.finished.values()), files=files)
     outp.write_bytes("rejects.jsonl", mf.rejects_jsonl(outcomes).encode())
     outp.write_bytes("manifest.json", mf.dumps(man).encode())

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from shards.codecs import CODECS
 from shards.process import RESAMPLE
 
 
@@ -72,6 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--split-salt", default="dinotrain", help="salt of the patient hash (splits, stored ids)")
     b.add_argument("--dedup", action="store_true", help="drop exact pixel duplicates (counted)")
     b.add_argument("--samples-per-shard", type=int, default=1000)
+    b.add_argument("--codec", default="png", choices=CODECS,
+                   help="image codec: png, or j2k (lossless JPEG 2000: DALI decodes it on the GPU; see README)")
     b.add_argument("--compress-level", type=int, default=6, choices=range(10), metavar="0-9", help="PNG zlib level")
     b.add_argument("--workers", type=int, help="processes (default: all cores); output is the same for any N")
     b.add_argument("--storage-options", help="fsspec options as JSON (e.g. an S3 endpoint)")
@@ -106,7 +109,7 @@ def main(args: argparse.Namespace) -> int:
                 resample=args.resample, upscale=args.upscale, dicom_window=args.dicom_window,
                 frames=args.frames, axis=args.axis, slice_stride=args.slice_stride,
                 ct_window=_ct_window(args.ct_window), dedup=args.dedup,
-                samples_per_shard=args.samples_per_shard, compress_level=args.compress_level,
+                samples_per_shard=args.samples_per_shard, compress_level=args.compress_level, codec=args.codec,
                 storage_options=so, overwrite=args.overwrite, progress=not args.no_progress,
             )
         except (BuildError, OSError) as e:

@@ -27,7 +27,7 @@ def _sorted_counts(c: Counter) -> dict:
     return {k: c[k] for k in sorted(c, key=str)}
 
 
-def make_manifest(*, name: str, options: dict, fingerprint: str, outcomes: list[dict], shards: list[dict],
+def make_manifest(*, name: str, codec: str = "png", options: dict, fingerprint: str, outcomes: list[dict], shards: list[dict],
                   files: list[str]) -> dict:
     src = Counter()
     frames = Counter()
@@ -60,6 +60,7 @@ def make_manifest(*, name: str, options: dict, fingerprint: str, outcomes: list[
     return {
         "format": FORMAT,
         "name": name,
+        "codec": codec,  # every sample's image is KEY.<shards.codecs.extension(codec)>
         "fingerprint": fingerprint,
         "shards": shards,
         "totals": {

@@ -1,4 +1,4 @@
-"""One input file -> its samples (PNG + JSON bytes) or a reject. Runs in the worker processes.
+"""One input file -> its samples (image + JSON bytes) or a reject. Runs in the worker processes.
 
 `make_samples` is a pure function of (source bytes, metadata row, options): the parent decides
 only what depends on the order of inputs (duplicates, which shard a sample goes to).
@@ -11,8 +11,8 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
-from shards import keys
-from shards.process import ProcessOptions, encode_png, pixel_sha256, render
+from shards import codecs, keys
+from shards.process import ProcessOptions, pixel_sha256, render
 from shards.readers import Decoded, ReadOptions, Reject, parse_age, read
 from shards.storage import read_bytes
 
@@ -134,7 +134,7 @@ def make_samples(task: tuple) -> dict:
                 f"{fr.pixels.dtype.str}{fr.pixels.shape}".encode() + fr.pixels.tobytes()
             ).hexdigest() if opts.hash_source else None
             out = render(fr, opts.process, bits)
-            png = encode_png(out, opts.process.compress_level)
+            image = codecs.encode(out, opts.process.codec, opts.process.compress_level)
         except Reject as r:
             result["frame_rejects"].append({"frame": fr.index, "reason": r.reason, "error": r.error})
             continue
@@ -160,13 +160,15 @@ def make_samples(task: tuple) -> dict:
             "window": fr.window,
             "inverted": fr.invert,
             "bits": bits,
+            "codec": opts.process.codec,
             "source_bits": decoded.source_bits,
             "sha256": sha,
         })
         js = json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False, default=str).encode()
         result["samples"].append({
             "key": key, "frame": fr.index, "split": base["split"], "src_sha": src_sha, "sha256": sha,
-            "modality": base["modality"], "dataset": base["dataset"], "png": png, "json": js,
+            "modality": base["modality"], "dataset": base["dataset"],
+            "ext": codecs.extension(opts.process.codec), "image": image, "json": js,
         })
     if not result["samples"]:
         result.update(status="rejected", reason=result["frame_rejects"][0]["reason"] if result["frame_rejects"]
