@@ -179,3 +179,18 @@ def test_train_and_eval_loaders_give_the_png_tensors_from_j2k_shards(sets, bits)
         ev[name] = torch.cat([b["images"] for b in build_eval_loader(items, resolution=56, batch_size=4,
                                                                       device="cpu")])
     assert ev["j2k"].shape == (N, 3, 56, 56) and torch.equal(ev["j2k"], ev["png"])
+
+
+def test_shards_build_benchmark_reports_j2k_against_png(test_data):
+    from benchmarks.shards_build import codec_rows, measure_codecs, radiographs
+
+    files = radiographs(test_data, 4)
+    assert sum("/jsrt/" in f for f in files) == 2 and sum("/covid_cxr/" in f for f in files) == 2
+    m = measure_codecs(files, 1, variants=(("8-bit", 112, 8), ("16-bit", 84, 16)))
+    assert list(m) == ["8-bit", "16-bit"]
+    for v in m.values():
+        assert v["png"]["samples"] == v["j2k"]["samples"] == 4 and v["j2k"]["bytes"] > 0
+    rows = codec_rows(m)
+    assert [r["unit"] for r in rows] == ["s", "cpu s", "MiB"] * 2
+    assert rows[5]["ratio"] == pytest.approx(m["16-bit"]["png"]["bytes"] / m["16-bit"]["j2k"]["bytes"])
+    assert all(r["ratio"] > 0 and (r["baseline"], r["candidate"]) == ("png", "j2k") for r in rows)
