@@ -157,3 +157,18 @@ def test_resume_reference_half_on_cpu(codec_sets, tmp_path):
     assert len(r["straight"]) == 4 and len(r["resumed"]) == 4 and r["resumed_at"] == 2
     assert r["rel_diff"] <= 1e-6, r  # CPU kernels with threads: not always bitwise (as test_train_run)
     assert all(np.isfinite(r["straight"]))
+
+
+def test_driver_builds_both_shard_sets_and_records_a_failed_section(test_data, tmp_path, capsys):
+    """On a CPU machine the GPU half of `dali` fails: recorded as an error (exit 3), the JSON still valid."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: run benchmarks/gpu_check.sh")
+    args = gpu_check.parse_args(["--only", "dali", "--images", "4", "--batch", "2", "--data", str(test_data / "jsrt"),
+                                 "--out", str(tmp_path)])
+    doc = gpu_check.run_check(args)
+    assert report.validate(doc) == [] and doc["exit_status"] == report.EXIT_ERROR and not doc["ok"]
+    assert [(c["section"], c["status"]) for c in doc["checks"]] == [("dali", "error")]
+    builds = {m["case"]: m["values"] for m in doc["measurements"] if m["section"] == "shards"}
+    assert set(builds) == {"png build", "j2k build"}
+    assert all(v["images"] == 4 and v["bytes"] > 0 and "real images" in v["origin"] for v in builds.values())
+    assert json.loads((tmp_path / "gpu_check.json").read_text()) == json.loads(json.dumps(doc, default=str))
