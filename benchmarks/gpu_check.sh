@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# GPU check of the trainer, one command, < 8 minutes on one GPU:
-#   bash benchmarks/gpu_check.sh [--steps 30] [--batch 40] [--data DIR] [--compile]
-# bf16 FSDP2 steps of vit_base/14 on 2x224 + 8x98 crops with DALI mixed decode from shards
-# (xformers attention when it imports, else SDPA); prints images/s, the step time split and MFU,
-# and writes gpu_check.json to $OUT (when set, e.g. on the device machine) or benchmarks/out/.
+# The GPU check, one command, planned for <= 8 minutes on one GPU (the run stops starting sections
+# at --budget-s, 420 s by default, and is killed at 500 s):
+#   bash benchmarks/gpu_check.sh [--only dali,attention,...] [--archs vit_base,vit_large] [--steps 20] ...
+# Sections, tolerances and the JSON: `python -m benchmarks.gpu_check --help`, benchmarks/gpu/report.py.
+# Writes gpu_check.json and gpu_check.log to $OUT (when set, e.g. on a device machine) or benchmarks/out/.
+# Exit status: 0 pass, 1 numerical mismatch, 2 no GPU / missing package, 3 a section failed, 124 killed.
+# A machine without the project's packages: put their wheels in .whl/ (nvidia-dali-cuda130, omegaconf,
+# antlr4-python3-runtime, webdataset, ...); they are installed to /tmp/site first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 
 # the first interpreter that sees a CUDA device: $PYTHON, the project venv, then python3
 PY=""
@@ -19,11 +27,9 @@ if [ -z "$PY" ]; then
   echo "gpu_check: no Python with a CUDA-enabled torch found (set PYTHON=/path/to/python)" >&2
   exit 2
 fi
-"$PY" -c "import xformers.ops" 2>/dev/null && echo "gpu_check: xformers available" \
-  || echo "gpu_check: xformers not importable: using SDPA"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 
 OUT_DIR="${OUT:-benchmarks/out}"
 mkdir -p "$OUT_DIR"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-timeout 470 "$PY" -m benchmarks.gpu_check --out "$OUT_DIR" "$@" 2>&1 | tee "$OUT_DIR/gpu_check.log"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+timeout 500 "$PY" -m benchmarks.gpu_check --out "$OUT_DIR" "$@" 2>&1 | tee "$OUT_DIR/gpu_check.log"

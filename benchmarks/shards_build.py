@@ -1,4 +1,5 @@
-"""Benchmark `shards build`: images/s with 1 and N workers against the floor, same run, same files.
+"""Benchmark `shards build`: images/s with 1 and N workers against the floor, same run, same files;
+and the J2K codec's build cost and shard size against PNG's.
 
 The floor is the bare per-image work (read bytes, decode, window, resize, PNG encode) in a plain
 loop in this process: what any builder must pay. `build_shards` adds sources, metadata, hashing,
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import Skip, format_table, ratio_row, result, write_json  # noqa: E402
 from shards.build import TASKS_PER_CHUNK, WORKER_MODULES, build_shards  # noqa: E402
+from shards.codecs import CODECS  # noqa: E402
 from shards.parallel import _context  # noqa: E402
 from shards.process import ProcessOptions, encode_png, render  # noqa: E402
 from shards.readers import ReadOptions, Reject, read  # noqa: E402
@@ -84,12 +86,61 @@ def parallel_floor(files: list[str], size: int, workers: int) -> float:
         return time.perf_counter() - t
 
 
-def timed_build(files: list[str], size: int, workers: int) -> tuple[float, float, dict]:
+def timed_build(files: list[str], size: int, workers: int, codec: str = "png",
+                bits: int | None = None) -> tuple[float, float, dict]:
     with tempfile.TemporaryDirectory() as out:
         t, c = time.perf_counter(), cpu_seconds()
         man = build_shards(files, out, name="bench", size=size, workers=workers, samples_per_shard=100,
-                           progress=False)
+                           codec=codec, bits=bits, progress=False)
         return time.perf_counter() - t, cpu_seconds() - c, man
+
+
+def radiographs(data: Path, n: int) -> list[str]:
+    """Real chest radiographs: JSRT PNGs and COVID-CXR JPEGs, half each (8-bit, shorter side 518)."""
+    half = max(1, n // 2)
+    files = sorted((data / "jsrt" / "images").glob("*.png"))[:half]
+    files += sorted((data / "covid_cxr" / "images").glob("*.jpg"))[: n - len(files)]
+    return [str(p) for p in files]
+
+
+# (label, --size, --bits): as stored, and resampled to 16 bits (what DICOM radiographs give: 12-16-bit values)
+CODEC_VARIANTS = (("8-bit, size 518", 518, 8), ("16-bit, resampled to 448", 448, 16))
+
+
+def measure_codecs(files: list[str], repeat: int, variants=CODEC_VARIANTS) -> dict:
+    """{variant: {codec: best wall s, best CPU s, shard bytes, samples}} of 1-worker builds.
+
+    One worker: the CPU seconds are then this process's own, the cost a cluster pays per image.
+    """
+    out: dict = {}
+    for codec in CODECS:  # imports, decoder and encoder start-up outside the timings
+        timed_build(files[:2], variants[0][1], 1, codec, variants[0][2])
+    for _ in range(repeat):  # interleaved, as in measure()
+        for label, size, bits in variants:
+            for codec in CODECS:
+                wall, cpu, man = timed_build(files, size, 1, codec, bits)
+                best = out.setdefault(label, {}).get(codec)
+                out[label][codec] = {"wall_s": min(wall, best["wall_s"]) if best else wall,
+                                     "cpu_s": min(cpu, best["cpu_s"]) if best else cpu,
+                                     "bytes": sum(s["bytes"] for s in man["shards"]),
+                                     "samples": man["totals"]["samples"]}
+    return out
+
+
+def codec_rows(m: dict) -> list[dict]:
+    """Per variant, J2K against PNG: build wall time, build CPU time, shard bytes (ratios > 1 favour J2K)."""
+    rows = []
+    for label, v in m.items():
+        png, j2k = v["png"], v["j2k"]
+        rows += [
+            ratio_row(f"build --codec j2k vs png: {png['samples']} radiographs, {label}, workers=1 (wall)",
+                      png["wall_s"], j2k["wall_s"], baseline_name="png", candidate_name="j2k", unit="s"),
+            ratio_row(f"same, CPU seconds ({label})", png["cpu_s"], j2k["cpu_s"], baseline_name="png",
+                      candidate_name="j2k", unit="cpu s"),
+            ratio_row(f"shard bytes: j2k vs png ({label}, lossless both)", png["bytes"] / 2**20, j2k["bytes"] / 2**20,
+                      baseline_name="png", candidate_name="j2k", unit="MiB"),
+        ]
+    return rows
 
 
 def measure(data: Path, n: int, size: int, workers: int, repeat: int) -> dict:
@@ -124,6 +175,8 @@ def run(quick: bool = False, data: str | None = None, n: int | None = None, size
         workers: int = 2, repeat: int | None = None) -> dict:
     root = Path(data or os.environ.get("DINOTRAIN_TEST_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
     m = measure(root, n or (40 if quick else 240), size, workers, repeat or (1 if quick else 5))
+    codecs = measure_codecs(radiographs(root, 16 if quick else 100), repeat or (1 if quick else 3))
+    m["codecs"] = codecs
     k = m["inputs"]
     rows = [
         ratio_row("build workers=1 vs bare floor loop (wall)", k / m["floor_s"], k / m["workers1_s"],
@@ -136,6 +189,7 @@ def run(quick: bool = False, data: str | None = None, n: int | None = None, size
         ratio_row(f"ceiling: floor loop split over {workers} processes vs 1 (what this machine allows)",
                   m["floor_s"], m["floor_parallel_s"], baseline_name="floor, 1 process",
                   candidate_name=f"floor, {workers} processes", unit="s"),
+        *codec_rows(codecs),
     ]
     return result("shards_build", "shards build images/s vs the decode+resize+encode floor", rows,
                   notes="floor = read, decode, window, resize and PNG-encode the same files in a bare loop in the "
@@ -144,7 +198,9 @@ def run(quick: bool = False, data: str | None = None, n: int | None = None, size
                   "divides the floor's work perfectly between processes that do nothing else: a build's speed-up "
                   "can come close to it, not really pass it, so on a machine whose ceiling is below 1.8x the "
                   "target cannot be shown there. Workers are forked (a fork server if this process runs other threads) and get "
-                  f"{TASKS_PER_CHUNK} inputs per round trip.",
+                  f"{TASKS_PER_CHUNK} inputs per round trip. Codec rows: the same files built with --codec j2k "
+                  "(lossless JPEG 2000, which DALI decodes on the GPU) against PNG; ratio > 1 = J2K cheaper or "
+                  "smaller.",
                   params=m)
 
 

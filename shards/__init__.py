@@ -9,5 +9,6 @@ Public API:
 
 Layout of OUT: NAME-SPLIT-000000.tar (+ .idx, DALI wds2idx v1.2), manifest.json, rejects.jsonl
 (+ duplicates.jsonl with --dedup).
-Each sample: KEY.png (8/16-bit gray, or RGB with channels=3) + KEY.json; KEY is 16 hex characters.
+Each sample: KEY.png (8/16-bit gray, or RGB with channels=3; KEY.jp2 with codec j2k, lossless JPEG 2000)
++ KEY.json; KEY is 16 hex characters.
 """

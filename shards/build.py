@@ -120,14 +120,14 @@ class _Assembler:
     def add(self, shard: str, sample: Sample) -> None:
         if shard in self.finished:
             return
-        if sample.png is None:
+        if sample.image is None:
             raise RuntimeError(f"internal: sample {sample.key} of unfinished shard {shard} has no bytes on resume")
         cur = self.writers.get(sample.split)
         if cur is None:
             cur = self.writers[sample.split] = (shard, ShardWriter(os.path.join(self.out.staging(), f"{shard}.tar")))
         elif cur[0] != shard:
             raise RuntimeError(f"internal: shard {cur[0]} still open when a sample for {shard} arrived")
-        cur[1].add(sample.key, [("png", sample.png), ("json", sample.json)])
+        cur[1].add(sample.key, [(sample.ext, sample.image), ("json", sample.json)])
         if cur[1].samples == self.per_shard:
             self.commit(sample.split)
 
@@ -184,7 +184,7 @@ def _sample_options(opts: BuildOptions) -> SampleOptions:
         read=ReadOptions(dicom_window=opts.dicom_window, frames=opts.frames, axis=opts.axis,
                          slice_stride=opts.slice_stride, ct_window=tuple(opts.ct_window) if opts.ct_window else None),
         process=ProcessOptions(size=opts.size, resample=opts.resample, upscale=opts.upscale, bits=opts.bits,
-                               channels=opts.channels, compress_level=opts.compress_level),
+                               channels=opts.channels, compress_level=opts.compress_level, codec=opts.codec),
         modality=opts.modality, patient_column=opts.patient_column, split_salt=opts.split_salt,
         val_fraction=opts.val_fraction, test_fraction=opts.test_fraction, hash_source=opts.dedup,
         min_size=opts.min_size, max_bytes=None if opts.max_file_mb is None else int(opts.max_file_mb * 2**20),
@@ -356,7 +356,7 @@ def _run(opts: BuildOptions, outp: Output, files: list[str], rows: list, fingerp
                     if shard is not None:
                         placed += 1
                         asm.add(shard, s)
-                    s.png = s.json = None  # written: only the facts stay in memory
+                    s.image = s.json = None  # written: only the facts stay in memory
                 tally["rejected" if res.status == "rejected" else "written" if placed else "duplicates"] += 1
                 outcomes.append(res)
                 if i not in replayed_by_i:

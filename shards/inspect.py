@@ -21,7 +21,7 @@ def inspect_shards(out: str, storage_options: dict | None = None) -> dict:
     if not outp.exists("manifest.json"):
         raise FileNotFoundError(f"{out}: no manifest.json (not a finished shard set; run `dinotrain shards build`)")
     man = json.loads(outp.read_bytes("manifest.json"))
-    by = {k: Counter() for k in ("split", "dataset", "modality", "label", "sex", "view", "bits", "size", "format")}
+    by = {k: Counter() for k in ("split", "dataset", "modality", "label", "sex", "view", "bits", "codec", "size", "format")}
     n = with_age = 0
     ages = []
     for rec in man["shards"]:
@@ -33,6 +33,7 @@ def inspect_shards(out: str, storage_options: dict | None = None) -> dict:
                 n += 1
                 for k in ("split", "dataset", "modality", "view", "bits", "format"):
                     by[k][str(meta.get(k))] += 1
+                by["codec"][str(meta.get("codec", "png"))] += 1  # older shard sets: PNG, not recorded
                 for lab in meta.get("labels") or ([meta["label"]] if meta.get("label") else ["(none)"]):
                     by["label"][lab] += 1
                 by["sex"][meta.get("sex") or "(unknown)"] += 1
@@ -49,6 +50,7 @@ def inspect_shards(out: str, storage_options: dict | None = None) -> dict:
         "out": out,
         "samples": n,
         "shards": len(man["shards"]),
+        "codec": man.get("codec", "png"),
         "totals": man["totals"],
         "age_coverage": with_age / n if n else 0.0,
         "age": age,
@@ -61,7 +63,7 @@ def inspect_shards(out: str, storage_options: dict | None = None) -> dict:
 def format_stats(stats: dict, top: int = 15) -> str:
     t = stats["totals"]
     lines = [
-        f"{stats['out']}: {stats['samples']} samples in {stats['shards']} shards "
+        f"{stats['out']}: {stats['samples']} samples in {stats['shards']} shards of {stats.get('codec', 'png')} "
         f"(inputs {t['inputs']}, written {t['written']}, rejected {t['rejected']}, duplicates {t['duplicates']})",
         f"age known for {stats['age_coverage']:.0%}" + (
             f" (min {stats['age']['min']:g}, median {stats['age']['median']:g}, max {stats['age']['max']:g})"

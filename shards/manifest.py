@@ -60,6 +60,7 @@ def make_manifest(*, name: str, options: dict, fingerprint: str, outcomes: list,
     return {
         "format": FORMAT,
         "name": name,
+        "codec": options.get("codec", "png"),  # every sample's image is KEY.<shards.codecs.extension(codec)>
         "fingerprint": fingerprint,
         "shards": shards,
         "totals": {

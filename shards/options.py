@@ -12,6 +12,7 @@ import argparse
 import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
+from shards.codecs import CODECS
 from shards.process import RESAMPLE
 from shards.samples import MIN_SIZE
 
@@ -89,7 +90,7 @@ class BuildOptions:
     resample: str = field(default="bicubic", metadata=_opt("resampling filter", choices=RESAMPLE))
     upscale: bool = field(default=False, metadata=_opt("also enlarge images smaller than --size"))
     bits: int | None = field(default=None, metadata=_opt(
-        "PNG depth (default: 16 for sources deeper than 8 bits)", type=int, choices=(8, 16)))
+        "sample depth (default: 16 for sources deeper than 8 bits)", type=int, choices=(8, 16)))
     channels: int = field(default=1, metadata=_opt("3 keeps RGB sources in colour", type=int, choices=(1, 3)))
     dicom_window: str = field(default="auto", metadata=_opt(
         "auto: VOI LUT / window from the file, else min-max", choices=("auto", "none", "minmax")))
@@ -105,8 +106,10 @@ class BuildOptions:
     dedup: bool = field(default=False, metadata=_opt(
         "drop exact pixel duplicates (each listed in duplicates.jsonl with what it duplicates)"))
     samples_per_shard: int = field(default=DEFAULT_SAMPLES_PER_SHARD, metadata=_opt("samples per tar", type=int))
-    compress_level: int = field(default=6, metadata=_opt("PNG zlib level", type=int, choices=range(10),
-                                                          metavar="0-9"))
+    codec: str = field(default="png", metadata=_opt(
+        "image codec: png, or j2k (lossless JPEG 2000: DALI decodes it on the GPU; see README)", choices=CODECS))
+    compress_level: int = field(default=6, metadata=_opt("PNG zlib level (no effect on j2k)", type=int,
+                                                          choices=range(10), metavar="0-9"))
     workers: int | None = field(default=None, metadata=_opt(
         "processes (default: all cores); output is the same for any N", identity=False, type=int))
     storage_options: dict | None = field(default=None, metadata=_opt(
@@ -139,6 +142,9 @@ class BuildOptions:
         for key in ("samples_per_shard", "slice_stride"):
             if getattr(self, key) < 1:
                 raise BuildError(f"--{key.replace('_', '-')} {getattr(self, key)}: must be >= 1")
+        if self.codec == "j2k" and self.channels == 3 and self.bits == 16:
+            raise BuildError("--codec j2k --channels 3 --bits 16: 16-bit colour cannot be written as J2K; "
+                             "use --codec png, or --bits 8")
         if self.sex_map:
             bad = [v for v in self.sex_map.values() if v not in SEX_CODES]
             if bad:

@@ -1,4 +1,4 @@
-"""Pixels -> stored PNG: channel handling, window to [0, 1], resize, quantise to 8/16 bits, encode.
+"""Pixels -> stored image: channel handling, window to [0, 1], resize, quantise to 8/16 bits, PNG codec.
 
 Pure functions of their inputs (no global state), so every worker produces the same bytes for
 the same frame whatever the number of workers.
@@ -26,7 +26,8 @@ class ProcessOptions:
     upscale: bool = False
     bits: int | None = None  # None: 16 for sources deeper than 8 bits, else 8
     channels: int = 1  # 1 = grayscale; 3 keeps RGB sources in colour
-    compress_level: int = 6
+    compress_level: int = 6  # PNG's zlib level (no effect on J2K)
+    codec: str = "png"  # shards.codecs: png | j2k (lossless JPEG 2000, decoded on the GPU by DALI)
 
 
 def target_shape(h: int, w: int, size: int, upscale: bool) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""One input file -> its samples (PNG + JSON bytes) or a reject. Runs in the worker processes.
+"""One input file -> its samples (image + JSON bytes) or a reject. Runs in the worker processes.
 
 `make_samples` is a pure function of (source bytes, metadata row, options): the parent decides
 only what depends on the order of inputs (duplicates, which shard a sample goes to).
@@ -12,9 +12,9 @@ import os
 import stat
 from dataclasses import asdict, dataclass, field
 
-from shards import keys
+from shards import codecs, keys
 from shards.demographics import age_value, sex_value
-from shards.process import ProcessOptions, encode_png, pixel_sha256, render
+from shards.process import ProcessOptions, pixel_sha256, render
 from shards.readers import Decoded, ReadOptions, Reject, read
 from shards.storage import filesystem, is_remote, read_bytes, strip_file
 
@@ -47,7 +47,7 @@ class SampleOptions:
 
 @dataclass
 class Sample:
-    """One encoded frame; `png`/`json` are dropped once written (checkpoints keep the rest)."""
+    """One encoded frame; `image`/`json` are dropped once written (checkpoints keep the rest)."""
 
     key: str
     frame: int
@@ -56,7 +56,8 @@ class Sample:
     sha256: str
     modality: str
     dataset: str
-    png: bytes | None = None
+    ext: str = "png"  # tar member extension of `image`: shards.codecs.extension(codec)
+    image: bytes | None = None
     json: bytes | None = None
     duplicate_of: tuple[str, int] | None = None  # (source, frame) of the first copy; set by the parent
 
@@ -83,7 +84,7 @@ class Result:
         """JSON-able, without pixels: what a checkpoint records."""
         d = asdict(self)
         for s in d["samples"]:
-            del s["png"], s["json"]
+            del s["image"], s["json"]
         return d
 
     @classmethod
@@ -239,7 +240,7 @@ def _decode(source: str, opts: SampleOptions) -> Decoded:
 
 
 def _frame_sample(fr, decoded: Decoded, base: dict, source: str, bits: int, opts: SampleOptions) -> Sample:
-    """One frame -> Sample (PNG + JSON bytes); raises Reject for a frame that cannot be used."""
+    """One frame -> Sample (image + JSON bytes); raises Reject for a frame that cannot be used."""
     h0, w0 = fr.pixels.shape[:2]
     if opts.min_size and min(h0, w0) < opts.min_size:
         raise Reject("too_small", f"{h0}x{w0} pixels, below --min-size {opts.min_size}")
@@ -247,7 +248,7 @@ def _frame_sample(fr, decoded: Decoded, base: dict, source: str, bits: int, opts
         f"{fr.pixels.dtype.str}{fr.pixels.shape}".encode() + fr.pixels.tobytes()
     ).hexdigest() if opts.hash_source else None
     out = render(fr, opts.process, bits)
-    png = encode_png(out, opts.process.compress_level)
+    image = codecs.encode(out, opts.process.codec, opts.process.compress_level)
     h1, w1 = out.shape[:2]
     key = keys.sample_key(source, fr.index)
     sha = pixel_sha256(out)
@@ -266,12 +267,14 @@ def _frame_sample(fr, decoded: Decoded, base: dict, source: str, bits: int, opts
         "window": fr.window,
         "inverted": fr.invert,
         "bits": bits,
+        "codec": opts.process.codec,
         "source_bits": decoded.source_bits,
         "sha256": sha,
     })
     js = json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False, default=str).encode()
     return Sample(key=key, frame=fr.index, split=base["split"], src_sha=src_sha, sha256=sha,
-                  modality=base["modality"], dataset=base["dataset"], png=png, json=js)
+                  modality=base["modality"], dataset=base["dataset"],
+                  ext=codecs.extension(opts.process.codec), image=image, json=js)
 
 
 def make_samples(task: tuple) -> Result:

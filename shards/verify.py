@@ -12,7 +12,8 @@ import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 
-from shards.process import decode_png_any, pixel_sha256
+from shards import codecs
+from shards.process import pixel_sha256
 from shards.storage import Output
 from shards.writer import INDEX_VERSION, MEMBER_RE, index_text
 
@@ -48,7 +49,7 @@ def _check_member(shard: str, m: tarfile.TarInfo, rep: VerifyReport) -> bool:
         rep.add(f"shard {shard}: member {m.name!r} is not a regular file (type {m.type!r})")
         return False
     if "/" in m.name or "\\" in m.name or m.name.startswith(".") or ".." in m.name or not MEMBER_RE.match(m.name):
-        rep.add(f"shard {shard}: odd member name {m.name!r} (expected KEY.png / KEY.json, no folders or '..')")
+        rep.add(f"shard {shard}: odd member name {m.name!r} (expected KEY.png|jp2 / KEY.json, no folders or '..')")
         return False
     return True
 
@@ -63,9 +64,10 @@ class _Seen:
     sources: set = field(default_factory=set)
 
 
-def _verify_shard(rec: dict, f, idx: str | None, rep: VerifyReport, keys: set[str], seen: _Seen) -> None:
-    """Check one shard read from the seekable binary file `f` (streamed: shards may be GBs)."""
+def _verify_shard(rec: dict, f, idx: str | None, rep: VerifyReport, keys: set[str], seen: _Seen, codec: str) -> None:
+    """Check one shard of `codec` samples read from the seekable binary file `f` (streamed: shards may be GBs)."""
     shard = rec["path"]
+    image_ext = codecs.extension(codec)
     sha, size = hashlib.sha256(), 0
     for block in iter(lambda: f.read(1 << 20), b""):
         sha.update(block)
@@ -97,8 +99,9 @@ def _verify_shard(rec: dict, f, idx: str | None, rep: VerifyReport, keys: set[st
     n = 0
     for key in order:
         g = groups[key]
-        if set(g) != {"png", "json"}:
-            rep.add(f"shard {shard}: sample '{key}' has {', '.join(sorted(g))}, expected png + json")
+        if set(g) != {image_ext, "json"}:
+            rep.add(f"shard {shard}: sample '{key}' has {', '.join(sorted(g))}, expected {image_ext} + json "
+                    f"(manifest.json says codec {codec})")
             continue
         if key in keys:
             rep.add(f"shard {shard}: sample '{key}' appears twice in the shard set")
@@ -110,10 +113,14 @@ def _verify_shard(rec: dict, f, idx: str | None, rep: VerifyReport, keys: set[st
             rep.add(f"shard {shard}: sample '{key}' json does not parse ({e})")
             continue
         try:
-            img = decode_png_any(tf.extractfile(g["png"]).read())
+            data = tf.extractfile(g[image_ext]).read()
+            img = codecs.decode(data)
         except Exception as e:  # noqa: BLE001 - any decode failure is a finding, not a crash
-            rep.add(f"shard {shard}: sample '{key}' png does not decode ({type(e).__name__}: {e})")
+            rep.add(f"shard {shard}: sample '{key}' {image_ext} does not decode ({type(e).__name__}: {e})")
             continue
+        if codecs.codec_of(data) != codec or meta.get("codec", "png") != codec:
+            rep.add(f"shard {shard}: sample '{key}' is {codecs.codec_of(data)} (json says {meta.get('codec', 'png')}), "
+                    f"manifest.json says codec {codec}")
         if pixel_sha256(img) != meta.get("sha256"):
             rep.add(f"shard {shard}: sample '{key}' pixels do not match the sha256 in its json")
         if list(img.shape[:2]) != meta.get("shape"):
@@ -146,6 +153,10 @@ def verify_shards(out: str, storage_options: dict | None = None, progress: bool 
     except ValueError as e:
         rep.add(f"manifest.json does not parse: {e}")
         return rep
+    codec = man.get("codec", "png")  # shard sets built before codecs were recorded are PNG
+    if codec not in codecs.CODECS:
+        rep.add(f"manifest.json: codec {codec!r} is not one of {', '.join(codecs.CODECS)} (built by a newer dinotrain?)")
+        return rep
     listed = {s["path"] for s in man.get("shards", [])}
     present = {n for n in outp.listdir() if n.endswith(".tar")}
     for extra in sorted(present - listed):
@@ -161,7 +172,7 @@ def verify_shards(out: str, storage_options: dict | None = None, progress: bool 
             continue
         idx = outp.read_bytes(rec["index"]).decode() if outp.exists(rec.get("index", "")) else None
         with outp.open(rec["path"]) as f:
-            _verify_shard(rec, f, idx, rep, keys, seen)
+            _verify_shard(rec, f, idx, rep, keys, seen, codec)
     _check_totals(man, rep, seen)
     _check_lists(outp, man.get("totals", {}), rep)
     return rep

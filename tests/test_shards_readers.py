@@ -44,7 +44,7 @@ def test_png16_round_trip_bit_exact(tmp_path):
     p.write_bytes(_png_bytes(a))
     res = make_samples((0, str(p), None, None, SampleOptions(name="t")))
     (s,) = res.samples
-    back = decode_png_any(s.png)
+    back = decode_png_any(s.image)
     assert back.dtype == np.uint16 and np.array_equal(back, a)  # smaller than --size: never upscaled
     assert pixel_sha256(back) == s.sha256
     assert b'"bits":16' in s.json

@@ -38,7 +38,7 @@ def probe_image(data: bytes, ext: str) -> tuple[int, int] | None:
     """(height, width) from the header, or None when the bytes are not a whole image.
 
     PNG: every chunk's CRC is checked (PIL's verify, no decompression), which catches
-    truncation and flipped bits; JPEG: header plus the end-of-image marker.
+    truncation and flipped bits; JPEG and JPEG 2000: header plus the end marker (both FFD9).
     """
     try:
         from PIL import Image

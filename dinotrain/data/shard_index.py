@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import fsspec
 
-IMAGE_EXTS = ("png", "jpg", "jpeg")
+# image members a sample may hold (first found wins); jp2: `shards build --codec j2k` (decoded on the GPU)
+IMAGE_EXTS = ("png", "jp2", "j2k", "jpg", "jpeg")
 
 
 class DataError(RuntimeError):
