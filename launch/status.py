@@ -51,10 +51,10 @@ def _requeue_in_flight(marker: dict[str, Any], view: JobView, now: float) -> boo
 
 def decide(run_dir: Path, marker: dict[str, Any], sub: dict[str, Any] | None, view: JobView | None,
            now: float | None = None) -> RunState:
-    """The run's state from its markers (`job_status.json`, `job.json`) and SLURM's view of its job.
+    """The run's state from its markers (`job_status.json`, `job.json`) and its job's view.
 
-    view: the job as the controller reports it (JobView(GONE) when it does not know it),
-    None when the controller could not be asked. Pure: `run_state` does the reading.
+    view: the job as the scheduler reports it (JobView(GONE) when it does not know it), None
+    when the scheduler could not be asked. Pure: `run_state` does the reading.
     """
     now = time.time() if now is None else now
     if marker.get("state") == "done":
@@ -62,21 +62,31 @@ def decide(run_dir: Path, marker: dict[str, Any], sub: dict[str, Any] | None, vi
     if sub is None:
         return RunState(run_dir, "new")
     job_id, cluster = str(sub["job_id"]), sub.get("cluster", "slurm")
-    if cluster == "slurm" and view is None:
+    if view is None:
         return RunState(run_dir, "pending", job_id, "SLURM unavailable: state unknown")
-    if cluster == "slurm" and view.phase != "final":
+    if view.phase != "final":
         return _queued(run_dir, marker, job_id, view.phase, view.state)
-    if cluster == "local" and queue.local_job_alive(job_id):
-        return _queued(run_dir, marker, job_id, "running")
     if marker.get("state") == "failed":
         return RunState(run_dir, "failed", job_id, str(marker.get("error", "")))
     if cluster == "debug":
         return RunState(run_dir, "failed", job_id, "debug run did not finish")
-    if cluster == "slurm" and _requeue_in_flight(marker, view, now):
+    if _requeue_in_flight(marker, view, now):
         return RunState(run_dir, "requeued", job_id, f"requeue requested; SLURM state {view.state}")
     # over without writing 'done': killed, timed out for good, node failure, ...
-    how = "left the queue" if cluster != "slurm" or view.state == queue.GONE else f"ended {view.state}"
+    how = "left the queue" if view.state == queue.GONE else f"ended {view.state}"
     return RunState(run_dir, "failed", job_id, f"job {job_id} {how} without finishing; logs: {sub.get('logs')}")
+
+
+def _view(sub: dict[str, Any] | None, states: dict[str, JobView] | None) -> JobView | None:
+    """The job of submission `sub` in the snapshot `states` (SLURM), or as this machine sees it (local)."""
+    if sub is None:
+        return None
+    job_id, cluster = str(sub["job_id"]), sub.get("cluster", "slurm")
+    if cluster == "slurm":
+        return None if states is None else states.get(job_id, JobView(queue.GONE))
+    if cluster == "local" and queue.local_job_alive(job_id):
+        return JobView("RUNNING")
+    return JobView(queue.GONE)  # debug: the run happened inside the submitting process
 
 
 def run_state(run_dir: str | Path, states: dict[str, JobView] | None) -> RunState:
@@ -88,13 +98,10 @@ def run_state(run_dir: str | Path, states: dict[str, JobView] | None) -> RunStat
     """
     run_dir = Path(run_dir)
     sub = runstate.read_submission(run_dir)
-    cluster = (sub or {}).get("cluster", "slurm")
-    view = None
-    if sub is not None and cluster == "slurm" and states is not None:
-        view = states.get(str(sub["job_id"]), JobView(queue.GONE))
+    view = _view(sub, states)  # before the markers: a task writes 'done' before its job ends
     marker = runstate.read_status(run_dir) or {}
     verdict = decide(run_dir, marker, sub, view)
-    if verdict.state != "failed" or cluster != "slurm" or marker.get("state") == "failed":
+    if verdict.state != "failed" or sub.get("cluster", "slurm") != "slurm" or marker.get("state") == "failed":
         return verdict
     fresh = queue.scontrol_state(str(sub["job_id"]))
     return decide(run_dir, runstate.read_status(run_dir) or {}, sub, fresh)
