@@ -205,9 +205,33 @@ class LocalSlurm:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
-        # job steps of killed jobs are children of slurmstepd; make sure none outlive the session
-        subprocess.run(["pkill", "-f", f"slurmstepd.*{self.root}"], capture_output=True)
+        # a job still finishing when the daemons stop keeps its slurmstepd, batch script and srun
+        # (seen: hours later, waiting for a slurmd that is gone); make sure none outlive the session
+        for pid in self._job_processes():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.procs.clear()
+
+    def _job_processes(self) -> list[int]:
+        """Pids of this cluster's job processes: slurmstepd, batch scripts, srun and tasks.
+
+        Their command lines do not name the cluster (`slurmstepd: [1.batch]`), but they all
+        started with this cluster's SLURM_CONF in their environment.
+        """
+        want = f"SLURM_CONF={self.conf}".encode()
+        pids = []
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit() or int(d.name) == os.getpid():
+                continue
+            try:
+                environ = (d / "environ").read_bytes()
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
+            if want in environ.split(b"\0"):
+                pids.append(int(d.name))
+        return pids
 
 
 @contextlib.contextmanager
