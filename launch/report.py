@@ -156,29 +156,50 @@ def write_csv(rows: list[Row], path: Path) -> None:
                         "" if r.ci_low is None else r.ci_low, "" if r.ci_high is None else r.ci_high])
 
 
-def fit_all(rows: list[Row], form: str) -> dict[tuple[str, str], PowerLawFit | str]:
+@dataclass(frozen=True)
+class NoFit:
+    """Why a series has no fit (too few sizes, or curve_fit did not converge), and its point count."""
+
+    reason: str
+    n_points: int
+
+
+def fit_all(rows: list[Row], form: str) -> dict[tuple[str, str], PowerLawFit | NoFit]:
     """(metric key, series) -> fit, or the reason there is none."""
     points: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     for r in rows:
         if r.n_images is not None:
             points[(r.key, r.series)].append((r.n_images, r.value))
-    fits: dict[tuple[str, str], PowerLawFit | str] = {}
+    fits: dict[tuple[str, str], PowerLawFit | NoFit] = {}
     for k, pts in sorted(points.items()):
         try:
             fits[k] = fit_power_law([p[0] for p in pts], [p[1] for p in pts], form=form)
-        except (ValueError, RuntimeError) as e:  # too few sizes, or curve_fit did not converge
-            fits[k] = str(e)
+        except (ValueError, RuntimeError) as e:
+            fits[k] = NoFit(str(e), len(pts))
     return fits
 
 
+# eval kinds that score a reference, not the run's features: never the default metric
+BASELINE_KINDS = ("mean_baseline", "constant_mask", "chance", "random_report")
+
+
+def _is_baseline(key: str) -> bool:
+    parts = key.split("/")
+    return len(parts) >= 3 and parts[1] in BASELINE_KINDS
+
+
 def choose_metric(rows: list[Row], wanted: str | None) -> str | None:
+    """`wanted` when the results have it; else an evaluation metric of the runs' own features
+    (a linear-probe AUROC first, the paper's headline), and the training loss only when no
+    run was evaluated."""
     keys = sorted({r.key for r in rows})
     if wanted:
         if wanted not in keys:
             raise ValueError(f"metric '{wanted}' not in the results: have {', '.join(keys) or 'none'}")
         return wanted
-    evals = [k for k in keys if not k.startswith("train/")]
-    for pick in ("/linear/auroc", "/knn/auroc", "auroc"):  # the paper's headline metric first
+    evals = [k for k in keys if not k.startswith("train/") and not _is_baseline(k)]
+    evals = [k for k in evals if "@" not in k] or evals  # the test split before val/train splits
+    for pick in ("/linear/auroc", "/knn/auroc", "auroc"):
         hits = [k for k in evals if k.endswith(pick)]
         if hits:
             return hits[0]
@@ -259,7 +280,7 @@ def markdown(name: str, rows: list[Row], fits: dict, metric: str | None, form: s
             lines.append(f"| {key} | {series} | {fit.n_points} | {fit.formula()} | "
                          f"{_fmt(b)}{'' if math.isnan(se) else ' ± ' + _fmt(se)} | {_fmt(fit.r2)} |")
         else:
-            lines.append(f"| {key} | {series} | | no fit: {fit} | | |")
+            lines.append(f"| {key} | {series} | {fit.n_points} | no fit: {fit.reason} | | |")
     return "\n".join(lines) + "\n"
 
 

@@ -3,12 +3,13 @@
 Two forms, both fitted with scipy.optimize.curve_fit in the metric's own units (so the
 residuals are errors on the metric, not on its logarithm):
 
-  power:       y = a * n**b                    (2 parameters; any number of points >= 2)
+  power:       y = a * n**b                    (2 parameters; needs >= 3 sizes)
   saturating:  y = c - a * n**(-b)             (3 parameters; an error metric falling or a
-                                                score rising towards c; needs >= 4 points)
+                                                score rising towards c; needs >= 4 sizes)
 
-Standard errors are the square roots of the diagonal of curve_fit's covariance; with as many
-points as parameters the fit is exact and the errors are undefined (NaN).
+Each form needs one size more than it has parameters: through as many points as parameters
+a curve always passes exactly, so such a "fit" says nothing about the law (R² = 1, no
+errors). Standard errors are the square roots of the diagonal of curve_fit's covariance.
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ def _model(form: str):
     return {"power": _power, "saturating": _saturating}[form]
 
 
+def min_sizes(form: str) -> int:
+    """Distinct sizes a fit of `form` needs: one more than its parameters, so it can be wrong."""
+    return {"power": 3, "saturating": 4}[form]
+
+
 def fit_power_law(n, y, form: str = "power") -> PowerLawFit:
     """Fit y(n). Raises ValueError when the points cannot determine the form's parameters."""
     from scipy.optimize import OptimizeWarning, curve_fit
@@ -71,9 +77,9 @@ def fit_power_law(n, y, form: str = "power") -> PowerLawFit:
     y = np.asarray(y, dtype=float)
     ok = np.isfinite(n) & np.isfinite(y) & (n > 0)
     n, y = n[ok], y[ok]
-    need = 2 if form == "power" else 4
+    need = min_sizes(form)
     if len(np.unique(n)) < need:
-        raise ValueError(f"a {form} fit needs points at >= {need} distinct sizes (have {len(np.unique(n))})")
+        raise ValueError(f"too few sizes for a {form} fit: {len(np.unique(n))} distinct, it needs >= {need}")
     # start from the straight line in log-log space (exact for a noiseless power law)
     if form == "power":
         sign = 1.0 if np.all(y > 0) else (-1.0 if np.all(y < 0) else 0.0)
@@ -97,8 +103,6 @@ def fit_power_law(n, y, form: str = "power") -> PowerLawFit:
         params, cov = curve_fit(_model(form), n, y, p0=p0, maxfev=20000)
     with np.errstate(invalid="ignore"):
         err = np.sqrt(np.diag(cov)) if np.all(np.isfinite(cov)) else np.full(len(params), np.nan)
-    if len(n) <= len(params):
-        err = np.full(len(params), np.nan)  # exact fit: no residual left to estimate errors from
     resid = y - _model(form)(n, *params)
     ss_tot = float(np.sum((y - y.mean()) ** 2))
     r2 = 1.0 - float(np.sum(resid**2)) / ss_tot if ss_tot > 0 else float("nan")

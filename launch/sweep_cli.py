@@ -18,9 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait", action="store_true", help="run: wait until every run is done or failed")
     parser.add_argument("--metric", default=None,
                         help="report: the metric of scaling.png as task/kind/metric, e.g. jsrt_nodule/linear/auroc "
-                        "(default: the sweep's report.metric, else an AUROC, else the final training loss)")
+                        "(default: the sweep's report.metric, else an evaluation metric of the runs, a "
+                        "linear-probe AUROC first, else the final training loss)")
     parser.add_argument("--form", choices=("power", "saturating"), default=None,
-                        help="report: y = a*n^b (power, default) or y = c - a*n^-b (saturating, >= 4 sizes)")
+                        help="report: y = a*n^b (power, default; >= 3 sizes) or y = c - a*n^-b (saturating, "
+                        ">= 4 sizes); with fewer sizes the report says so and fits nothing")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -11,6 +11,9 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
+import socket
+import subprocess
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -52,11 +55,33 @@ def export_distributed_env(use_gpus: bool) -> dict[str, str]:
     """
     from submitit.helpers import TorchDistributedEnvironment
 
-    env = TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    env = TorchDistributedEnvironment()
+    env.master_addr = node_address(env.master_addr)
+    env.export(set_cuda_visible_devices=False, overwrite=True)
     if use_gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = own_gpu(os.environ.get("CUDA_VISIBLE_DEVICES"), env.local_rank)
     return {"RANK": str(env.rank), "WORLD_SIZE": str(env.world_size), "LOCAL_RANK": str(env.local_rank),
             "MASTER_ADDR": env.master_addr, "MASTER_PORT": str(env.master_port)}
+
+
+def node_address(node: str) -> str:
+    """An address every task can reach `node` at: its name when that resolves, else SLURM's NodeAddr.
+
+    submitit takes the rendezvous host from the job's node list, which holds SLURM node
+    names; where those are not host names (NodeName=n1 NodeAddr=10.0.0.7) only the
+    controller knows the address.
+    """
+    try:
+        socket.getaddrinfo(node, None)
+        return node
+    except socket.gaierror:
+        pass
+    try:
+        out = subprocess.run(["scontrol", "show", "node", "-o", node], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return node
+    addr = re.search(r"\bNodeAddr=(\S+)", out.stdout)
+    return addr.group(1) if out.returncode == 0 and addr else node
 
 
 def own_gpu(visible: str | None, local_rank: int) -> str:
@@ -158,5 +183,8 @@ class TrainTask:
         """
         from submitit.helpers import DelayedSubmission
 
-        runstate.write_status(self.run_dir, "requeued")
+        # SLURM's restart count at the request: status.decide tells a requeue still in flight
+        # (count unchanged) from a requeued attempt that ended without a word (count moved on)
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        runstate.write_status(self.run_dir, "requeued", restarts=restarts)
         return DelayedSubmission(TrainTask(self.cfg, self.entry), *args, **kwargs)

@@ -1,9 +1,11 @@
-"""`dinotrain launch` against the real local SLURM: preemption, requeue and resume; a 2-task FSDP2 job."""
+"""`dinotrain launch` against the real local SLURM: preemption, requeue and resume; 2-task FSDP2 jobs on one
+node and across the fixture's two nodes."""
 
 from __future__ import annotations
 
 import json
-import time
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from dinotrain.config import load_config
 from launch import probe, runstate, status
 from launch.submit import submit_run
-from tests.services import wait_until
+from tests.services import cpu_burners, wait_until
 
 pytestmark = pytest.mark.slurm
 
@@ -33,45 +35,62 @@ def _steps(run_dir: Path) -> list[int]:
     return [json.loads(ln)["step"] for ln in lines if ln.strip()]
 
 
-def _release_requeued(cluster, job_id: str, timeout: float = 90) -> None:
-    """SLURM holds a requeued job for 120 s (Reason=BeginTime); let the test's job start again at once.
-
-    The hold is set when the killed job finishes completing, which may come after the job
-    already reads PENDING: keep releasing until it runs.
-    """
-    deadline = time.monotonic() + timeout
-    seen_pending = False
-    while time.monotonic() < deadline:
-        out = cluster.run("squeue", "-h", "-j", job_id, "-o", "%T|%r", check=False).stdout.strip()
-        state, _, reason = out.partition("|")
-        if state == "PENDING":
-            seen_pending = True
-            if reason == "BeginTime":
-                cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
-        elif seen_pending and state in ("RUNNING", "COMPLETING", ""):
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} was not requeued and restarted within {timeout:.0f}s")
-
-
 def _logs(job) -> str:
     folder = Path(str(job.paths.stdout)).parent
     return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(folder.glob("*.err")))
 
 
+class StateWatcher:
+    """Polls a run's state as `sweep status` does, as fast as it can, in a thread; keeps every change.
+
+    `sweep` decides what to resubmit (new and failed runs) from the same `status.run_state`.
+    """
+
+    def __init__(self, run: Path) -> None:
+        self.run, self.seen, self._stop = run, [], threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            (s,) = status.states_of([self.run])
+            if not self.seen or self.seen[-1] != s.state:
+                self.seen.append(s.state)
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> StateWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def test_preempted_job_requeues_and_resumes_without_repeating_steps(slurm_cluster, tmp_path, monkeypatch):
+    """Preemption, requeue, resume of a probe job on a machine whose CPUs are all busy, watched
+    throughout: a requeued job is never reported failed (so `sweep` never resubmits it)."""
     monkeypatch.setenv(probe.STEP_SECONDS_ENV, "0.5")
     run = tmp_path / "run"
     cfg = _probe_cfg(run, "train.max_steps=16", "train.checkpoint_every=2")
-    job = submit_run(cfg, entry=probe.ENTRY)
-    wait_until(lambda: (run / probe.CKPT).exists() and len(_steps(run)) >= 3, 90, "a checkpoint")
-    job._interrupt()  # submitit's preemption: SIGTERM then USR2 -> checkpoint() -> scontrol requeue
-    _release_requeued(slurm_cluster, job.job_id)
-    (final,) = status.wait_for([run], timeout_s=120, poll_s=1)
+    with cpu_burners(os.cpu_count() or 2, seconds=120), StateWatcher(run) as watcher:
+        job = submit_run(cfg, entry=probe.ENTRY)
+        wait_until(lambda: (run / probe.CKPT).exists() and len(_steps(run)) >= 3, 90, "a checkpoint")
+        job._interrupt()  # submitit's preemption: SIGTERM then USR2 -> checkpoint() -> scontrol requeue
+        slurm_cluster.release_requeued(job.job_id)
+        (final,) = status.wait_for([run], timeout_s=120, poll_s=1)
     assert final.state == "done", f"{final}\n{_logs(job)}"
+    assert "requeued" in watcher.seen and "failed" not in watcher.seen, watcher.seen
     assert runstate.read_status(run)["attempt"] == 2
     assert _steps(run) == list(range(1, 17))
     assert "Requeued job" in _logs(job) or "requeue" in _logs(job).lower()
+
+
+def test_rendezvous_host_is_the_node_address_when_node_names_do_not_resolve(slurm_cluster):
+    from launch.task import node_address
+
+    assert slurm_cluster.run("scontrol", "show", "hostnames", "n[1-2]").stdout.split() == ["n1", "n2"]
+    assert node_address("n2") == "127.0.0.1"  # NodeAddr in the fixture's slurm.conf
+    assert node_address("localhost") == "localhost"  # a resolvable name is kept as it is
 
 
 @pytest.fixture(scope="module")
@@ -90,21 +109,25 @@ def cxr_folder(request, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_two_task_fsdp_job_is_requeued_and_resumes_to_the_last_step(slurm_cluster, cxr_folder, tmp_path):
-    """dinotrain.train.run under SLURM, 2 tasks (FSDP2 over gloo), preempted after its first
-    checkpoint: requeued by submitit, resumed by the trainer, every step logged exactly once."""
+@pytest.mark.parametrize("nodes,tasks_per_node", [(1, 2), (2, 1)], ids=["1node-2tasks", "2nodes-1task"])
+def test_two_task_fsdp_job_is_requeued_and_resumes_to_the_last_step(slurm_cluster, cxr_folder, tmp_path,
+                                                                      nodes, tasks_per_node):
+    """dinotrain.train.run under SLURM, 2 tasks (FSDP2 over gloo) on one node or one on each of two,
+    preempted after its first checkpoint: requeued by submitit, resumed by the trainer, every step
+    logged exactly once. Across nodes the rendezvous host comes from the job's node list, whose
+    names (n1, n2) do not resolve: the address is SLURM's NodeAddr."""
     from dinotrain.train.checkpoint import latest_checkpoint, list_checkpoints
 
     run = tmp_path / "run"
     cfg = load_config(REPO / "configs/pretrain/tiny_cpu.yaml", [
-        f"output_dir={run}", f"data.sources=[{{name: cxr, path: {cxr_folder}}}]", "launch.tasks_per_node=2",
-        "train.max_steps=6", "train.checkpoint_every=2", *TINY])
+        f"output_dir={run}", f"data.sources=[{{name: cxr, path: {cxr_folder}}}]", f"launch.nodes={nodes}",
+        f"launch.tasks_per_node={tasks_per_node}", "train.max_steps=6", "train.checkpoint_every=2", *TINY])
     job = submit_run(cfg)
     wait_until(lambda: latest_checkpoint(run) is not None or status.states_of([run])[0].state == "failed",
-                240, "the first checkpoint")
+               240, "the first checkpoint")
     assert status.states_of([run])[0].state == "running", _logs(job)
     job._interrupt()  # preemption as SLURM signals it: SIGTERM, then USR2 -> checkpoint() -> requeue
-    _release_requeued(slurm_cluster, job.job_id)
+    slurm_cluster.release_requeued(job.job_id)
     (final,) = status.wait_for([run], timeout_s=300, poll_s=2)
     assert final.state == "done", f"{final}\n{_logs(job)}"
     st = runstate.read_status(run)
@@ -114,4 +137,11 @@ def test_two_task_fsdp_job_is_requeued_and_resumes_to_the_last_step(slurm_cluste
     assert len(list((latest_checkpoint(run)).glob("*.distcp"))) == 2  # both ranks wrote their shard
     folder = Path(str(job.paths.stdout)).parent
     assert sorted(p.name for p in folder.glob("*_log.out")) == [f"{job.job_id}_{r}_log.out" for r in (0, 1)]
-    assert "Caught signal SIGUSR2" in _logs(job)
+    logs = _logs(job)
+    assert "Caught signal SIGUSR2" in logs
+    # submitit's own record of where each rank ran, in both attempts: node=i(n) of n nodes
+    for rank in (0, 1):
+        node = rank if nodes == 2 else 0
+        started = (folder / f"{job.job_id}_{rank}_log.out").read_text().count(
+            f"node={node}({nodes}), global_rank={rank}(2)")
+        assert started == 2, logs

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -162,8 +161,14 @@ def test_power_law_fit_recovers_exponent_with_errors():
     assert abs(fit.exponent - 0.13) < 3 * fit.stderr["b"] + 1e-3
     assert 0 < fit.stderr["b"] < 0.01 and fit.r2 > 0.99
     assert abs(fit.params["a"] - 0.42) / 0.42 < 0.1
-    exact = scaling.fit_power_law([10, 1000], [2 * 10**-0.5, 2 * 1000**-0.5])
-    assert exact.exponent == pytest.approx(-0.5, abs=1e-6) and math.isnan(exact.stderr["b"])
+    three = scaling.fit_power_law([10, 100, 1000], [2 * 10**-0.5, 2 * 100**-0.5, 2 * 1000**-0.5])
+    assert three.exponent == pytest.approx(-0.5, abs=1e-6) and three.stderr["b"] < 1e-6
+
+
+def test_two_sizes_give_no_fit_and_say_why():
+    # a power law passes exactly through any 2 points: such a "fit" would claim R² = 1 from nothing
+    with pytest.raises(ValueError, match="too few sizes for a power fit: 2 distinct, it needs >= 3"):
+        scaling.fit_power_law([10, 1000, 1000], [0.6, 0.7, 0.71])
 
 
 def test_saturating_fit_recovers_ceiling_and_exponent():
@@ -172,7 +177,7 @@ def test_saturating_fit_recovers_ceiling_and_exponent():
     fit = scaling.fit_power_law(n, y, form="saturating")
     assert fit.params["c"] == pytest.approx(0.95, abs=1e-4)
     assert fit.exponent == pytest.approx(0.35, abs=1e-3)
-    with pytest.raises(ValueError, match="needs points at >= 4 distinct sizes"):
+    with pytest.raises(ValueError, match="too few sizes for a saturating fit: 3 distinct, it needs >= 4"):
         scaling.fit_power_law(n[:3], y[:3], form="saturating")
 
 
@@ -218,6 +223,42 @@ def test_report_writes_csv_png_md_with_fits(tmp_path):
     # training loss averaged over the last lines: mean(5/1, 5/2, 5/3, 5/4)
     loss = [r for r in rows if r["task"] == "train"][0]
     assert float(loss["value"]) == pytest.approx((5 + 2.5 + 5 / 3 + 1.25) / 4)
+
+
+def test_report_with_two_sizes_tabulates_points_and_fits_nothing(tmp_path):
+    root = _fake_sweep(tmp_path)
+    for d in root.glob("runs/*-n1000"):
+        for f in sorted(d.rglob("*"), reverse=True):
+            f.unlink() if f.is_file() else f.rmdir()
+        d.rmdir()
+    out = report.write_report(root)
+    md = out["md"].read_text()
+    assert "| jsrt_nodule/linear/auroc | cxr | 2 | no fit: too few sizes for a power fit: 2 distinct, it needs >= 3 |" \
+        in md
+    assert "b = " not in md and all(isinstance(f, report.NoFit) for f in report.fit_all(report.collect(root),
+                                                                                          "power").values())
+
+
+def test_default_metric_is_the_runs_evaluation_not_a_baseline_or_the_loss(tmp_path):
+    def rows(*keys: str) -> list[report.Row]:
+        out = []
+        for key in keys:
+            task, _, metric = key.partition("/")
+            metric, _, split = metric.partition("@")
+            out.append(report.Row("r", "done", "cxr", "10", 10.0, {}, task, metric, 0.5, split))
+        return out
+
+    loss = "train/total_loss"
+    assert report.choose_metric(rows(loss, "jsrt_age/mean_baseline/mae", "jsrt_age/ridge/mae"), None) \
+        == "jsrt_age/ridge/mae"
+    assert report.choose_metric(rows(loss, "jsrt_seg/constant_mask/dice_lung", "jsrt_seg/linear_head/dice_lung"),
+                                None) == "jsrt_seg/linear_head/dice_lung"
+    assert report.choose_metric(rows(loss, "a/knn/auroc", "b/linear/auroc@val", "b/linear/auroc"), None) \
+        == "b/linear/auroc"
+    assert report.choose_metric(rows(loss, "jsrt_nodule/linear/auroc@val"), None) == "jsrt_nodule/linear/auroc@val"
+    assert report.choose_metric(rows(loss, "train/dino_loss"), None) == loss  # no evaluation: the loss
+    # one evaluated run is enough for the evaluation to be the sweep's metric
+    assert report.choose_metric(rows(loss) + rows("jsrt_nodule/linear/auroc"), None) == "jsrt_nodule/linear/auroc"
 
 
 def test_sweep_cli_report_and_status(tmp_path, capsys):

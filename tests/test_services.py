@@ -1,4 +1,4 @@
-"""The real test services: a local SLURM cluster and an S3 endpoint, started by the fixtures."""
+"""The real test services: a local two-node SLURM cluster and an S3 endpoint, started by the fixtures."""
 
 from __future__ import annotations
 
@@ -27,6 +27,13 @@ def test_slurm_batch_job_runs_and_writes_output(slurm_cluster, tmp_path):
 def test_slurm_srun_two_tasks(slurm_cluster):
     res = slurm_cluster.run("srun", "-N1", "-n2", "bash", "-c", "echo task $SLURM_PROCID", timeout=60)
     assert sorted(res.stdout.split("\n")[:2]) == ["task 0", "task 1"]
+
+
+@pytest.mark.slurm
+def test_slurm_two_node_step_runs_one_task_on_each_node(slurm_cluster):
+    assert slurm_cluster.run("sinfo", "-h", "-N", "-o", "%N").stdout.split() == ["n1", "n2"]
+    res = slurm_cluster.run("srun", "-N2", "-n2", "bash", "-c", "echo $SLURM_PROCID $SLURMD_NODENAME", timeout=60)
+    assert sorted(res.stdout.splitlines()) == ["0 n1", "1 n2"]
 
 
 @pytest.mark.s3

@@ -214,3 +214,55 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(cxr_shards, t
     assert ckpts == ["step_0000002"]
     assert sorted(losses_by_step(tmp_path / "run")) == [1, 2]
     assert not (tmp_path / "run" / "export").exists()
+
+
+def _resume_copy(reference_run: Path, run_dir: Path) -> Path:
+    """A copy of the reference run as if it had stopped after its step-5 checkpoint; returns its config."""
+    shutil.copytree(reference_run, run_dir)
+    shutil.rmtree(run_dir / "ckpt" / "step_0000010")
+    metrics = run_dir / "metrics.jsonl"
+    metrics.write_text("".join(ln + "\n" for ln in metrics.read_text().splitlines() if json.loads(ln)["step"] <= 5))
+    cfg = yaml.safe_load((reference_run / "config.yaml").read_text())
+    cfg["output_dir"] = str(run_dir)
+    cfg_path = run_dir.parent / f"{run_dir.name}.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    return cfg_path
+
+
+def test_two_node_torchrun_resumes_a_one_node_run(reference_run, tmp_path):
+    """The reference run (one node, 2 processes) resumed from its step-5 checkpoint by two torchrun
+    launchers, one per "node", that find each other through c10d rendezvous. Its steps must equal
+    those of the same resume on one node (2 processes): which launcher a rank sits in changes nothing."""
+    from tests.services import free_port
+
+    one_node = train(_resume_copy(reference_run, tmp_path / "one"), 2, "train.max_steps=7")
+    assert one_node.returncode == 0, one_node.stderr[-4000:]
+    cfg_path = _resume_copy(reference_run, tmp_path / "two")
+    endpoint = f"127.0.0.1:{free_port()}"
+    launchers = [
+        subprocess.Popen([str(VENV_BIN / "torchrun"), "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+                          f"--rdzv-endpoint={endpoint}", "--rdzv-id=two-node-test", "--max-restarts=0",
+                          # one launcher hosts the rendezvous store, as the first node of a job would
+                          f"--rdzv-conf=is_host={str(host).lower()},join_timeout=300",
+                          "-m", "dinotrain", "train", str(cfg_path), "train.max_steps=7"],
+                         cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for host in (True, False)]
+    try:
+        errs = [p.communicate(timeout=600)[1] for p in launchers]
+    finally:
+        for p in launchers:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in launchers] == [0, 0], "\n".join(e[-3000:] for e in errs)
+    want, got = losses_by_step(tmp_path / "one"), losses_by_step(tmp_path / "two")
+    assert sorted(got) == sorted(want) == list(range(1, 8))
+    ref = losses_by_step(reference_run)
+    for step in (6, 7):
+        assert got[step]["world_size"] == 2  # one process per launcher
+        for k in ("total_loss", "dino_global_crops_loss", "dino_local_crops_loss", "ibot_loss", "koleo_loss"):
+            assert got[step][k] == pytest.approx(want[step][k], rel=1e-6, abs=1e-7), (step, k)
+        # continued from the trained state, not from a fresh init
+        assert abs(got[step]["total_loss"] - ref[step]["total_loss"]) < \
+            abs(ref[1]["total_loss"] - ref[step]["total_loss"])
+    assert {p.name for p in (tmp_path / "two" / "ckpt" / "step_0000007").glob("rank_*.json")} == \
+        {"rank_00000.json", "rank_00001.json"}
