@@ -14,10 +14,12 @@ from dataclasses import dataclass
 
 import fsspec
 
+from dinotrain.errors import UserError
+
 IMAGE_EXTS = ("png", "jpg", "jpeg")
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """Bad or unreadable training data: the message names the shard/sample and the fix."""
 
 
