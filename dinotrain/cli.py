@@ -120,6 +120,21 @@ def _is_worker_copy() -> bool:
     return rank.strip() not in ("", "0")
 
 
+def _tell_torchrun(message: str) -> None:
+    """Under torchrun, the agent's failure summary shows each worker's error file (else only a link to
+    torch's docs): hand it the same one line, in torchelastic's error-file format."""
+    import json
+    import os
+    import time
+
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    info = {"py_callstack": message, "timestamp": str(int(time.time()))}
+    with open(path, "w") as f:
+        json.dump({"message": {"message": message, "extraInfo": info}}, f)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # --debug is accepted anywhere (also after a nested action such as `data preview`)
@@ -142,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             raise  # a bug (or --debug): the traceback is the report
         if not _is_worker_copy():
             print(f"dinotrain {args.command}: error: {message}", file=sys.stderr)
+            _tell_torchrun(message)
         return 2
 
 

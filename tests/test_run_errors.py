@@ -113,6 +113,24 @@ def test_text_file_as_pretrained_weights(cxr_shards, tmp_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "UserError" in debug.stderr
 
 
+def test_under_torchrun_the_error_is_said_once_and_reaches_the_agent_summary(cxr_shards, tmp_path):
+    text = tmp_path / "weights.pth"
+    text.write_text("not weights\n")
+    cfg = tiny_config(tmp_path / "cfg.yaml", cxr_shards, tmp_path / "run", pretrained=str(text))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONWARNINGS", "DINOTRAIN_DEBUG")}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    res = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2",
+                          "-m", "dinotrain", "train", str(cfg)], capture_output=True, text=True, cwd=REPO, env=env,
+                         timeout=300)
+    assert res.returncode != 0
+    said = [ln for ln in res.stderr.splitlines() if ln.startswith("dinotrain train: error: ")]
+    assert len(said) == 1 and f"model.pretrained {text} is not a weights file" in said[0]  # rank 1 stays quiet
+    assert "[rank" not in res.stderr and "KeyError" not in res.stderr
+    # torchrun's own failure summary shows the same line instead of a link to its docs
+    root = res.stderr[res.stderr.index("Root Cause"):]
+    assert f"traceback : model.pretrained {text} is not a weights file" in root
+
+
 def damaged_safetensors(path: Path) -> Path:
     """A header length far past the file's end, as a truncated download or a renamed file has."""
     path.write_bytes(struct.pack("<Q", 2**40) + b'{"cls_token": ')
