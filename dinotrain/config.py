@@ -150,7 +150,8 @@ class TrainConfig:
     checkpoint_every: int = opt(1000, "steps between DCP checkpoints (and one at the end)")
     keep_checkpoints: int = opt(3, "how many checkpoints to keep")
     export_every: int = opt(5000, "steps between teacher exports (HF + DINOv2), 0 = only at the end")
-    resume: bool = opt(True, "resume from the newest complete checkpoint in output_dir")
+    resume: bool = opt(True, "resume from the newest complete checkpoint in output_dir (false: a previous run "
+                             "there is moved to output_dir/replaced/ and training starts over)")
     max_nonfinite_steps: int = opt(0, "skipped non-finite steps tolerated before stopping")
     deterministic: bool = opt(False, "deterministic kernels (slower; used for exact-resume tests)")
     progress: bool = opt(True, "progress bar on rank 0")
