@@ -260,3 +260,49 @@ def test_eval_bad_model_file_and_out_a_file(tmp_path, test_data):
     target.write_text("x")
     res = dinotrain("eval", "random:vit_tiny", "--tasks", "jsrt_sex", "--data", str(tmp_path), "--out", str(target))
     assert f"--out {target} is a file" in one_error_line(res, "eval")
+
+
+# ----------------------------------------------------------------------------- the run-folder rules, in process
+def saved_run(folder: Path, *overrides: str, world_size: int = 1, drop: tuple[str, ...] = ()) -> None:
+    """A run folder as the trainer leaves it: config.yaml and a complete checkpoint (meta.json + .metadata)."""
+    import json
+
+    from dinotrain.config import load_config, to_yaml
+
+    data = yaml.safe_load(to_yaml(load_config(None, [f"output_dir={folder}", *overrides])))
+    for key in drop:
+        section, name = key.split(".")
+        del data[section][name]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(data))
+    ckpt = folder / "ckpt" / "step_0000005"
+    ckpt.mkdir(parents=True)
+    (ckpt / ".metadata").write_bytes(b"")
+    (ckpt / "meta.json").write_text(json.dumps({"step": 5, "world_size": world_size}))
+
+
+def test_a_config_written_before_a_key_existed_still_resumes(tmp_path):
+    from dinotrain.config import load_config
+    from dinotrain.errors import UserError
+    from dinotrain.train.run_dir import check_resumable
+
+    saved_run(tmp_path, "model.arch=vit_tiny", drop=("model.ffn", "ssl.ibot_separate_head"))
+    check_resumable(load_config(None, [f"output_dir={tmp_path}", "model.arch=vit_tiny"]), world_size=1)
+    with pytest.raises(UserError, match=r"model.arch=vit_tiny \(now vit_small\)"):
+        check_resumable(load_config(None, [f"output_dir={tmp_path}", "model.arch=vit_small"]), world_size=1)
+
+
+def test_data_keys_count_only_at_the_checkpoints_process_count(tmp_path):
+    """The loader's saved position fits the same batch/seed/sources at the same process count; with
+    another count the loader restarts its order, so a new batch size is fine there."""
+    from dinotrain.config import load_config
+    from dinotrain.errors import UserError
+    from dinotrain.train.run_dir import check_resumable
+
+    saved_run(tmp_path, "data.batch_size_per_gpu=4", world_size=2)
+    bigger = load_config(None, [f"output_dir={tmp_path}", "data.batch_size_per_gpu=8"])
+    with pytest.raises(UserError, match=r"data.batch_size_per_gpu=4 \(now 8\)"):
+        check_resumable(bigger, world_size=2)
+    check_resumable(bigger, world_size=4)
+    fresh = load_config(None, [f"output_dir={tmp_path}", "data.batch_size_per_gpu=8", "train.resume=false"])
+    check_resumable(fresh, world_size=2)  # not resuming: nothing to fit

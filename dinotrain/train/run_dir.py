@@ -46,6 +46,19 @@ def _value(cfg: Any, key: str) -> Any:
     return OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
 
 
+def _with_defaults(saved: Any) -> Any:
+    """A config.yaml written before a key existed ran with that key's default: fill it in, so that
+    an older run is not refused for a key it never had (an unknown old key is left alone)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from dinotrain.config import schema
+
+    try:
+        return OmegaConf.merge(schema(), saved)
+    except OmegaConfBaseException:
+        return saved
+
+
 def _checkpoint_world_size(out: Path) -> int | None:
     from dinotrain.train.checkpoint import latest_checkpoint
 
@@ -103,6 +116,7 @@ def check_resumable(cfg: Any, world_size: int | None) -> None:
     except Exception as e:  # damaged YAML: we cannot tell what the weights are
         raise UserError(f"{saved_path} cannot be read ({str(e).splitlines()[0]}): use a new output_dir, or "
                         "train.resume=false to set this run aside and start over") from None
+    saved = _with_defaults(saved)
     same_world = world_size is not None and _checkpoint_world_size(out) == world_size
     diff = differing_keys(saved, cfg, world_size if same_world else None)
     if diff:
