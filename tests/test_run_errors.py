@@ -260,6 +260,9 @@ def test_eval_bad_model_file_and_out_a_file(tmp_path, test_data):
     target.write_text("x")
     res = dinotrain("eval", "random:vit_tiny", "--tasks", "jsrt_sex", "--data", str(tmp_path), "--out", str(target))
     assert f"--out {target} is a file" in one_error_line(res, "eval")
+    missing = tmp_path / "no_data"
+    res = dinotrain("eval", "random:vit_tiny", "--tasks", "jsrt_sex", "--data", str(missing), "--out", str(tmp_path / "e"))
+    assert f"--data {missing}" in one_error_line(res, "eval")
 
 
 # ----------------------------------------------------------------------------- the run-folder rules, in process
@@ -306,3 +309,16 @@ def test_data_keys_count_only_at_the_checkpoints_process_count(tmp_path):
     check_resumable(bigger, world_size=4)
     fresh = load_config(None, [f"output_dir={tmp_path}", "data.batch_size_per_gpu=8", "train.resume=false"])
     check_resumable(fresh, world_size=2)  # not resuming: nothing to fit
+
+
+def test_pretrained_head_of_other_sizes_names_the_ssl_keys(cxr_shards, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    head = tmp_path / "dino_head.safetensors"  # RAD-DINO's layout, with a small head: 128 prototypes, bottleneck 16
+    save_file({"mlp.0.weight": torch.zeros(32, 192), "mlp.0.bias": torch.zeros(32),
+               "last_layer.weight_g": torch.ones(128, 1), "last_layer.weight_v": torch.zeros(128, 16)}, str(head))
+    cfg = tiny_config(tmp_path / "cfg.yaml", cxr_shards, tmp_path / "run", pretrained_head=str(head))
+    line = one_error_line(dinotrain("train", str(cfg)), "train")
+    assert "128 prototypes" in line and "ssl.head_n_prototypes=128 ssl.head_bottleneck_dim=16" in line
+    assert not (tmp_path / "run").exists()

@@ -70,9 +70,9 @@ def _folder_problem(path: Path) -> tuple[Path | None, str | None]:
     return None, "a folder without config.json, dinov2.safetensors or model.safetensors"
 
 
-def embed_dim_of(path: str | Path) -> int | None:
-    """The width of the ViT a checked weights source holds, from a safetensors header alone
-    (the last dim of its cls_token); None for torch files, which cannot be read without loading."""
+def tensor_shapes(path: str | Path) -> dict[str, list[int]] | None:
+    """Name -> shape of a checked weights source, from a safetensors header alone; None for torch
+    files, which cannot be read without loading them."""
     path = Path(path)
     file = _folder_problem(path)[0] if path.is_dir() else path
     if file is None or file.suffix != ".safetensors":
@@ -80,8 +80,25 @@ def embed_dim_of(path: str | Path) -> int | None:
     with open(file, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(n))
-    shapes = [v["shape"] for k, v in header.items() if k.endswith("cls_token") and isinstance(v, dict)]
+    return {k: list(v["shape"]) for k, v in header.items() if isinstance(v, dict) and "shape" in v}
+
+
+def embed_dim_of(path: str | Path) -> int | None:
+    """The width of the ViT a weights source holds (the last dim of its cls_token), when its header tells."""
+    shapes = [s for k, s in (tensor_shapes(path) or {}).items() if k.endswith("cls_token")]
     return int(shapes[0][-1]) if shapes and shapes[0] else None
+
+
+# names of a DINO head's last layer: weight-normed (old and parametrized names) or plain
+_LAST_LAYER = ("last_layer.weight_v", "last_layer.parametrizations.weight.original1", "last_layer.weight")
+
+
+def head_sizes_of(path: str | Path) -> tuple[int, int] | None:
+    """(prototypes, bottleneck) of a DINO head file, from its safetensors header, when it tells."""
+    for k, s in (tensor_shapes(path) or {}).items():
+        if k.endswith(_LAST_LAYER) and len(s) == 2:
+            return int(s[0]), int(s[1])
+    return None
 
 
 def check_weights_source(path: str | Path, what: str) -> Path:

@@ -50,6 +50,8 @@ def check_weights(cfg: Any) -> None:
         value = cfg.model[key.split(".")[1]]
         if value:
             check_weights_source(value, key)
+    if cfg.model.pretrained_head:
+        check_head_sizes(cfg)
     if cfg.model.pretrained:
         from dinotrain.models import build_backbone
 
@@ -62,6 +64,19 @@ def check_weights(cfg: Any) -> None:
             fix = f"set model.arch={fits[0]}" if fits else "set model.arch to the checkpoint's"
             raise UserError(f"model.pretrained {cfg.model.pretrained} holds a ViT of width {found}, "
                             f"model.arch={cfg.model.arch} is {want} wide: {fix}, or give weights of {cfg.model.arch}")
+
+
+def check_head_sizes(cfg: Any) -> None:
+    """model.pretrained_head's prototypes and bottleneck are ssl.head_n_prototypes / head_bottleneck_dim."""
+    from dinotrain.models.weights_file import head_sizes_of
+
+    found = head_sizes_of(cfg.model.pretrained_head)
+    want = (int(cfg.ssl.head_n_prototypes), int(cfg.ssl.head_bottleneck_dim))
+    if found is not None and found != want:
+        raise UserError(f"model.pretrained_head {cfg.model.pretrained_head} has {found[0]} prototypes and a "
+                        f"bottleneck of {found[1]}, the config {want[0]} and {want[1]}: set "
+                        f"ssl.head_n_prototypes={found[0]} ssl.head_bottleneck_dim={found[1]} (RAD-DINO's head: "
+                        "65536 and 256), or leave model.pretrained_head unset")
 
 
 def preflight(cfg: Any, world_size: int | None = None) -> None:
