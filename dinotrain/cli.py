@@ -13,6 +13,7 @@ import importlib
 import sys
 
 from dinotrain import __version__
+from dinotrain.errors import DEBUG_ENV, debug_requested, describe
 
 # name -> (module, one-line summary, example)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -92,6 +93,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"dinotrain {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the full traceback of errors (anywhere on the line; or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, (_, summary, example) in COMMANDS.items():
         p = sub.add_parser(
@@ -108,24 +111,54 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _is_worker_copy() -> bool:
+    """A non-zero rank of torchrun / a SLURM task. The user errors of a run (config, run folder, weights,
+    data) are the same on every rank: rank 0 says it once, the others only exit non-zero."""
+    import os
+
+    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
+    return rank.strip() not in ("", "0")
+
+
+def _tell_torchrun(message: str) -> None:
+    """Under torchrun, the agent's failure summary shows each worker's error file (else only a link to
+    torch's docs): hand it the same one line, in torchelastic's error-file format."""
+    import json
+    import os
+    import time
+
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    info = {"py_callstack": message, "timestamp": str(int(time.time()))}
+    with open(path, "w") as f:
+        json.dump({"message": {"message": message, "extraInfo": info}}, f)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug is accepted anywhere (also after a nested action such as `data preview`)
+    debug = debug_requested("--debug" in argv)
+    argv = [a for a in argv if a != "--debug"]
     first = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=first if first in COMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    from dinotrain.config import ConfigError
-
     try:
         return int(args._main(args) or 0)
-    except ConfigError as e:
-        print(f"dinotrain {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        message = describe(e)
+        if message is None or debug:
+            raise  # a bug (or --debug): the traceback is the report
+        if not _is_worker_copy():
+            print(f"dinotrain {args.command}: error: {message}", file=sys.stderr)
+            _tell_torchrun(message)
+        return 2
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +20,10 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from dinotrain.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A bad configuration: the message is one line naming the key and the fix."""
 
 
@@ -147,7 +150,8 @@ class TrainConfig:
     checkpoint_every: int = opt(1000, "steps between DCP checkpoints (and one at the end)")
     keep_checkpoints: int = opt(3, "how many checkpoints to keep")
     export_every: int = opt(5000, "steps between teacher exports (HF + DINOv2), 0 = only at the end")
-    resume: bool = opt(True, "resume from the newest complete checkpoint in output_dir")
+    resume: bool = opt(True, "resume from the newest complete checkpoint in output_dir (false: a previous run "
+                             "there is moved to output_dir/replaced/ and training starts over)")
     max_nonfinite_steps: int = opt(0, "skipped non-finite steps tolerated before stopping")
     deterministic: bool = opt(False, "deterministic kernels (slower; used for exact-resume tests)")
     progress: bool = opt(True, "progress bar on rank 0")
@@ -239,6 +243,16 @@ def _dataclass_of(tp: Any):
     return None, False
 
 
+def _flow_hint(key: str) -> str:
+    """A key like 'name:x' is YAML flow syntax without the space after the colon: `{name:x}` is the
+    one key 'name:x', not name = x. Say so, since the schema's own message cannot."""
+    m = re.search(r"([A-Za-z_]\w*):(\S+)", key)
+    if not m:
+        return ""
+    return (f" (YAML flow syntax needs a space after each colon: write '{m.group(1)}: {m.group(2)}', "
+            "e.g. data.sources=[{name: cxr, path: /data/shards}])")
+
+
 def _check_key(dotted: str) -> None:
     """Raise ConfigError for a key the schema does not have, suggesting the nearest one."""
     cls = Config
@@ -247,6 +261,8 @@ def _check_key(dotted: str) -> None:
     while i < len(parts):
         hints = typing.get_type_hints(cls)
         if parts[i] not in hints:
+            if ":" in parts[i]:
+                raise ConfigError(f"unknown config key '{dotted}'{_flow_hint(parts[i])}")
             all_keys = [k for k, _ in iter_fields()]
             near = difflib.get_close_matches(dotted, all_keys, n=1, cutoff=0.6)
             hint = f"did you mean '{near[0]}'?" if near else "run `dinotrain train --print-config` to list the keys"
@@ -288,7 +304,7 @@ def iter_fields(cls=Config, prefix: str = ""):
 def _omegaconf_message(e: OmegaConfBaseException, origin: str) -> str:
     key = getattr(e, "full_key", None) or "?"
     msg = str(e).splitlines()[0]
-    return f"{origin}: invalid value for '{key}': {msg}"
+    return f"{origin}: invalid value for '{key}': {msg}{_flow_hint(str(key))}"
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:

@@ -21,9 +21,11 @@ def absolute_run_config(cfg: DictConfig) -> DictConfig:
 
 def _prepare(cfg: DictConfig) -> DictConfig:
     from dinotrain.config import save_config, schema
+    from dinotrain.train.preflight import preflight
 
     cfg = OmegaConf.merge(schema(), absolute_run_config(cfg))
     check_eval_config(cfg)
+    preflight(cfg, world_size=int(cfg.launch.nodes) * int(cfg.launch.tasks_per_node))  # before config.yaml is saved
     if cfg.eval.data_root:
         cfg.eval.data_root = str(Path(str(cfg.eval.data_root)).absolute())
     save_config(cfg, cfg.output_dir)

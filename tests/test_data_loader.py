@@ -230,10 +230,15 @@ def test_data_preview_writes_grid_and_batch_json(cxr_shards, tmp_path):
     assert len(b0["keys"]) == B and all(row[0] for row in b0["augment"]["blur_applied"])
     assert report["dataset"]["sources"][0]["samples_drawn"] == 2 * B
     grid = Image.open(out / "crops.png")
-    # one row per sample (2 batches x B), each 56 px + 4 px gap; 2 global + 2 local tiles across
-    assert grid.size == (2 * 60 + 2 * 32, 2 * B * 60)
+    from dinotrain.data.cli import GAP, LINE
+
+    # one row per sample (2 batches x B): a title line, 56 px crops with two caption lines, a gap
+    row = LINE + 4 + 56 + 2 * LINE + GAP
+    assert grid.size[1] == 2 * B * row
     px = np.asarray(grid.convert("RGB")).astype(int)
     assert ((px[..., 0] - px[..., 1]) > 60).any()  # masked patches tinted red on grayscale crops
+    caption = px[LINE + 4 + 56: LINE + 4 + 56 + 2 * LINE, :56]
+    assert (caption.min(-1) > 150).sum() > 20  # light text under the first crop, on the dark background
     assert main(["data", "preview", "--out", str(tmp_path / "x")]) == 2  # no sources: a clear config error
 
 

@@ -36,7 +36,12 @@ def test_results_files_hold_every_metric_with_ci(two_models, test_data):
     assert res["models"] == ["random:vit_tiny", "random:vit_tiny:1"]
     assert res["tasks"] == TASKS.split(",") and res["settings"]["resolution"] == 112
     recs = res["results"]
-    assert recs and all(set(r) == KEYS for r in recs)
+    classification = ("auroc", "auprc", "accuracy")
+    assert recs and all(set(r) == (KEYS | {"chance"} if r["metric"] in classification else KEYS) for r in recs)
+    # chance of an uninformative predictor: AUROC 0.5, AUPRC the prevalence, accuracy the majority rate
+    nodule = {r["metric"]: r["chance"] for r in recs if r["task"] == "jsrt_nodule" and r["kind"] == "linear"}
+    assert nodule["auroc"] == 0.5 and 0 < nodule["auprc"] < 1
+    assert nodule["accuracy"] == pytest.approx(max(nodule["auprc"], 1 - nodule["auprc"]))  # binary: p vs 1 - p
     for m in res["models"]:
         mine = {(r["task"], r["kind"], r["metric"]) for r in recs if r["model"] == m}
         assert {("jsrt_nodule", "knn", "auroc"), ("jsrt_nodule", "linear", "auprc"),

@@ -1,7 +1,8 @@
 """`dinotrain data preview [CONFIG] [overrides] --out DIR [--batches N]`: look at what training sees.
 
 Writes DIR/crops.png (one row per sample: its global crops with the iBOT mask tinted red, then
-its local crops) and DIR/batch.json (shapes, dtypes, value ranges, mask ratios, applied
+its local crops packed beside them; each crop captioned with its kind, size in pixels, area
+fraction of the source image, iBOT mask ratio, and flip/blur/solarize when applied) and DIR/batch.json (shapes, dtypes, value ranges, mask ratios, applied
 augmentations, sample keys, and the effective dataset).
 """
 
@@ -67,37 +68,86 @@ def _to_u8(crop, mean: float, std: float):
     return (x.transpose(1, 2, 0) * 255).round().astype(np.uint8)
 
 
-def crops_image(batches: list[dict], patch: int, mean: float, std: float):
-    """A PIL image: one row per sample, global crops (mask in red) then local crops."""
-    import numpy as np
-    from PIL import Image
+def _caption(params, kind: str, k: int, side: int, mask_ratio: float | None) -> tuple[str, str]:
+    """Two short lines under a crop: what it is, then what was done to it."""
+    from dinotrain.data.augment import BLUR, SOLAR, X0, X1, Y0, Y1
 
-    rows = []
-    for b in batches:
-        n = len(b["keys"])
-        ng, nl = b["global_crops"].shape[0] // n, (b["local_crops"].shape[0] // n if b["local_crops"].numel() else 0)
-        for i in range(n):
-            tiles = []
-            for k in range(ng):
-                img = _to_u8(b["global_crops"][k * n + i], mean, std).astype(np.float32)
-                side = img.shape[0] // patch
-                m = b["masks"][k * n + i].numpy().reshape(side, side)
-                m = np.kron(m, np.ones((patch, patch), dtype=bool))
-                img[m] = 0.5 * img[m] + 0.5 * np.array([255, 0, 0], dtype=np.float32)
-                tiles.append(img.astype(np.uint8))
-            tiles += [_to_u8(b["local_crops"][k * n + i], mean, std) for k in range(nl)]
-            rows.append(tiles)
-            if len(rows) >= MAX_ROWS:
-                break
-    gap = 4
-    height = max(t.shape[0] for t in rows[0])
-    width = max(sum(t.shape[1] + gap for t in r) for r in rows)
-    canvas = Image.new("RGB", (width, len(rows) * (height + gap)), (32, 32, 32))
-    for r, tiles in enumerate(rows):
-        x = 0
-        for t in tiles:
-            canvas.paste(Image.fromarray(t), (x, r * (height + gap)))
-            x += t.shape[1] + gap
+    area = abs(float(params[Y1] - params[Y0]) * float(params[X1] - params[X0]))
+    flags = [f for f, on in (("flip", params[X0] > params[X1]), ("blur", params[BLUR]), ("sol", params[SOLAR])) if on]
+    second = f"area {area:.2f}" + (f" mask {mask_ratio:.2f}" if mask_ratio is not None else "")
+    return f"{kind} {k + 1} {side}px", " ".join([second, *flags])
+
+
+def _sample_tiles(b: dict, i: int, patch: int, mean: float, std: float) -> tuple[str, list, list]:
+    """(row title, global tiles, local tiles) of sample i; a tile is (HxWx3 uint8, caption lines)."""
+    import numpy as np
+
+    n = len(b["keys"])
+    ng = b["global_crops"].shape[0] // n
+    nl = b["local_crops"].shape[0] // n if b["local_crops"].numel() else 0
+    params = b["aug_params"][i]
+    globals_, locals_ = [], []
+    for k in range(ng):
+        img = _to_u8(b["global_crops"][k * n + i], mean, std).astype(np.float32)
+        side = img.shape[0] // patch
+        m = b["masks"][k * n + i].numpy().reshape(side, side)
+        ratio = float(m.mean())
+        m = np.kron(m, np.ones((patch, patch), dtype=bool))
+        img[m] = 0.5 * img[m] + 0.5 * np.array([255, 0, 0], dtype=np.float32)
+        globals_.append((img.astype(np.uint8), _caption(params[k], "global", k, img.shape[0], ratio)))
+    for k in range(nl):
+        img = _to_u8(b["local_crops"][k * n + i], mean, std)
+        locals_.append((img, _caption(params[ng + k], "local", k, img.shape[0], None)))
+    title = f"{b['dataset'][i]} / {b['modality'][i]}  key {b['keys'][i]}  (red: iBOT-masked patches)"
+    return title, globals_, locals_
+
+
+GAP, LINE = 6, 12  # pixels between tiles, and per caption line
+
+
+def _row_layout(globals_: list, locals_: list) -> tuple[list[tuple[int, int]], int, int]:
+    """Tile positions (x, y) of one row: globals side by side, then the locals stacked in columns
+    as high as a global crop, so small crops fill the row instead of leaving it half empty."""
+    cap = 2 * LINE
+    height = max(t.shape[0] for t, _ in globals_ + locals_) + cap
+    pos, x = [], 0
+    for t, _ in globals_:
+        pos.append((x, 0))
+        x += t.shape[1] + GAP
+    if locals_:
+        lh, lw = locals_[0][0].shape[0] + cap, locals_[0][0].shape[1]
+        per_col = max(1, round((height + GAP) / (lh + GAP)))
+        height = max(height, per_col * (lh + GAP) - GAP)
+        cols = -(-len(locals_) // per_col)
+        for j in range(len(locals_)):
+            r, col = divmod(j, cols)  # row by row: local 1, 2, 3 ... read left to right
+            pos.append((x + col * (lw + GAP), r * (lh + GAP)))
+        x += cols * (lw + GAP)
+    return pos, x, height
+
+
+def crops_image(batches: list[dict], patch: int, mean: float, std: float):
+    """A PIL image: one row per sample, global crops (iBOT mask in red) then local crops packed beside
+    them, each captioned with its kind, size, area fraction of the source, mask ratio and augmentations."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    samples = [_sample_tiles(b, i, patch, mean, std) for b in batches for i in range(len(b["keys"]))][:MAX_ROWS]
+    layouts = [_row_layout(g, loc) for _, g, loc in samples]
+    title_h = LINE + 4
+    width = max(max(w for _, w, _ in layouts), 320)
+    heights = [title_h + h + GAP for _, _, h in layouts]
+    canvas = Image.new("RGB", (width, sum(heights)), (32, 32, 32))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=10)
+    y0 = 0
+    for (title, g, loc), (pos, _, _), h in zip(samples, layouts, heights):
+        draw.text((2, y0 + 2), title, fill=(235, 235, 235), font=font)
+        for (tile, caption), (x, y) in zip(g + loc, pos):
+            top = y0 + title_h + y
+            canvas.paste(Image.fromarray(tile), (x, top))
+            for j, text in enumerate(caption):
+                draw.text((x + 1, top + tile.shape[0] + 1 + j * LINE), text, fill=(200, 200, 200), font=font)
+        y0 += h
     return canvas
 
 

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 
 import fsspec
 
+from dinotrain.errors import UserError
+
 # image members a sample may hold (first found wins); jp2: `shards build --codec j2k` (decoded on the GPU)
 IMAGE_EXTS = ("png", "jp2", "j2k", "jpg", "jpeg")
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """Bad or unreadable training data: the message names the shard/sample and the fix."""
 
 

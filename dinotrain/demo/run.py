@@ -8,13 +8,16 @@ demo exercises exactly the code a real run uses. Stages whose output already exi
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
+import os
 import shutil
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,24 +221,53 @@ def _checkpoint_step(run_dir: Path) -> int:
     return found[-1][0] if found else 0
 
 
+@contextlib.contextmanager
+def output_to(log: Path) -> Iterator[None]:
+    """This process's stdout and stderr (file descriptors 1 and 2) go to `log` inside the block.
+
+    submitit's local executor starts a controller process that inherits them; cancelling the
+    job interrupts that controller (SIGINT), which then prints KeyboardInterrupt tracebacks to
+    whatever it inherited. Started inside this block, it writes them to its log file instead,
+    beside the tasks' own logs.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    try:
+        with open(log, "ab") as f:
+            os.dup2(f.fileno(), 1)
+            os.dup2(f.fileno(), 2)
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, old in zip((1, 2), saved):
+            os.dup2(old, fd)
+            os.close(old)
+
+
 def pretrain(run_dir: Path, overrides: list[str], steps: int, deadline: float | None,
-             progress: bool) -> TrainOutcome:
+             progress: bool, entry: str | None = None) -> TrainOutcome:
     """Submit the run to the local executor and follow metrics.jsonl until every task ends.
 
     With a `deadline` (time.monotonic() value) the job is cancelled once it passes and a complete
     checkpoint exists: the demo then evaluates that checkpoint, so `--minutes` is a budget and
-    not a guess. A later `dinotrain demo` in the same folder resumes from it.
+    not a guess. A later `dinotrain demo` in the same folder resumes from it. `entry`: the
+    training function ('module:function'), the trainer by default.
     """
     from tqdm import tqdm
 
     from dinotrain.config import load_config
     from launch.submit import submit_run
+    from launch.task import DEFAULT_ENTRY
 
     metrics = run_dir / "metrics.jsonl"
     if _finished(run_dir, steps):
         return TrainOutcome(_last_step(metrics), _checkpoint_step(run_dir), False)
     cfg = load_config(None, overrides)
-    job = submit_run(cfg)
+    with output_to(run_dir / "jobs" / "controller.log"):
+        job = submit_run(cfg, entry=entry or DEFAULT_ENTRY)
     bar = tqdm(total=steps, desc="pretraining (local executor)", unit="step", disable=not progress)
     cancelled = False
     while not job.done():
@@ -243,10 +275,9 @@ def pretrain(run_dir: Path, overrides: list[str], steps: int, deadline: float | 
         bar.refresh()
         if (deadline is not None and not cancelled and time.monotonic() > deadline
                 and _checkpoint_step(run_dir) > 0):
-            bar.write(f"time budget spent: stopping training at step {_last_step(metrics)} and evaluating its "
-                      f"checkpoint of step {_checkpoint_step(run_dir)} (submitit's controller prints a "
-                      "KeyboardInterrupt: expected)")
-            job.cancel()  # SIGINT to the local job's controller: it stops its tasks; the checkpoint stays
+            bar.write(f"time budget spent at step {_last_step(metrics)}: training stopped, its checkpoint of step "
+                      f"{_checkpoint_step(run_dir)} is evaluated")
+            job.cancel()  # SIGINT to the local job's controller (its traceback goes to jobs/controller.log)
             cancelled = True
         time.sleep(1.0)
     bar.n = min(steps, _last_step(metrics))

@@ -54,6 +54,11 @@ def main(args: argparse.Namespace) -> int:
         print("dinotrain eval: error: --data ROOT is required (the folder holding jsrt/, covid_cxr/ ...)",
               file=sys.stderr)
         return 2
+    from pathlib import Path
+
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        print(f"dinotrain eval: error: --out {args.out} is a file: give a folder (it is created)", file=sys.stderr)
+        return 2
     from dinotrain.eval.run import evaluate_models
 
     try:

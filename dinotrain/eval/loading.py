@@ -47,8 +47,12 @@ def _convert(path: Path):
         from dinotrain.models import convert
     except ImportError as e:
         raise SpecError(f"model {path}: loading it needs dinotrain.models.convert, which is not available ({e})") from e
+    from dinotrain.models.weights_file import check_weights_source
+
     if path.is_dir() and (path / "hf" / "config.json").is_file():
+        check_weights_source(path / "hf", "model")
         return convert.from_hf(path / "hf")  # an export folder: hf/ + dinov2.safetensors
+    check_weights_source(path, "model")  # a text file or a damaged one: one line, not torch's KeyError
     return convert.load_backbone(path)  # HF folder, or a file in HF or DINOv2 naming
 
 

@@ -60,6 +60,20 @@ def classification_metrics(Y: np.ndarray, S: np.ndarray, multilabel: bool) -> di
     }
 
 
+def chance_levels(Y: np.ndarray, multilabel: bool) -> dict[str, float]:
+    """What scores carry no information about the images, per metric, on the evaluated rows `Y`:
+    AUROC 0.5; AUPRC the prevalence (macro over the classes `auprc` averages); accuracy that of
+    always answering the most frequent class (per label for multi-label)."""
+    pos = Y.mean(0)
+    if Y.shape[1] == 2 and np.all(Y.sum(1) == 1):
+        prevalence = pos[1:]
+    else:
+        counts = Y.sum(0)
+        prevalence = pos[(counts > 0) & (counts < len(Y))]
+    acc = float(np.mean(np.maximum(pos, 1 - pos))) if multilabel else float(pos.max())
+    return {"auroc": 0.5, "auprc": float(prevalence.mean()) if len(prevalence) else float("nan"), "accuracy": acc}
+
+
 def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, Callable]:
     from sklearn.metrics import mean_absolute_error, r2_score
 

@@ -15,11 +15,13 @@
         "split": "test",
         "value": 0.91,
         "ci_low": 0.85, "ci_high": 0.96,   # 95% percentile bootstrap (patient-grouped); NaN -> null
-        "n": 50},                          # evaluated items (images; unique texts for t2i)
-       ...]}
+        "n": 50,                           # evaluated items (images; unique texts for t2i)
+        "chance": 0.5},                    # classification only: the score of an uninformative
+       ...]}                               #   predictor (AUROC 0.5, AUPRC prevalence, majority accuracy)
 
 `results.md`: one table per task, rows = (kind, metric), one column per model with
-`value [ci_low, ci_high]`. `results.png`: per task, bars per model with CI whiskers.
+`value [ci_low, ci_high]`. `results.png`: per task, bars per model with CI whiskers, n under
+each metric, and a dashed chance line where chance is defined (see `chance_level`).
 """
 
 from __future__ import annotations
@@ -80,38 +82,70 @@ def markdown(models: list[str], records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# chance of metrics whose uninformative value does not depend on the data
+_FIXED_CHANCE = {"auroc": 0.5, "r2": 0.0}
+
+
+def chance_level(kind: str, metric: str, records: list[dict]) -> float | None:
+    """The dashed line of a (kind, metric) group: the records' own `chance` (classification), the
+    value of a `chance` record of that metric (retrieval), else AUROC 0.5 / R2 0; None when undefined
+    (Dice has its constant-mask baseline bar instead)."""
+    own = [r["chance"] for r in records if (r["kind"], r["metric"]) == (kind, metric) and r.get("chance") is not None]
+    if own:
+        return float(own[0])
+    ref = [r["value"] for r in records if r["kind"] == "chance" and r["metric"] == metric and r["value"] is not None]
+    if ref:
+        return float(ref[0])
+    return _FIXED_CHANCE.get(metric)
+
+
+def _bars(ax, task_records: list[dict], models: list[str]) -> None:
+    """One task's panel: bars per (kind, metric) and model with whiskers, n in the labels, chance lines."""
+    import numpy as np
+
+    keys = list(dict.fromkeys((r["kind"], r["metric"]) for r in task_records))
+    width = 0.8 / max(1, len(models))
+    for j, m in enumerate(models):
+        vals, lo, hi = [], [], []
+        for k in keys:
+            r = next((r for r in task_records if (r["kind"], r["metric"]) == k and r["model"] == m), None)
+            v = r["value"] if r and r["value"] is not None else np.nan
+            vals.append(v)
+            lo.append(v - r["ci_low"] if r and r.get("ci_low") is not None else 0)
+            hi.append(r["ci_high"] - v if r and r.get("ci_high") is not None else 0)
+        xs = np.arange(len(keys)) + j * width
+        ax.bar(xs, vals, width, yerr=[np.maximum(lo, 0), np.maximum(hi, 0)], capsize=2, label=m)
+    labelled = False
+    for i, (kind, metric) in enumerate(keys):
+        c = chance_level(kind, metric, task_records)
+        if c is not None and kind != "chance":
+            ax.hlines(c, i - width / 2, i + width * (len(models) - 0.5), colors="black", linestyles="--",
+                      linewidth=1.2, label=None if labelled else "chance", zorder=3)
+            labelled = True
+    ns = {k: next(r["n"] for r in task_records if (r["kind"], r["metric"]) == k) for k in keys}
+    ax.set_xticks(np.arange(len(keys)) + width * (len(models) - 1) / 2)
+    ax.set_xticklabels([f"{k}\n{m}\nn={ns[(k, m)]}" for k, m in keys], fontsize=7)
+    lows = [r["value"] for r in task_records if r["value"] is not None]
+    ax.set_ylim(min(0.0, min(lows, default=0.0)) - 0.05, 1.05)  # R2 can be negative
+
+
 def plot(out: Path, models: list[str], records: list[dict]) -> Path | None:
-    """Bars per (kind, metric) and model for each task, with bootstrap whiskers."""
+    """Per task: bars per (kind, metric) and model, bootstrap whiskers, n, and chance lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     tasks = list(dict.fromkeys(r["task"] for r in records))
     if not tasks:
         return None
-    fig, axes = plt.subplots(len(tasks), 1, figsize=(max(6, 1 + 0.9 * 8), 2.8 * len(tasks)), squeeze=False)
-    width = 0.8 / max(1, len(models))
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(8, 3.1 * len(tasks)), squeeze=False)
     for ax, task in zip(axes[:, 0], tasks):
         rs = [r for r in records if r["task"] == task and r["metric"] not in ("mae", "bleu4")]
-        keys = list(dict.fromkeys((r["kind"], r["metric"]) for r in rs))
-        for j, m in enumerate(models):
-            vals, lo, hi = [], [], []
-            for k in keys:
-                r = next((r for r in rs if (r["kind"], r["metric"]) == k and r["model"] == m), None)
-                v = r["value"] if r and r["value"] is not None else np.nan
-                vals.append(v)
-                lo.append(v - r["ci_low"] if r and r.get("ci_low") is not None else 0)
-                hi.append(r["ci_high"] - v if r and r.get("ci_high") is not None else 0)
-            xs = np.arange(len(keys)) + j * width
-            ax.bar(xs, vals, width, yerr=[np.maximum(lo, 0), np.maximum(hi, 0)], capsize=2, label=m)
-        ax.set_xticks(np.arange(len(keys)) + width * (len(models) - 1) / 2)
-        ax.set_xticklabels([f"{k}\n{m}" for k, m in keys], fontsize=7)
-        ax.set_title(task, fontsize=9)
-        lows = [r["value"] for r in rs if r["value"] is not None]
-        ax.set_ylim(min(0.0, min(lows, default=0.0)) - 0.05, 1.05)  # R2 can be negative
-    axes[0, 0].legend(fontsize=7, loc="upper right")
+        _bars(ax, rs, models)
+        n = max((r["n"] for r in rs), default=0)
+        ax.set_title(f"{task} (test split, n={n}; whiskers: 95% bootstrap CI)", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     path = out / "results.png"
     fig.savefig(path, dpi=100)

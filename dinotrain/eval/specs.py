@@ -42,11 +42,13 @@ from typing import Any
 import numpy as np
 import yaml
 
+from dinotrain.errors import UserError
+
 KINDS = ("classification", "regression", "segmentation", "alignment", "report")
 PROBES = ("knn", "linear")
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """A bad task spec or data folder; the message names the file/key and the fix."""
 
 

@@ -153,6 +153,7 @@ def _classification(task, t: Targets, feats, model, settings) -> list[dict]:
     x, Y = feats["cls"], t.Y
     tr, va, te = _splits(task)
     g = task.groups[te]
+    chance = metrics.chance_levels(Y[te], task.spec.multilabel)
     out = []
     for probe in task.spec.probes:
         if probe == "knn":
@@ -162,7 +163,7 @@ def _classification(task, t: Targets, feats, model, settings) -> list[dict]:
         else:
             S, _ = linear_probe(x[tr], Y[tr], x[va], Y[va], x[te], task.spec.multilabel)
         for name, f in metrics.classification_metrics(Y[te], S, task.spec.multilabel).items():
-            out.append(_record(model, task, probe, name, f, te, settings, g))
+            out.append({**_record(model, task, probe, name, f, te, settings, g), "chance": chance[name]})
     return out
 
 

@@ -17,9 +17,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("hf", "dinov2"), default="hf",
                         help="hf: config.json + model.safetensors for transformers.AutoModel; "
                              "dinov2: dinov2.safetensors (DINOv2 naming) + dinov2_config.json")
-    parser.add_argument("--out", required=True, help="output folder (created)")
+    parser.add_argument("--out", required=True, help="output folder (created; one that holds a model is refused "
+                        "unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the model files already in --out")
     parser.add_argument("--head", default=None,
                         help="also export this DINO head file as <out>/dino_head.safetensors")
+
+
+# files an export writes: a folder holding any of them holds a model
+MODEL_FILES = ("config.json", "model.safetensors", "dinov2.safetensors", "dinov2_config.json", "dino_head.safetensors")
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """--out is a folder (or can become one) and holds no model, unless --overwrite."""
+    from dinotrain.errors import UserError
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: give a folder (it is created)")
+    held = [n for n in MODEL_FILES if (out / n).exists()]
+    if held and not overwrite:
+        raise UserError(f"--out {out} already holds a model ({', '.join(held)}): pass --overwrite to replace it, "
+                        "or choose another folder")
 
 
 def _is_run_dir(p: Path) -> bool:
@@ -56,25 +74,29 @@ def load_run_teacher(run_dir: Path):
 
 
 def main(args: argparse.Namespace) -> int:
+    """Errors are UserError / convert's ValueError: `dinotrain.cli` reports them in one line."""
     from dinotrain.models.convert import load_backbone, load_dino_head, save_dino_head, save_dinov2, to_hf
+    from dinotrain.models.weights_file import check_weights_source
 
-    src = Path(args.checkpoint)
+    src, out = Path(args.checkpoint), Path(args.out)
     if not src.exists():
         print(f"dinotrain export: error: {src} does not exist", file=sys.stderr)
         return 2
-    try:
-        model = load_run_teacher(src) if _is_run_dir(src) else load_backbone(src)
-        out = Path(args.out)
-        if args.format == "hf":
-            to_hf(model, out)
-            written = [out / "config.json", out / "model.safetensors"]
-        else:
-            written = [save_dinov2(model, out), out / "dinov2_config.json"]
-        if args.head:
-            written.append(save_dino_head(load_dino_head(args.head), out / "dino_head.safetensors"))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"dinotrain export: error: {e}", file=sys.stderr)
-        return 2
+    check_out(out, args.overwrite)  # before the (slow) load
+    if args.head:
+        check_weights_source(args.head, "--head")
+    if _is_run_dir(src):
+        model = load_run_teacher(src)
+    else:
+        check_weights_source(src, "CHECKPOINT")
+        model = load_backbone(src)
+    if args.format == "hf":
+        to_hf(model, out)
+        written = [out / "config.json", out / "model.safetensors"]
+    else:
+        written = [save_dinov2(model, out), out / "dinov2_config.json"]
+    if args.head:
+        written.append(save_dino_head(load_dino_head(args.head), out / "dino_head.safetensors"))
     n = sum(p.numel() for p in model.parameters())
     print(f"exported {src} ({n / 1e6:.1f}M parameters, {model.n_blocks} blocks, dim {model.embed_dim}) "
           f"as {args.format}: " + ", ".join(str(p) for p in written))

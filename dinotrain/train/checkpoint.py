@@ -33,6 +33,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from dinotrain.train.dcp_local import load_in_one_process
+
 _STEP_DIR = re.compile(r"^step_(\d{7,})$")
 
 
@@ -236,7 +238,7 @@ def load_teacher(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], Any]:
     if ckpt is not None:
         backbone = build_backbone(model_cfg, device="cpu")
         sd = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
-        dcp.load({"teacher": sd}, checkpoint_id=str(ckpt), no_dist=True)
+        load_in_one_process({"teacher": sd}, ckpt)  # no process group here: torch's notice about it is silenced
         return {k.removeprefix("backbone."): v for k, v in sd.items()}, model_cfg
     exported = run_dir / "export" / "latest" / "dinov2.safetensors"
     if exported.is_file():

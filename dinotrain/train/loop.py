@@ -43,6 +43,7 @@ from dinotrain.train.monitor import (
 )
 from dinotrain.train.optim import apply_step_values, build_optimizer
 from dinotrain.train.parallel import parallelize, param_dtype
+from dinotrain.train.preflight import preflight
 from dinotrain.train.schedules import Schedules
 
 log = logging.getLogger("dinotrain.train")
@@ -278,6 +279,7 @@ def run(cfg) -> dict:
     checkpoint in `cfg.output_dir` (when `train.resume`), and returns a summary dict.
     """
     cfg = _as_config(cfg)
+    preflight(cfg)  # before anything is written: inputs named by the config, the run folder
     _quiet_known_warnings()
     env = init_distributed(cfg)
     try:
