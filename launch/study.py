@@ -344,11 +344,20 @@ def options_from_args(args: argparse.Namespace) -> StudyOptions:
 
 
 def main(args: argparse.Namespace) -> int:
+    try:
+        return _main(args)
+    except (RuntimeError, OSError, ValueError) as e:  # BuildError, a failed run, a bad spec or config
+        if os.environ.get("DINOTRAIN_DEBUG"):
+            raise
+        print(f"dinotrain study: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _main(args: argparse.Namespace) -> int:
     if args.combine:
         from launch.study_report import combine
 
-        out = Path(args.combine_out or ".")
-        for p in combine([Path(d) for d in args.combine], out):
+        for p in combine([Path(d) for d in args.combine], Path(args.combine_out or ".")):
             print(p)
         return 0
     if not args.out:
@@ -363,13 +372,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.dry_run:
         return _dry_run(opts)
-    try:
-        run_study(opts)
-    except (RuntimeError, OSError, ValueError) as e:  # BuildError, a failed run, a bad spec or config
-        if os.environ.get("DINOTRAIN_DEBUG"):
-            raise
-        print(f"dinotrain study: error: {e}", file=sys.stderr)
-        return 1
+    run_study(opts)
     return 0
 
 

@@ -224,7 +224,7 @@ def plot_deltas(rows: dict[str, dict], title: str, xlabel: str, path: Path) -> P
     ax.axvline(0.0, color="k", lw=1)
     ax.set_yticks(range(len(names)), [f"{n} ({rows[n]['metric'].split('/')[-1]})" for n in names])
     ax.invert_yaxis()
-    ax.set_xlabel(f"{xlabel}  (green: CI above 0, red: below 0, grey: includes 0)")
+    ax.set_xlabel(f"{xlabel}\n(green: CI above 0, red: CI below 0, grey: CI includes 0)")
     ax.set_title(title)
     ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()

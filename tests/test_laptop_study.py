@@ -62,6 +62,22 @@ def test_paired_differences_use_the_same_resamples_for_both_models():
     assert p["ci_low"] == pytest.approx(0.3) and p["ci_high"] == pytest.approx(0.3)
 
 
+def test_compare_to_must_name_one_of_the_models(test_data, tmp_path):
+    from dinotrain.eval.run import evaluate_models
+    from dinotrain.eval.specs import SpecError
+
+    with pytest.raises(SpecError, match="compare_to 'random:vit_small' is not one of the models"):
+        evaluate_models(["random:vit_tiny"], "jsrt_sex", test_data, tmp_path, compare_to="random:vit_small")
+
+
+def test_combine_names_a_folder_without_study_json(tmp_path, capsys):
+    from dinotrain.cli import main as cli_main
+
+    assert cli_main(["study", "--combine", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "nope/study.json not found" in err
+
+
 # ----------------------------------------------------------------------------- random init
 def test_initial_teacher_is_the_recipes_init_and_loads_in_eval(tmp_path):
     import torch
@@ -79,6 +95,18 @@ def test_initial_teacher_is_the_recipes_init_and_loads_in_eval(tmp_path):
     assert a.fingerprint == b.fingerprint != c.fingerprint  # the seed decides the weights
     gammas = [v for k, v in a.model.state_dict().items() if k.endswith(("ls1.gamma", "ls2.gamma"))]
     assert gammas and all(torch.allclose(g, torch.full_like(g, 0.1)) for g in gammas)  # not the schema's 1e-5
+
+
+def test_training_part_ignores_where_a_run_goes_not_what_it_learns():
+    from dinotrain.config import load_config
+    from launch.study_runs import training_part
+
+    base = REPO / "configs/pretrain/tiny_cpu.yaml"
+    a = load_config(base, ["output_dir=/x/a", "launch.cluster=local", "eval.tasks=[jsrt_sex]", "train.progress=false"])
+    b = load_config(base, ["output_dir=/y/b", "launch.cluster=slurm", "launch.run_eval=false"])
+    assert training_part(a) == training_part(b)
+    for change in ("optim.lr=0.01", "train.seed=1", "data.seed=2", "model.pretrained=/m.safetensors", "train.max_steps=3"):
+        assert training_part(load_config(base, [change])) != training_part(b), change
 
 
 # ----------------------------------------------------------------------------- claims
