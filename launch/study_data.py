@@ -151,5 +151,6 @@ def prepare(data_root: str | Path, out: Path, hold: HeldOut, size: int, limit: i
             raise RuntimeError(f"group '{group}': {len(leaked)} eval test image(s) in the pretraining shards "
                                f"(e.g. {leaked[0]}): the held-out rule is broken")
         record["groups"][group] = {"images": n, "path": str(out / "shards" / group),
-                                   "datasets": sorted({r["dataset"] for r in rows})}
+                                   "datasets": sorted({r["dataset"] for r in rows}),
+                                   "held_out_images_found": len(leaked)}
     return record

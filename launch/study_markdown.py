@@ -61,11 +61,13 @@ def _claims(c: dict) -> list[str]:
 
 
 def _runs_table(runs: dict[str, dict]) -> list[str]:
-    lines = ["| run | training images | steps | final total loss | collapse warnings |", "|---|---:|---:|---:|---|"]
+    lines = ["| run | training images | steps | final total loss | teacher entropy / max | head bottleneck cos "
+             "| collapse warnings |", "|---|---:|---:|---:|---:|---:|---|"]
     for name, r in runs.items():
         w = str(r["collapse_warnings"]) + (f" (first: {r['first_collapse_warning'][:90]}…)"
                                            if r.get("first_collapse_warning") else "")
-        lines.append(f"| {name} | {r.get('images') or ''} | {r['steps']} | {_f(r.get('final_total_loss'))} | {w} |")
+        lines.append(f"| {name} | {r.get('images') or ''} | {r['steps']} | {_f(r.get('final_total_loss'))} | "
+                     f"{_f(r.get('final_teacher_entropy_ratio'), 4)} | {_f(r.get('final_head_bottleneck_cos'), 4)} | {w} |")
     return lines
 
 
@@ -113,7 +115,8 @@ def report(study: dict, ablation: str | None, seeds: dict | None) -> str:
         "Every task below is loaded exactly as `dinotrain eval` loads it; the images of its `test` split, and "
         "every other image of the same patient (the task's group column), are left out of every pretraining "
         "shard set. Only the image files named in each dataset's metadata.csv are built (never mask files). "
-        f"The shards were read back after building: 0 held-out images found. Held out: "
+        "The shards were read back after building: held-out images found in them: "
+        f"{sum(g.get('held_out_images_found', 0) for g in data['groups'].values())}. Held out: "
         f"{data['held_out_images']} test images; test images per task: "
         + ", ".join(f"{k} {v}" for k, v in data["held_out_per_task"].items()) + ".", "",
         "## SSL vs random initialisation", "", *_comparison_table(study["tasks"], "ssl", "random"), "",
@@ -123,7 +126,10 @@ def report(study: dict, ablation: str | None, seeds: dict | None) -> str:
         "## Data scaling", "", *_scaling_table(study["scaling"]), "",
         "![scaling](scaling.png)  (power-law fits drawn only through >= 3 sizes)", "",
         "## Which claims hold (computed from the tables above)", "", *_claims(study["claims"]), "",
-        "## Training runs", "", *_runs_table(study.get("runs", {})), "", "![loss curves](loss_curves.png)", "",
+        "## Training runs", "", "Collapse indicators at the last logged step (entropy / max near 1: uniform "
+        "teacher targets; bottleneck cosine near 1: the head maps every image to one vector); warnings counted "
+        "with the trainer's own `collapse_warnings` over every logged step.", "",
+        *_runs_table(study.get("runs", {})), "", "![loss curves](loss_curves.png)", "",
         "## Recipe ablation", "",
         ablation.strip() if ablation else "_No ablation notes found (configs/pretrain/laptop_real.ablation.md)._", "",
         "## Seeds", "",

@@ -136,6 +136,11 @@ def run_summaries(run_dirs: list[Path]) -> dict[str, dict]:
         rec = {"steps": int(lines[-1].get("step", 0)) if lines else 0,
                "final_total_loss": sum(x.get("total_loss", math.nan) for x in tail) / len(tail) if tail else None,
                "collapse_warnings": len(warns), "first_collapse_warning": warns[0] if warns else None}
+        last = lines[-1] if lines else {}
+        if _num(last.get("teacher_entropy")) is not None and _num(last.get("teacher_max_entropy")):
+            # 1.0 = uniform targets (the DINO terms teach nothing); the collapse indicators at the end
+            rec["final_teacher_entropy_ratio"] = last["teacher_entropy"] / last["teacher_max_entropy"]
+        rec["final_head_bottleneck_cos"] = _num(last.get("head_bottleneck_cos"))
         run_json = Path(d) / "run.json"
         if run_json.exists():
             rec["images"] = json.loads(run_json.read_text()).get("n_images")
