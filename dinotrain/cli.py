@@ -42,6 +42,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "run data-scaling sweeps (size x diversity) as job arrays and report scaling curves",
         "dinotrain sweep configs/sweeps/data_scaling.yaml && dinotrain sweep report runs/data_scaling",
     ),
+    "study": (
+        "launch.study",
+        "the laptop study on real images: SSL vs random init, continual pretraining, data scaling, with CIs",
+        "dinotrain study study_out --seed 0 && dinotrain study --combine out0 out1 out2 --out out0",
+    ),
     "eval": (
         "dinotrain.eval.cli",
         "evaluate frozen features: kNN/linear probes, attributes, segmentation, text alignment",

@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loader", default=d.loader, choices=("plain", "dali"),
                         help="preprocessing: plain PIL + numpy, or the DALI eval loader (same recipe)")
     parser.add_argument("--cache-dir", default=d.cache_dir, help="feature cache (default: OUT/cache)")
+    parser.add_argument("--compare-to", default=None, metavar="MODEL",
+                        help="one of the MODELs: also write paired.json, each other model minus this one per "
+                        "metric with a paired bootstrap 95%% CI (the same resampled test items for both)")
     parser.add_argument("--no-plot", action="store_true", help="skip results.png")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--list-tasks", action="store_true", help="print the built-in tasks and exit")
@@ -67,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
             resolution=args.resolution, batch_size=args.batch_size, bootstrap=args.bootstrap, knn_k=args.knn_k,
             seg_steps=args.seg_steps, align_steps=args.align_steps, device=args.device,
             cache_dir=args.cache_dir, progress=not args.no_progress, threads=args.threads,
-            loader=args.loader,
+            loader=args.loader, compare_to=args.compare_to,
         )
     except SpecError as e:
         print(f"dinotrain eval: error: {e}", file=sys.stderr)

@@ -48,6 +48,17 @@ def write_json(out: Path, models: list[str], tasks: list[str], records: list[dic
     return path
 
 
+def write_paired(out: Path, reference: str, paired: list[dict]) -> Path:
+    """paired.json: {"reference": MODEL, "results": [{model, reference, task, kind, metric, value,
+    reference_value, delta, ci_low, ci_high, n}]}: the CI is the paired bootstrap CI of delta."""
+    path = Path(out) / "paired.json"
+    tmp = path.with_suffix(".json.tmp")
+    data = {"reference": reference, "results": [{k: _clean(v) for k, v in r.items()} for r in paired]}
+    tmp.write_text(json.dumps(data, indent=1, allow_nan=False))
+    tmp.replace(path)
+    return path
+
+
 def read_results(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 

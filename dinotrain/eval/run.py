@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dinotrain.eval.specs import SpecError, builtin_names, load_spec, load_task
-from dinotrain.eval.tasks import EvalSettings, evaluate, needs_patch_tokens, prepare_targets
+from dinotrain.eval.tasks import EvalSettings, Scored, needs_patch_tokens, prepare_targets, score, to_record
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,14 @@ def task_names(tasks: list[str] | str) -> list[str]:
 
 def evaluate_models(models: list[str], tasks: list[str] | str, data_root: str | Path, out: str | Path,
                     eval_cfg: Any = None, max_samples: int | None = None, with_plot: bool = True,
-                    **overrides) -> dict[str, Any]:
+                    compare_to: str | None = None, **overrides) -> dict[str, Any]:
     """Evaluate each MODEL on each task; write results.json/.md/.png under `out`; return the records.
 
     `eval_cfg` is the config's `eval` section (defaults from `EvalConfig`); `overrides` replace
-    `EvalSettings` fields (resolution, batch_size, bootstrap, seg_steps, ...).
+    `EvalSettings` fields (resolution, batch_size, bootstrap, seg_steps, ...). With `compare_to`
+    (one of `models`), every other model's metrics are also compared with that model's on the
+    same test items: the difference and its paired bootstrap CI (the same resamples for both
+    models) go to paired.json and the returned "paired" list.
     """
     from dinotrain.config import EvalConfig
     from dinotrain.eval.report import write_all
@@ -66,6 +69,8 @@ def evaluate_models(models: list[str], tasks: list[str] | str, data_root: str | 
     settings.device = resolve_device(settings.device)
     limit = max_samples if max_samples is not None else getattr(cfg, "max_samples", None)
 
+    if compare_to is not None and compare_to not in models:
+        raise SpecError(f"compare_to '{compare_to}' is not one of the models ({', '.join(models)})")
     names = task_names(tasks)
     specs = [load_spec(t) for t in names]
     dup = [s.name for s in specs if sum(t.name == s.name for t in specs) > 1]
@@ -79,19 +84,58 @@ def evaluate_models(models: list[str], tasks: list[str] | str, data_root: str | 
     if settings.threads > 0:
         torch.set_num_threads(settings.threads)
     try:
-        records = _run(models, data, settings, cache_dir)
+        scored = _run(models, data, settings, cache_dir)
+        from dinotrain.eval.threads import single_thread
+
+        with single_thread():
+            records = [to_record(s, settings) for s in scored]
+        paired = paired_differences(scored, compare_to, settings) if compare_to is not None else None
     finally:
         torch.set_num_threads(threads_before)
     settings_out = {**dataclasses.asdict(settings), "max_samples": limit}
     paths = write_all(out, list(models), [t.spec.name for t in data], records, settings_out, with_plot)
-    return {"records": records, "paths": paths}
+    result = {"records": records, "paths": paths}
+    if paired is not None:
+        from dinotrain.eval.report import write_paired
+
+        paths["paired"] = write_paired(out, compare_to, paired)
+        result["paired"] = paired
+    return result
 
 
-def _run(models: list[str], data: list, settings: EvalSettings, cache_dir: str) -> list[dict]:
+def paired_differences(scored: list[Scored], reference: str, settings: EvalSettings) -> list[dict[str, Any]]:
+    """model - reference for every metric both have on a task, with a paired bootstrap CI.
+
+    Both models are scored on the same test items of the same split, so one resample of the
+    items (whole patients when the task has groups) scores both: the CI is that of the
+    difference, much narrower than two overlapping CIs suggest when the models err together.
+    """
+    from dinotrain.eval.metrics import bootstrap_ci
+    from dinotrain.eval.threads import single_thread
+
+    ref = {(s.task, s.key): s for s in scored if s.model == reference}
+    out = []
+    with single_thread():
+        for s in scored:
+            r = ref.get((s.task, s.key))
+            if s.model == reference or r is None or s.fn is None or r.fn is None or r.n != s.n:
+                continue
+            n_boot = settings.bootstrap if s.max_boot is None else min(settings.bootstrap, s.max_boot)
+            def diff(i, a=s.fn, b=r.fn):
+                return (a(i) - b(i))
+            lo, hi = bootstrap_ci(diff, s.n, n_boot, settings.seed, s.groups)
+            value, ref_value = s.point(), r.point()
+            out.append({"model": s.model, "reference": reference, "task": s.task, "kind": s.kind,
+                        "metric": s.metric, "value": value, "reference_value": ref_value,
+                        "delta": value - ref_value, "ci_low": lo, "ci_high": hi, "n": int(s.n)})
+    return out
+
+
+def _run(models: list[str], data: list, settings: EvalSettings, cache_dir: str) -> list[Scored]:
     from dinotrain.eval.features import FeatureCache, extract_features
     from dinotrain.eval.loading import load_model
 
-    records: list[dict] = []
+    records: list[Scored] = []
     targets_by: dict[tuple[str, int], Any] = {}
     for name in models:
         lm = load_model(name, settings.device)
@@ -110,7 +154,7 @@ def _run(models: list[str], data: list, settings: EvalSettings, cache_dir: str) 
                 batch_size=s.batch_size, device=s.device, channels=lm.in_chans, progress=s.progress,
                 desc=f"{task.spec.name} [{name}]", loader=s.loader,
             )
-            recs = evaluate(task, targets_by[key], feats, name, s)
+            recs = score(task, targets_by[key], feats, name, s)
             log.info("%s on %s: %d metrics", name, task.spec.name, len(recs))
             records += recs
         del lm

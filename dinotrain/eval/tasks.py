@@ -8,6 +8,7 @@ documented in `dinotrain.eval.report`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,12 +116,50 @@ def prepare_targets(task: TaskData, settings: EvalSettings) -> Targets:
 
 
 # ----------------------------------------------------------------------------- evaluation
-def _record(model: str, task: TaskData, kind: str, metric: str, fn, idx: np.ndarray, settings: EvalSettings,
-            groups: np.ndarray | None = None) -> dict[str, Any]:
-    value = fn(np.arange(len(idx)))
-    lo, hi = metrics.bootstrap_ci(fn, len(idx), settings.bootstrap, settings.seed, groups)
-    return {"model": model, "task": task.spec.name, "kind": kind, "metric": metric, "split": "test",
-            "value": float(value), "ci_low": lo, "ci_high": hi, "n": int(len(idx))}
+@dataclass
+class Scored:
+    """One metric of one model on one task, as a function of the evaluated items.
+
+    `fn(idx)` scores the items `idx` (positions in 0..n-1), so a bootstrap can resample them and
+    two models scored on the same items can be compared with the same resamples (a paired CI).
+    `fn=None` for a fixed value (chance rows); `max_boot` caps slow metrics' resamples (BLEU).
+    """
+
+    model: str
+    task: str
+    kind: str
+    metric: str
+    fn: Callable[[np.ndarray], float] | None
+    n: int
+    groups: np.ndarray | None = None
+    value: float | None = None
+    max_boot: int | None = None
+    chance: float | None = None  # the metric's value for an uninformed predictor, when it has one
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}/{self.metric}"
+
+    def point(self) -> float:
+        return float(self.fn(np.arange(self.n))) if self.fn is not None else float(self.value)
+
+
+def to_record(s: Scored, settings: EvalSettings) -> dict[str, Any]:
+    """A results.json record: the value on all items and its 95% (patient-grouped) bootstrap CI."""
+    lo = hi = float("nan")
+    if s.fn is not None:
+        n_boot = settings.bootstrap if s.max_boot is None else min(settings.bootstrap, s.max_boot)
+        lo, hi = metrics.bootstrap_ci(s.fn, s.n, n_boot, settings.seed, s.groups)
+    rec = {"model": s.model, "task": s.task, "kind": s.kind, "metric": s.metric, "split": "test",
+           "value": s.point(), "ci_low": lo, "ci_high": hi, "n": int(s.n)}
+    if s.chance is not None:
+        rec["chance"] = float(s.chance)
+    return rec
+
+
+def _scored(model: str, task: TaskData, kind: str, metric: str, fn, idx: np.ndarray,
+            groups: np.ndarray | None = None, max_boot: int | None = None, chance: float | None = None) -> Scored:
+    return Scored(model, task.spec.name, kind, metric, fn, int(len(idx)), groups, max_boot=max_boot, chance=chance)
 
 
 def _splits(task: TaskData, keep: np.ndarray | None = None):
@@ -139,6 +178,15 @@ def _splits(task: TaskData, keep: np.ndarray | None = None):
 
 def evaluate(task: TaskData, targets: Targets, feats: dict[str, np.ndarray], model: str,
              settings: EvalSettings) -> list[dict[str, Any]]:
+    """The task's result records for one model (values with bootstrap CIs)."""
+    scored = score(task, targets, feats, model, settings)
+    with single_thread():
+        return [to_record(s, settings) for s in scored]
+
+
+def score(task: TaskData, targets: Targets, feats: dict[str, np.ndarray], model: str,
+          settings: EvalSettings) -> list[Scored]:
+    """Fit the task's probes on one model's features; every metric as a function of the test items."""
     kind = task.spec.kind
     fn = {"classification": _classification, "regression": _regression, "segmentation": _segmentation,
           "alignment": _alignment, "report": _report}[kind]
@@ -163,7 +211,7 @@ def _classification(task, t: Targets, feats, model, settings) -> list[dict]:
         else:
             S, _ = linear_probe(x[tr], Y[tr], x[va], Y[va], x[te], task.spec.multilabel)
         for name, f in metrics.classification_metrics(Y[te], S, task.spec.multilabel).items():
-            out.append({**_record(model, task, probe, name, f, te, settings, g), "chance": chance[name]})
+            out.append(_scored(model, task, probe, name, f, te, g, chance=chance[name]))
     return out
 
 
@@ -177,9 +225,9 @@ def _regression(task, t: Targets, feats, model, settings) -> list[dict]:
     base = mean_baseline(y[tr], y[va], len(te))
     out = []
     for name, f in metrics.regression_metrics(y[te], pred).items():
-        out.append(_record(model, task, "ridge", name, f, te, settings, g))
+        out.append(_scored(model, task, "ridge", name, f, te, g))
     f = metrics.regression_metrics(y[te], base)["mae"]
-    out.append(_record(model, task, "mean_baseline", "mae", f, te, settings, g))
+    out.append(_scored(model, task, "mean_baseline", "mae", f, te, g))
     return out
 
 
@@ -193,14 +241,17 @@ def _segmentation(task, t: Targets, feats, model, settings) -> list[dict]:
     pred = predict(P[te])
     const = constant_mask(M[tr])
     g = task.groups[te]
-    out = []
+    out, per_image = [], {"linear_head": [], "constant_mask": []}
     for s, name in enumerate(t.structures):
         d = dice_per_image(pred[:, s], M[te, s])
         dc = dice_per_image(np.broadcast_to(const[s], M[te, s].shape), M[te, s])
-        out.append(_record(model, task, "linear_head", f"dice_{name}", lambda i, d=d: float(d[i].mean()),
-                           te, settings, g))
-        out.append(_record(model, task, "constant_mask", f"dice_{name}", lambda i, d=dc: float(d[i].mean()),
-                           te, settings, g))
+        for kind, v in (("linear_head", d), ("constant_mask", dc)):
+            per_image[kind].append(v)
+            out.append(_scored(model, task, kind, f"dice_{name}", lambda i, v=v: float(v[i].mean()), te, g))
+    if len(t.structures) > 1:  # one number per method: Dice averaged over the structures, per image
+        for kind, vs in per_image.items():
+            m = np.mean(vs, axis=0)
+            out.append(_scored(model, task, kind, "dice_mean", lambda i, m=m: float(m[i].mean()), te, g))
     return out
 
 
@@ -228,14 +279,13 @@ def _alignment(task, t: Targets, feats, model, settings) -> list[dict]:
     g_text = np.asarray([first[j] for j in range(len(tte))])
     out = []
     for k in (1, 5, 10):
-        out.append(_record(model, task, "alignment", f"i2t_R@{k}", lambda i, k=k: float(np.mean(r_i2t[i] < k)),
-                           te, settings, task.groups[te]))
-        out.append(_record(model, task, "alignment", f"t2i_R@{k}", lambda i, k=k: float(np.mean(r_t2i[i] < k)),
-                           np.arange(len(tte)), settings, g_text))
+        out.append(_scored(model, task, "alignment", f"i2t_R@{k}", lambda i, k=k: float(np.mean(r_i2t[i] < k)),
+                           te, task.groups[te]))
+        out.append(_scored(model, task, "alignment", f"t2i_R@{k}", lambda i, k=k: float(np.mean(r_t2i[i] < k)),
+                           np.arange(len(tte)), g_text))
         # chance: a random ranking finds the right text in the top k with probability k / gallery
-        out.append({"model": model, "task": task.spec.name, "kind": "chance", "metric": f"i2t_R@{k}",
-                    "split": "test", "value": min(1.0, k / len(tte)), "ci_low": float("nan"),
-                    "ci_high": float("nan"), "n": int(len(te))})
+        out.append(Scored(model, task.spec.name, "chance", f"i2t_R@{k}", None, int(len(te)),
+                          value=min(1.0, k / len(tte))))
     return out
 
 
@@ -252,11 +302,10 @@ def _report(task, t: Targets, feats, model, settings) -> list[dict]:
     rand = [bank_texts[i] for i in rng.integers(0, len(bank), len(te))]
     g = task.groups[te]
     out = []
-    # BLEU is a corpus statistic, so each resample recomputes it; capped for speed
-    bl = EvalSettings(**{**settings.__dict__, "bootstrap": min(settings.bootstrap, 200)})
     for kind, h in (("report_retrieval", hyp), ("random_report", rand)):
         rl = rouge_l(h, refs)
-        out.append(_record(model, task, kind, "rougeL", lambda i, r=rl: float(r[i].mean()), te, settings, g))
-        out.append(_record(model, task, kind, "bleu4",
-                           lambda i, h=h: bleu4([h[j] for j in i], [refs[j] for j in i]), te, bl, g))
+        out.append(_scored(model, task, kind, "rougeL", lambda i, r=rl: float(r[i].mean()), te, g))
+        # BLEU is a corpus statistic, so each resample recomputes it; capped for speed
+        out.append(_scored(model, task, kind, "bleu4", lambda i, h=h: bleu4([h[j] for j in i], [refs[j] for j in i]),
+                           te, g, max_boot=200))
     return out

@@ -1,0 +1,387 @@
+"""`dinotrain study OUT`: the laptop-scale RAD-DINO study on real images, end to end.
+
+Phases (each prints one line with the elapsed minutes; the jobs' own progress bars follow):
+  1. data      hold out the eval test splits (patient-level), build one shard set per group:
+               cxr (JSRT + COVID X-rays), derm (HAM10000), us (BUSI), mri (brain MRI), ct (COVID CT)
+  2. pretrain  through the launcher (SLURM job array when a controller answers, else local jobs):
+               data-scaling sweep, sizes x {cxr, all}; continual stage 1 on derm+us+mri+ct (exported),
+               stage 2 on cxr initialised from it (model.pretrained + model.pretrained_head)
+  3. eval      SSL (the `all` run at the largest size) vs the same network at its initial weights,
+               stage 2 from stage 1 vs from scratch (the sweep's cxr run at the largest size: same
+               budget), with paired bootstrap CIs of the differences; each sweep run on the CXR probes
+  4. report    study.json, report.md, ssl_vs_random.png, continual.png, scaling.png, loss_curves.png
+
+`dinotrain study --combine OUT0 OUT1 OUT2 --out DIR` merges several seeds into DIR/seeds.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "configs" / "pretrain" / "laptop_real.yaml"
+CXR_TASKS = ["jsrt_sex", "jsrt_age", "jsrt_nodule", "covid_sex", "covid_age", "covid_finding"]
+SEG_TASKS = ["jsrt_anatomy", "covid_lungs"]
+OTHER_TASKS = ["busi", "brain_mri", "ham10000", "ham10000_sex", "ham10000_age"]
+DIVERSITY = {"cxr": ["cxr"], "all": ["cxr", "derm", "us", "mri", "ct"]}
+STAGE1 = ["derm", "us", "mri", "ct"]
+
+# Idle 2-core figures (issue 14): the trainer does ~20 img/s at batch 32 with 2 x 56 px global and
+# 4 x 28 px local crops (48 patch tokens per image); time scales with the tokens. The others are
+# rough: process start + DALI pipeline per run, shard building, frozen features at 112 px.
+TRAIN_IMG_PER_S, TRAIN_REF_TOKENS = 20.0, 48
+RUN_OVERHEAD_S = 45.0
+SHARD_IMG_PER_S = 40.0
+EVAL_IMG_PER_S_112 = 40.0
+EVAL_FIXED_S = 420.0  # probes, segmentation heads and bootstraps of the three evaluations
+
+
+@dataclass
+class StudyOptions:
+    out: Path
+    seed: int = 0
+    data_root: Path = Path("../shared/data")
+    config: Path = DEFAULT_CONFIG
+    minutes: float = 55.0  # the wall-clock budget the default step count is sized to
+    steps: int | None = None  # per run; None = the recipe's train.max_steps, lowered to fit `minutes`
+    sizes: list[int] | None = None  # None = cxr pool / 9, / 3, all of it
+    tasks: list[str] = field(default_factory=lambda: CXR_TASKS + OTHER_TASKS + SEG_TASKS)
+    continual_tasks: list[str] = field(default_factory=lambda: CXR_TASKS + SEG_TASKS)
+    scaling_tasks: list[str] = field(default_factory=lambda: list(CXR_TASKS))
+    resolution: int = 112
+    bootstrap: int = 1000
+    seg_steps: int = 300
+    max_samples: int | None = None
+    shard_size: int = 80
+    images_per_group: int | None = None
+    cluster: str = "auto"
+    overrides: list[str] = field(default_factory=list)
+    quick: bool = False
+
+
+QUICK = dict(steps=2, sizes=[6, 12, 18], tasks=["jsrt_sex", "jsrt_anatomy"], continual_tasks=["jsrt_sex"],
+             scaling_tasks=["jsrt_sex"], resolution=56, bootstrap=30, seg_steps=10, max_samples=60, shard_size=64,
+             images_per_group=18,
+             overrides=["data.batch_size_per_gpu=4", "data.local_crops_number=2", "data.num_threads=1",
+                        "train.checkpoint_every=2", "train.log_every=1", "ssl.head_n_prototypes=64",
+                        "ssl.head_hidden_dim=64", "ssl.head_bottleneck_dim=32", "optim.warmup_steps=1",
+                        "optim.freeze_last_layer_steps=1", "ssl.warmup_teacher_temp_steps=1",
+                        # process start dominates tiny runs: two at once on a 2-core node
+                        "launch.cpus_per_task=1", "launch.array_parallelism=2"])
+
+
+def log(t0: float, text: str) -> None:
+    print(f"[{(time.time() - t0) / 60:5.1f} min] {text}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- plan
+def tokens_per_image(cfg) -> int:
+    d, p = cfg.data, cfg.model.patch_size
+    return d.global_crops_number * (d.global_crops_size // p) ** 2 + d.local_crops_number * (d.local_crops_size // p) ** 2
+
+
+def seconds_per_step(cfg) -> float:
+    rate = TRAIN_IMG_PER_S * TRAIN_REF_TOKENS / max(1, tokens_per_image(cfg))
+    return cfg.data.batch_size_per_gpu / rate
+
+
+def n_runs(sizes: list[int]) -> int:
+    return 2 * len(sizes) + 2  # sweep + stage 1 + stage 2 (stage 2 from scratch is the sweep's cxr run)
+
+
+def eval_seconds(opts: StudyOptions, images: dict[str, int]) -> float:
+    """Feature extraction: SSL and random on every task, 2 continual models and every sweep run on CXR."""
+    per_img = (opts.resolution / 112) ** 2 / EVAL_IMG_PER_S_112
+    all_imgs, cxr_imgs = images.get("all", 0), images.get("cxr", 0)
+    n_sweep = 2 * len(opts.sizes or [0, 0, 0])
+    return per_img * (2 * all_imgs + (n_sweep + 1) * cxr_imgs) + EVAL_FIXED_S * (0.1 if opts.quick else 1.0)
+
+
+def plan(opts: StudyOptions, cfg, pool: dict[str, int], eval_images: dict[str, int]) -> dict:
+    """Sizes, steps per run and the wall-clock estimate (idle 2-core machine)."""
+    cxr = pool["cxr"]
+    sizes = sorted({min(int(s), cxr) for s in opts.sizes}) if opts.sizes else \
+        sorted({max(1, round(cxr / 9)), max(1, round(cxr / 3)), cxr})
+    shards_s = sum(pool.values()) / SHARD_IMG_PER_S
+    fixed = shards_s + eval_seconds(opts, eval_images) + n_runs(sizes) * RUN_OVERHEAD_S
+    step_s = seconds_per_step(cfg)
+    steps = opts.steps
+    if steps is None:
+        fits = int((opts.minutes * 60 - fixed) / (n_runs(sizes) * step_s))
+        steps = max(1, min(int(cfg.train.max_steps), fits))
+    total = fixed + n_runs(sizes) * steps * step_s
+    return {"sizes": sizes, "steps": steps, "runs": n_runs(sizes), "seconds_per_step": round(step_s, 3),
+            "estimate_minutes": round(total / 60, 1), "estimate_parts_minutes": {
+                "shards": round(shards_s / 60, 1), "train": round(n_runs(sizes) * (steps * step_s + RUN_OVERHEAD_S) / 60, 1),
+                "eval": round(eval_seconds(opts, eval_images) / 60, 1)}}
+
+
+def print_plan(p: dict, opts: StudyOptions, pool: dict[str, int], cluster: str) -> None:
+    print(f"study plan (seed {opts.seed}, cluster {cluster}, recipe {opts.config}):", file=sys.stderr)
+    print("  pretraining pool after holding out the test splits: "
+          + ", ".join(f"{g} {n}" for g, n in pool.items()), file=sys.stderr)
+    print(f"  {p['runs']} runs x {p['steps']} steps (~{p['seconds_per_step']} s/step idle): sweep sizes "
+          f"{p['sizes']} x {list(DIVERSITY)}, stage 1 on {'+'.join(STAGE1)}, stage 2 on cxr", file=sys.stderr)
+    print(f"  eval at {opts.resolution} px, {opts.bootstrap} bootstrap resamples, tasks {', '.join(opts.tasks)}",
+          file=sys.stderr)
+    parts = ", ".join(f"{k} {v}" for k, v in p["estimate_parts_minutes"].items())
+    print(f"  estimate on an idle 2-core machine: {p['estimate_minutes']} min ({parts})", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- the study
+def resolve_cluster(choice: str) -> str:
+    from launch.study_runs import slurm_answers
+
+    if choice == "auto":
+        return "slurm" if slurm_answers() else "local"
+    return choice
+
+
+def common_overrides(opts: StudyOptions, steps: int, cluster: str) -> list[str]:
+    from launch.study_runs import slurm_cpus
+
+    cpus = slurm_cpus() if cluster == "slurm" else max(1, os.cpu_count() or 1)
+    return [f"train.seed={opts.seed}", f"data.seed={opts.seed}", f"train.max_steps={steps}", "train.export_every=0",
+            f"launch.cluster={cluster}", f"launch.cpus_per_task={cpus}", "launch.array_parallelism=1",
+            "launch.time_minutes=180", "launch.run_eval=false", *opts.overrides]
+
+
+def eval_overrides(opts: StudyOptions, cache: Path) -> dict:
+    return {"resolution": opts.resolution, "bootstrap": opts.bootstrap, "seg_steps": opts.seg_steps,
+            "cache_dir": str(cache), "device": "cpu"}
+
+
+def sweep_spec(opts: StudyOptions, data: dict, sizes: list[int], overrides: list[str]):
+    """The sweep file (written to OUT/sweep.yaml, so `dinotrain sweep status|report` work on it)."""
+    from omegaconf import OmegaConf
+
+    from launch.sweep import load_sweep
+
+    ev = eval_overrides(opts, opts.out / "cache")
+    run_over = [*overrides, "launch.run_eval=true", f"eval.tasks=[{','.join(opts.scaling_tasks)}]",
+                f"eval.data_root={Path(opts.data_root).resolve()}",
+                *(f"eval.{k}={v}" for k, v in ev.items()),
+                f"eval.max_samples={'null' if opts.max_samples is None else opts.max_samples}"]
+    spec = {"name": f"laptop_study_seed{opts.seed}", "base": str(Path(opts.config).resolve()),
+            "output_dir": str(opts.out / "sweep"),
+            "sources": {g: v["path"] for g, v in data["groups"].items()},
+            "diversity": DIVERSITY, "sizes": sizes, "overrides": run_over,
+            "report": {"metric": _sweep_metric(opts), "form": "power"}}
+    path = opts.out / "sweep.yaml"
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(spec)))
+    return load_sweep(path)
+
+
+def _sweep_metric(opts: StudyOptions) -> str:
+    from launch.study_report import primary_metric
+
+    return f"{opts.scaling_tasks[0]}/{primary_metric(opts.scaling_tasks[0])}"
+
+
+def run_study(opts: StudyOptions) -> dict:
+    from dinotrain.config import load_config
+    from launch import study_data, study_report
+
+    t0 = time.time()
+    opts.out.mkdir(parents=True, exist_ok=True)
+    cluster = resolve_cluster(opts.cluster)
+    log(t0, "data: holding out the eval test splits")
+    hold, pool, eval_images = _pool(opts)
+    p = plan(opts, load_config(opts.config, opts.overrides), pool, eval_images)
+    print_plan(p, opts, pool, cluster)
+    log(t0, "data: building shard sets")
+    data = study_data.prepare(opts.data_root, opts.out / "data", hold, opts.shard_size, opts.images_per_group)
+    runs = pretrain(opts, p, data, common_overrides(opts, p["steps"], cluster), cluster, t0)
+    from launch.report import write_report
+
+    write_report(opts.out / "sweep", metric=_sweep_metric(opts))  # `dinotrain sweep report`'s own table and plot
+
+    log(t0, "eval: SSL vs the same network at its initial weights")
+    from launch.study_runs import save_initial_teacher
+
+    random_dir = save_initial_teacher(load_config(runs["ssl"] / "config.yaml"), opts.out / "models" / "random_init")
+    results = evaluate(opts, runs["ssl"], random_dir, runs["stage2"], runs["scratch"], t0)
+    log(t0, "report")
+    study = study_report.assemble(opts, p, data, results, runs["sweep"], cluster, minutes=(time.time() - t0) / 60)
+    study["runs"] = study_report.run_summaries(runs["trained"])
+    (opts.out / "study.json").write_text(json.dumps(study_report.clean(study), indent=1, allow_nan=False) + "\n")
+    study_report.render(opts.out, ablation=Path(opts.config).with_suffix(".ablation.md"))
+    log(t0, f"done: {opts.out / 'report.md'}")
+    return study
+
+
+def _pool(opts: StudyOptions):
+    """The held-out set, the pretraining images per group, and the images the evaluation reads."""
+    from launch import study_data
+
+    hold = study_data.held_out(sorted(set(opts.tasks + opts.continual_tasks + opts.scaling_tasks)),
+                               opts.data_root, opts.max_samples)
+    pool = {g: len(study_data.group_listing(g, opts.data_root, hold, opts.images_per_group))
+            for g in study_data.GROUPS}
+    eval_images = {"all": sum(pool.values()) + len(hold.images), "cxr": pool["cxr"] + len(hold.images) // 2}
+    return hold, pool, eval_images
+
+
+def pretrain(opts: StudyOptions, p: dict, data: dict, over: list[str], cluster: str, t0: float) -> dict:
+    """The sweep, then continual stages 1 and 2; returns the run folders the evaluation needs."""
+    from dinotrain.config import load_config
+    from launch import study_runs
+    from launch.sweep import expand
+
+    echo = study_runs.LogEcho()
+    log(t0, f"pretrain: sweep {p['sizes']} x {list(DIVERSITY)} ({cluster})")
+    spec = sweep_spec(opts, data, p["sizes"], over)
+    sweep_dirs = study_runs.submit_sweep(spec, cluster, echo)
+    largest = max(p["sizes"])
+    ssl_dir, scratch_dir = (opts.out / "sweep" / "runs" / f"{d}-n{largest}" for d in ("all", "cxr"))
+    stage1 = study_runs.run_config(str(opts.config), over, [{"name": g, "path": data["groups"][g]["path"]}
+                                                            for g in STAGE1], opts.out / "runs" / "stage1")
+    log(t0, "pretrain: continual stage 1 on " + "+".join(STAGE1))
+    s1 = study_runs.submit(stage1, echo)
+    study_runs.wait_done([s1], echo)
+    export = s1 / "export" / "latest"
+    cxr_run = next(r for r in expand(spec) if r.name == f"cxr-n{largest}")
+    cxr_sources = [{k: v for k, v in s.items() if k in ("name", "path", "max_samples")} for s in cxr_run.sources]
+    stage2 = study_runs.run_config(str(opts.config), [*over, f"model.pretrained={export / 'dinov2.safetensors'}",
+                                                      f"model.pretrained_head={export / 'dino_head.safetensors'}"],
+                                   cxr_sources, opts.out / "runs" / "stage2_from_stage1")
+    log(t0, "pretrain: continual stage 2 on cxr from stage 1")
+    s2 = study_runs.submit(stage2, echo)
+    study_runs.wait_done([*sweep_dirs, s2], echo)
+    trained = [*sweep_dirs, s1, s2]
+    if study_runs.training_part(load_config(scratch_dir / "config.yaml")) != study_runs.training_part(_without_init(stage2)):
+        log(t0, "pretrain: the sweep's cxr run differs from stage 2 beyond its init: a separate from-scratch run")
+        scratch = study_runs.run_config(str(opts.config), over, cxr_sources, opts.out / "runs" / "stage2_from_scratch")
+        scratch_dir = study_runs.submit(scratch, echo)
+        study_runs.wait_done([scratch_dir], echo)
+        trained.append(scratch_dir)
+    return {"sweep": sweep_dirs, "ssl": ssl_dir, "stage2": s2, "scratch": scratch_dir, "trained": trained}
+
+
+def _without_init(cfg):
+    """Stage 2's config as it would be without the stage-1 initialisation."""
+    from omegaconf import OmegaConf
+
+    c = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    c.model.pretrained = None
+    c.model.pretrained_head = None
+    return c
+
+
+def evaluate(opts: StudyOptions, ssl_dir: Path, random_dir: Path, stage2: Path, scratch: Path, t0: float) -> dict:
+    from dinotrain.eval.run import evaluate_models
+
+    ev = eval_overrides(opts, opts.out / "cache")
+    common = dict(data_root=str(opts.data_root), max_samples=opts.max_samples, **ev)
+    # torch.distributed.checkpoint says it loads a run's checkpoint in one process: it does, on purpose
+    warnings.filterwarnings("ignore", message=r"torch.distributed is disabled")
+    ssl = evaluate_models([str(ssl_dir), str(random_dir)], opts.tasks, out=opts.out / "eval" / "ssl_vs_random",
+                          compare_to=str(random_dir), **common)
+    log(t0, "eval: continual, stage 2 from stage 1 vs from scratch")
+    cont = evaluate_models([str(stage2), str(scratch)], opts.continual_tasks, out=opts.out / "eval" / "continual",
+                           compare_to=str(scratch), **common)
+    return {"ssl": ssl, "continual": cont, "ssl_dir": str(ssl_dir), "random_dir": str(random_dir),
+            "stage2_dir": str(stage2), "scratch_dir": str(scratch)}
+
+
+# ----------------------------------------------------------------------------- CLI
+def _list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (__doc__ or "").split("\n\n")[0] + "\n\n" + "\n".join((__doc__ or "").split("\n")[2:])
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("out", nargs="?", metavar="OUT", help="output folder (data/, sweep/, runs/, eval/, report)")
+    parser.add_argument("--seed", type=int, default=0, help="train.seed and data.seed of every run (default 0)")
+    parser.add_argument("--data", default=None,
+                        help="folder holding jsrt/, covid_cxr/, ... (default $DINOTRAIN_TEST_DATA, else ../shared/data)")
+    parser.add_argument("--config", default=None,
+                        help="the pretraining recipe (default: configs/pretrain/laptop_real.yaml of this checkout)")
+    parser.add_argument("--minutes", type=float, default=55.0,
+                        help="wall-clock budget on an idle 2-core machine that sizes the default --steps (55)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps of every run (default: the recipe's, lowered to fit --minutes)")
+    parser.add_argument("--sizes", type=lambda s: [int(x) for x in _list(s)], default=None,
+                        help="sweep sizes in training images, e.g. 40,130,400 (default: the CXR pool /9, /3, all)")
+    parser.add_argument("--tasks", type=_list, default=None, help="SSL-vs-random tasks (comma-separated)")
+    parser.add_argument("--resolution", type=int, default=112, help="eval input size (default 112; 518 is slow on CPU)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of every CI (default 1000)")
+    parser.add_argument("--cluster", choices=("auto", "slurm", "local"), default="auto",
+                        help="auto: SLURM when sbatch is installed and squeue answers, else local jobs")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="run-config override for every run (repeatable), e.g. --set data.num_threads=2")
+    parser.add_argument("--quick", action="store_true",
+                        help="a shrunk study in minutes (2 steps, 18 images per group, 2 tasks): checks the "
+                        "machinery, not the science")
+    parser.add_argument("--combine", nargs="+", metavar="OUT_SEED",
+                        help="merge several study folders (seeds) into --out/seeds.md and seeds.json")
+    parser.add_argument("--out", dest="combine_out", default=None, help="with --combine: where seeds.md goes")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and its time estimate only")
+
+
+def options_from_args(args: argparse.Namespace) -> StudyOptions:
+    data = args.data or os.environ.get("DINOTRAIN_TEST_DATA") or str(REPO.parent / "shared" / "data")
+    kw = dict(out=Path(args.out).absolute(), seed=args.seed, data_root=Path(data).absolute(),
+              config=Path(args.config or DEFAULT_CONFIG).absolute(), minutes=args.minutes, resolution=args.resolution,
+              bootstrap=args.bootstrap, cluster=args.cluster)
+    if args.quick:
+        kw.update(QUICK, quick=True)
+    for name in ("steps", "sizes", "tasks"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
+    opts = StudyOptions(**kw)
+    opts.overrides = [*opts.overrides, *args.overrides]
+    return opts
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        return _main(args)
+    except (RuntimeError, OSError, ValueError) as e:  # BuildError, a failed run, a bad spec or config
+        if os.environ.get("DINOTRAIN_DEBUG"):
+            raise
+        print(f"dinotrain study: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.combine:
+        from launch.study_report import combine
+
+        for p in combine([Path(d) for d in args.combine], Path(args.combine_out or ".")):
+            print(p)
+        return 0
+    if not args.out:
+        print("dinotrain study: error: give OUT (the study folder), or --combine OUT0 OUT1 ... --out DIR",
+              file=sys.stderr)
+        return 2
+    opts = options_from_args(args)
+    if not (opts.data_root / "jsrt" / "metadata.csv").is_file():
+        print(f"dinotrain study: error: {opts.data_root} does not hold jsrt/metadata.csv: pass --data or set "
+              "DINOTRAIN_TEST_DATA to the folder holding jsrt/, covid_cxr/, ... (see shared/data/README.md)",
+              file=sys.stderr)
+        return 2
+    if args.dry_run:
+        return _dry_run(opts)
+    run_study(opts)
+    return 0
+
+
+def _dry_run(opts: StudyOptions) -> int:
+    from dinotrain.config import load_config
+
+    _, pool, eval_images = _pool(opts)
+    p = plan(opts, load_config(opts.config, opts.overrides), pool, eval_images)
+    print_plan(p, opts, pool, resolve_cluster(opts.cluster))
+    print(json.dumps({"plan": p, "options": {k: str(v) if isinstance(v, Path) else v
+                                             for k, v in asdict(opts).items()}}, indent=1))
+    return 0 if math.isfinite(p["estimate_minutes"]) else 1

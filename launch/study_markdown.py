@@ -1,0 +1,143 @@
+"""report.md and seeds.md of the laptop study, written from study.json (no number is typed by hand)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _f(v, digits: int = 3) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def _ci(ci) -> str:
+    if not ci or ci[0] is None or ci[1] is None:
+        return ""
+    return f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _verdict(v: dict) -> str:
+    lo, hi = (v.get("delta_ci") or [None, None])
+    if lo is not None and lo > 0:
+        return "better (CI > 0)"
+    if hi is not None and hi < 0:
+        return "worse (CI < 0)"
+    return "no clear difference"
+
+
+def _comparison_table(rows: dict[str, dict], a: str, b: str) -> list[str]:
+    lines = [f"| task | metric | n test | {a} | {b} | {a} − {b} [95% paired CI] | verdict |",
+             "|---|---|---:|---|---|---|---|"]
+    for task, v in rows.items():
+        ci = v.get("ci", {})
+        lines.append(f"| {task} | {v['metric']} | {v.get('n_test', '')} | {_f(v[a])}{_ci(ci.get(a))} | "
+                     f"{_f(v[b])}{_ci(ci.get(b))} | {_f(v['delta'])}{_ci(v.get('delta_ci'))} | {_verdict(v)} |")
+    return lines
+
+
+def _scaling_table(rows: list[dict]) -> list[str]:
+    lines = ["| task | metric | diversity | training images | value [95% CI] |", "|---|---|---|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['metric']} | {r['diversity']} | {r['images']} | {_f(r['value'])}{_ci(r['ci'])} |")
+    return lines
+
+
+def _claims(c: dict) -> list[str]:
+    s, k, sc = c["ssl_beats_random"], c["continual_beats_scratch"], c["scaling"]
+    yes = {True: "**holds**", False: "**does not hold**"}
+    return [
+        f"- SSL beats random init (target: CI of SSL − random above 0 on >= 6 image-level tasks incl. a sex and an "
+        f"age task, and a higher Dice on a segmentation task): {yes[s['holds']]}. CI above 0 on "
+        f"{len(s['image_tasks_ci_above_zero'])} of {s['n_image_tasks']} image-level tasks "
+        f"({', '.join(s['image_tasks_ci_above_zero']) or 'none'}); sex task: {s['sex_task']}, age task: "
+        f"{s['age_task']}; higher Dice on: {', '.join(s['segmentation_higher_dice']) or 'none'} "
+        f"(CI above 0 on: {', '.join(s['segmentation_ci_above_zero']) or 'none'}).",
+        f"- Continual pretraining beats stage 2 from scratch on the CXR tasks: {yes[k['holds']]}. CI above 0 on "
+        f"{', '.join(k['ci_above_zero']) or 'none'}; CI below 0 on {', '.join(k['ci_below_zero']) or 'none'}; "
+        f"mean difference {_f(k['mean_delta'])} over {k['n_tasks']} tasks.",
+        f"- More data helps (largest sweep size beats the smallest on the CXR probes): {yes[sc['holds']]}: "
+        f"{sc['n_largest_better']} of {sc['n_pairs']} (diversity, task) pairs; with separated CIs: "
+        f"{sum(p['cis_separate'] for p in sc['pairs'])}.",
+    ]
+
+
+def _runs_table(runs: dict[str, dict]) -> list[str]:
+    lines = ["| run | training images | steps | final total loss | teacher entropy / max | head bottleneck cos "
+             "| collapse warnings |", "|---|---:|---:|---:|---:|---:|---|"]
+    for name, r in runs.items():
+        w = str(r["collapse_warnings"]) + (f" (first: {r['first_collapse_warning'][:90]}…)"
+                                           if r.get("first_collapse_warning") else "")
+        lines.append(f"| {name} | {r.get('images') or ''} | {r['steps']} | {_f(r.get('final_total_loss'))} | "
+                     f"{_f(r.get('final_teacher_entropy_ratio'), 4)} | {_f(r.get('final_head_bottleneck_cos'), 4)} | {w} |")
+    return lines
+
+
+def seeds_table(seeds: dict) -> list[str]:
+    """One row per task: the difference and its CI for every seed, and whether all CIs are above 0."""
+    ss = seeds["seeds"]
+    out = []
+    for section, title in (("tasks", "SSL − random"), ("continual", "from stage 1 − from scratch")):
+        out += [f"### {title}", "", "| task | metric | " + " | ".join(f"seed {s}" for s in ss) + " | CI > 0 in all |",
+                "|---|---|" + "---|" * len(ss) + "---|"]
+        for task, row in seeds[section].items():
+            cells = [f"{_f(c['delta'])}{_ci(c['delta_ci'])}" if c else "–" for c in row["per_seed"]]
+            out.append(f"| {task} | {row['metric']} | " + " | ".join(cells) + f" | {row['all_above_zero']} |")
+        out.append("")
+    out += ["### Claims per seed", "", "| claim | " + " | ".join(f"seed {s}" for s in ss) + " |",
+            "|---|" + "---|" * len(ss)]
+    for claim, vals in seeds["claims"].items():
+        out.append(f"| {claim} | " + " | ".join(str(v) for v in vals) + " |")
+    return out + [""]
+
+
+def report(study: dict, ablation: str | None, seeds: dict | None) -> str:
+    data, ev, plan = study["data"], study["eval"], study["plan"]
+    groups = ", ".join(f"{g} {v['images']} ({'+'.join(v['datasets'])})" for g, v in data["groups"].items())
+    lines = [
+        f"# Laptop study: RAD-DINO pretraining on real medical images (seed {study['seed']})", "",
+        f"Wall clock {study['minutes']:.1f} min on this machine, this invocation (plan estimate for an idle 2-core machine: "
+        f"{plan['estimate_minutes']} min); runs launched with `launch.cluster={study['cluster']}`"
+        + (" — **quick mode: a machinery check, the numbers mean nothing**" if study.get("quick") else "") + ".", "",
+        "## Setup", "",
+        f"- Recipe: `{Path(study['recipe']).name}` + study overrides `{' '.join(study['overrides']) or '(none)'}`; "
+        f"every run {plan['steps']} steps, seed {study['seed']} (train.seed and data.seed).",
+        f"- Pretraining shard sets (images after the hold-out): {groups}.",
+        f"- Data-scaling sweep: sizes {plan['sizes']} training images x diversity `cxr` = [cxr] and `all` = "
+        "[cxr, derm, us, mri, ct] (same totals, split over the sources by their sizes).",
+        "- Continual: stage 1 on derm + us + mri + ct, exported; stage 2 on cxr from its backbone and DINO head "
+        "(`model.pretrained`, `model.pretrained_head`); from scratch = the sweep's cxr run at the largest size "
+        "(identical stage-2 budget and data).",
+        "- SSL = the sweep's `all` run at the largest size; random = the same networks at the recipe's initial "
+        "weights (same arch, LayerScale init and seed, built by the trainer and exported at step 0).",
+        f"- Evaluation: frozen teacher features at {ev['resolution']} px (not 518: CPU), linear probes (AUROC), "
+        f"ridge (age, R²), linear segmentation head (Dice, mean over structures); {ev['bootstrap']} bootstrap "
+        f"resamples; {ev['ci']}.", "",
+        "## Held-out policy", "",
+        "Every task below is loaded exactly as `dinotrain eval` loads it; the images of its `test` split, and "
+        "every other image of the same patient (the task's group column), are left out of every pretraining "
+        "shard set. Only the image files named in each dataset's metadata.csv are built (never mask files). "
+        "The shards were read back after building: held-out images found in them: "
+        f"{sum(g.get('held_out_images_found', 0) for g in data['groups'].values())}. Held out: "
+        f"{data['held_out_images']} test images; test images per task: "
+        + ", ".join(f"{k} {v}" for k, v in data["held_out_per_task"].items()) + ".", "",
+        "## SSL vs random initialisation", "", *_comparison_table(study["tasks"], "ssl", "random"), "",
+        "![ssl vs random](ssl_vs_random.png)", "",
+        "## Continual pretraining (stage 2 on CXR)", "",
+        *_comparison_table(study["continual"], "from_stage1", "from_scratch"), "", "![continual](continual.png)", "",
+        "## Data scaling", "", *_scaling_table(study["scaling"]), "",
+        "![scaling](scaling.png)  (power-law fits drawn only through >= 3 sizes)", "",
+        "## Which claims hold (computed from the tables above)", "", *_claims(study["claims"]), "",
+        "## Training runs", "", "Collapse indicators at the last logged step (entropy / max near 1: uniform "
+        "teacher targets; bottleneck cosine near 1: the head maps every image to one vector); warnings counted "
+        "with the trainer's own `collapse_warnings` over every logged step.", "",
+        *_runs_table(study.get("runs", {})), "", "![loss curves](loss_curves.png)", "",
+        "## Recipe ablation", "",
+        ablation.strip() if ablation else "_No ablation notes found (configs/pretrain/laptop_real.ablation.md)._", "",
+        "## Seeds", "",
+    ]
+    if seeds:
+        lines += [f"Seeds {', '.join(str(s) for s in seeds['seeds'])} (from `dinotrain study --combine`).", "",
+                  *seeds_table(seeds)]
+    else:
+        lines += [f"This folder holds seed {study['seed']} only. Run the study with other seeds and merge them: "
+                  "`dinotrain study --combine OUT0 OUT1 OUT2 --out OUT0` (adds the seeds table here).", ""]
+    return "\n".join(lines) + "\n"

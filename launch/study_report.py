@@ -1,0 +1,378 @@
+"""The laptop study's outputs: study.json, the claims computed from it, report.md, plots, seeds.
+
+`render(OUT)` rebuilds report.md and the plots from OUT/study.json alone (plus OUT/seeds.json and
+the recipe's ablation notes when present), so a report can be regenerated without rerunning.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+STUDY_KEYS = ("seed", "minutes", "tasks", "continual", "scaling")
+
+
+# ----------------------------------------------------------------------------- study.json
+def primary_metric(task: str) -> str:
+    """The one number a task is judged by (higher is better for every one of them)."""
+    from dinotrain.eval.specs import load_spec
+
+    spec = load_spec(task)
+    if spec.kind == "classification":
+        return "linear/auroc" if "linear" in spec.probes else "knn/auroc"
+    if spec.kind == "regression":
+        return "ridge/r2"
+    if spec.kind == "segmentation":
+        return "linear_head/dice_mean" if len(spec.structures) > 1 else f"linear_head/dice_{next(iter(spec.structures))}"
+    raise ValueError(f"task '{task}' ({spec.kind}) has no headline metric in the study")
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _comparisons(result: dict, model: str, names: tuple[str, str]) -> dict[str, dict]:
+    """task -> {metric key -> {names[0], names[1], delta, delta_ci, n_test, *_ci}} from evaluate_models."""
+    ci = {(r["model"], r["task"], f"{r['kind']}/{r['metric']}"): [_num(r["ci_low"]), _num(r["ci_high"])]
+          for r in result["records"]}
+    out: dict[str, dict] = defaultdict(dict)
+    for p in result.get("paired") or []:
+        if p["model"] != model:
+            continue
+        key = f"{p['kind']}/{p['metric']}"
+        out[p["task"]][key] = {
+            names[0]: p["value"], names[1]: p["reference_value"], "delta": p["delta"],
+            "delta_ci": [_num(p["ci_low"]), _num(p["ci_high"])], "n_test": p["n"],
+            f"{names[0]}_ci": ci.get((p["model"], p["task"], key)),
+            f"{names[1]}_ci": ci.get((p["reference"], p["task"], key))}
+    return out
+
+
+def _headline(comparisons: dict[str, dict], tasks: list[str], names: tuple[str, str]) -> dict[str, dict]:
+    from dinotrain.eval.specs import load_spec
+
+    out = {}
+    for task in tasks:
+        metric = primary_metric(task)
+        c = comparisons.get(task, {}).get(metric)
+        if c is None:
+            continue
+        out[task] = {"metric": metric, **{k: c[k] for k in (*names, "delta", "delta_ci")},
+                     **({"n_test": c["n_test"]} if "n_test" in c else {}),
+                     "kind": load_spec(task).kind, "ci": {n: c[f"{n}_ci"] for n in names},
+                     "other_metrics": {k: {kk: v[kk] for kk in (*names, "delta", "delta_ci")}
+                                       for k, v in comparisons[task].items() if k != metric}}
+    return out
+
+
+def scaling_rows(sweep_dirs: list[Path], tasks: list[str]) -> list[dict]:
+    """Every sweep run's headline metric on the scaling tasks (from its own eval/results.json)."""
+    from launch.report import collect
+
+    if not sweep_dirs:
+        return []
+    wanted = {t: primary_metric(t) for t in tasks}
+    rows = []
+    for r in collect(sweep_dirs[0].parent.parent):
+        if wanted.get(r.task) == r.metric and r.n_images is not None:
+            rows.append({"diversity": r.diversity, "images": int(r.n_images), "task": r.task, "metric": r.metric,
+                         "value": r.value, "ci": [r.ci_low, r.ci_high], "run": r.run})
+    return sorted(rows, key=lambda x: (x["task"], x["diversity"], x["images"]))
+
+
+def assemble(opts, plan: dict, data: dict, results: dict, sweep_dirs: list[Path], cluster: str,
+             minutes: float) -> dict:
+    ssl = _comparisons(results["ssl"], results["ssl_dir"], ("ssl", "random"))
+    cont = _comparisons(results["continual"], results["stage2_dir"], ("from_stage1", "from_scratch"))
+    study = {
+        "seed": opts.seed, "minutes": round(minutes, 2),
+        "tasks": _headline(ssl, opts.tasks, ("ssl", "random")),
+        "continual": _headline(cont, opts.continual_tasks, ("from_stage1", "from_scratch")),
+        "scaling": scaling_rows(sweep_dirs, opts.scaling_tasks),
+        "plan": plan, "cluster": cluster, "quick": opts.quick, "data": data,
+        "recipe": str(opts.config), "overrides": list(opts.overrides),
+        "eval": {"resolution": opts.resolution, "bootstrap": opts.bootstrap, "max_samples": opts.max_samples,
+                 "seg_steps": opts.seg_steps, "ci": "95% percentile bootstrap over test images (whole patients "
+                 "where the task groups them); deltas: paired, the same resamples for both models"},
+        "models": {k: results[k] for k in ("ssl_dir", "random_dir", "stage2_dir", "scratch_dir")},
+    }
+    study["claims"] = claims(study)
+    return study
+
+
+def clean(obj: Any) -> Any:
+    """NaN/inf -> null (strict JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean(v) for v in obj]
+    return obj
+
+
+def run_summaries(run_dirs: list[Path]) -> dict[str, dict]:
+    """Per run: steps done, final losses, and how often the collapse monitors would have warned."""
+    from dinotrain.train.monitor import collapse_warnings
+
+    out = {}
+    for d in run_dirs:
+        lines = []
+        path = Path(d) / "metrics.jsonl"
+        for ln in (path.read_text().splitlines() if path.exists() else []):
+            try:
+                lines.append(json.loads(ln))
+            except json.JSONDecodeError:
+                continue
+        warns = [w for ln in lines for w in collapse_warnings(ln, int(ln.get("step", 0)))]
+        tail = lines[-5:]
+        rec = {"steps": int(lines[-1].get("step", 0)) if lines else 0,
+               "final_total_loss": sum(x.get("total_loss", math.nan) for x in tail) / len(tail) if tail else None,
+               "collapse_warnings": len(warns), "first_collapse_warning": warns[0] if warns else None}
+        last = lines[-1] if lines else {}
+        if _num(last.get("teacher_entropy")) is not None and _num(last.get("teacher_max_entropy")):
+            # 1.0 = uniform targets (the DINO terms teach nothing); the collapse indicators at the end
+            rec["final_teacher_entropy_ratio"] = last["teacher_entropy"] / last["teacher_max_entropy"]
+        rec["final_head_bottleneck_cos"] = _num(last.get("head_bottleneck_cos"))
+        run_json = Path(d) / "run.json"
+        if run_json.exists():
+            rec["images"] = json.loads(run_json.read_text()).get("n_images")
+        out[Path(d).name] = rec
+    return out
+
+
+# ----------------------------------------------------------------------------- claims
+def _lo(v: dict) -> float | None:
+    return (v.get("delta_ci") or [None, None])[0]
+
+
+def _hi(v: dict) -> float | None:
+    return (v.get("delta_ci") or [None, None])[1]
+
+
+def claims(study: dict) -> dict:
+    """Which of the issue's claims the numbers support (computed, never asserted)."""
+    tasks = study.get("tasks", {})
+    image = {k: v for k, v in tasks.items() if v.get("kind") != "segmentation"}
+    above = sorted(k for k, v in image.items() if (_lo(v) or -1) > 0)
+    seg = {k: v for k, v in tasks.items() if v.get("kind") == "segmentation"}
+    seg_higher = sorted(k for k, v in seg.items() if (v.get("delta") or 0) > 0)
+    ssl = {"image_tasks_ci_above_zero": above, "n_image_tasks": len(image),
+           "sex_task": any("sex" in k for k in above), "age_task": any("age" in k for k in above),
+           "segmentation_higher_dice": seg_higher,
+           "segmentation_ci_above_zero": sorted(k for k, v in seg.items() if (_lo(v) or -1) > 0)}
+    ssl["holds"] = len(above) >= 6 and ssl["sex_task"] and ssl["age_task"] and bool(seg_higher)
+    cont = study.get("continual", {})
+    better = sorted(k for k, v in cont.items() if (_lo(v) or -1) > 0)
+    worse = sorted(k for k, v in cont.items() if (_hi(v) if _hi(v) is not None else 1) < 0)
+    continual = {"ci_above_zero": better, "ci_below_zero": worse, "n_tasks": len(cont),
+                 "mean_delta": _mean([v.get("delta") for v in cont.values()]),
+                 "holds": bool(better) and not worse}
+    return {"ssl_beats_random": ssl, "continual_beats_scratch": continual, "scaling": scaling_claim(study)}
+
+
+def _mean(xs: list) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def scaling_claim(study: dict) -> dict:
+    """The largest size beats the smallest on the CXR probes (per diversity set and task)."""
+    by: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in study.get("scaling", []):
+        by[(r["diversity"], r["task"])].append(r)
+    pairs = []
+    for (div, task), rows in sorted(by.items()):
+        rows = sorted(rows, key=lambda r: r["images"])
+        if len(rows) < 2:
+            continue
+        small, large = rows[0], rows[-1]
+        sep = None not in (large["ci"][0], small["ci"][1]) and large["ci"][0] > small["ci"][1]
+        pairs.append({"diversity": div, "task": task, "smallest": small["images"], "largest": large["images"],
+                      "value_smallest": small["value"], "value_largest": large["value"],
+                      "largest_better": large["value"] > small["value"], "cis_separate": bool(sep)})
+    n_better = sum(p["largest_better"] for p in pairs)
+    return {"pairs": pairs, "n_largest_better": n_better, "n_pairs": len(pairs),
+            "holds": bool(pairs) and n_better > len(pairs) / 2}
+
+
+# ----------------------------------------------------------------------------- plots
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_deltas(rows: dict[str, dict], title: str, xlabel: str, path: Path) -> Path:
+    """Each task's difference with its paired 95% CI as a horizontal bar; the zero line marks no effect."""
+    plt = _plt()
+    names = list(rows)
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.6))
+    for i, name in enumerate(names):
+        v = rows[name]
+        d, lo, hi = v.get("delta"), _lo(v), _hi(v)
+        if d is None:
+            continue
+        color = "C2" if (lo is not None and lo > 0) else "C3" if (hi is not None and hi < 0) else "C7"
+        err = [[d - lo], [hi - d]] if None not in (lo, hi) else None
+        ax.errorbar([d], [i], xerr=err, fmt="o", color=color, capsize=4)
+    ax.axvline(0.0, color="k", lw=1)
+    ax.set_yticks(range(len(names)), [f"{n} ({rows[n]['metric'].split('/')[-1]})" for n in names])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{xlabel}\n(green: CI above 0, red: CI below 0, grey: CI includes 0)")
+    ax.set_title(title)
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_scaling(rows: list[dict], path: Path, min_fit_points: int = 3) -> Path:
+    """Metric vs training images per diversity set, with CIs; a power law only through >= 3 sizes."""
+    import numpy as np
+
+    from launch.scaling import fit_power_law
+
+    plt = _plt()
+    tasks = sorted({r["task"] for r in rows}) or ["(none)"]
+    cols = min(3, len(tasks))
+    nrows = math.ceil(len(tasks) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        series = sorted({r["diversity"] for r in rows if r["task"] == task})
+        for i, div in enumerate(series):
+            pts = sorted((r for r in rows if r["task"] == task and r["diversity"] == div), key=lambda r: r["images"])
+            x = np.array([p["images"] for p in pts], float)
+            y = np.array([p["value"] for p in pts], float)
+            lo = np.array([p["ci"][0] if p["ci"][0] is not None else v for p, v in zip(pts, y)], float)
+            hi = np.array([p["ci"][1] if p["ci"][1] is not None else v for p, v in zip(pts, y)], float)
+            shift = 1 + 0.025 * (i - (len(series) - 1) / 2)  # side by side when two series coincide
+            ax.errorbar(x * shift, y, yerr=[y - lo, hi - y], fmt="o", color=f"C{i}", capsize=3, label=div)
+            if len(np.unique(x)) >= min_fit_points:
+                try:
+                    fit = fit_power_law(x, y)
+                    grid = np.geomspace(x.min(), x.max(), 50)
+                    b = 0.0 if abs(fit.exponent) < 1e-9 else fit.exponent  # a flat fit's exponent is round-off
+                    ax.plot(grid, fit.predict(grid), color=f"C{i}", alpha=0.7, label=f"{div} fit: n^{b:.2g}")
+                except (ValueError, RuntimeError):
+                    pass
+        ax.set_xscale("log")
+        sizes = sorted({r["images"] for r in rows if r["task"] == task})
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
+        ax.set_title(task, fontsize="medium")
+        ax.set_xlabel("training images")
+        metric = next((r["metric"] for r in rows if r["task"] == task), "")
+        ax.set_ylabel(metric)
+        ax.grid(True, which="both", alpha=0.3)
+        if series:
+            ax.legend(fontsize="small")
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_losses(run_dirs: dict[str, Path], path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (name, d) in enumerate(sorted(run_dirs.items())):
+        f = Path(d) / "metrics.jsonl"
+        if not f.exists():
+            continue
+        pts = []
+        for ln in f.read_text().splitlines():
+            try:
+                x = json.loads(ln)
+            except json.JSONDecodeError:
+                continue
+            if _num(x.get("total_loss")) is not None:
+                pts.append((x.get("step", 0), x["total_loss"]))
+        if pts:
+            ax.plot(*zip(*pts), color=f"C{i % 10}", label=name, lw=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("total loss (DINO + iBOT + KoLeo)")
+    ax.set_title("training loss of every run")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="x-small", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- report and seeds
+def render(out: Path, ablation: Path | None = None) -> dict[str, Path]:
+    """report.md and the plots from OUT/study.json (+ OUT/seeds.json, + the recipe's ablation notes)."""
+    from launch.study_markdown import report
+
+    out = Path(out)
+    study = json.loads((out / "study.json").read_text())
+    if ablation is None:
+        ablation = Path(study["recipe"]).with_suffix(".ablation.md")
+    seeds_path = out / "seeds.json"
+    seeds = json.loads(seeds_path.read_text()) if seeds_path.exists() else None
+    paths = {
+        "ssl_vs_random": plot_deltas(study["tasks"], "SSL − random init (paired 95% CI)", "difference in the task's metric",
+                                     out / "ssl_vs_random.png"),
+        "continual": plot_deltas(study["continual"], "stage 2: from stage 1 − from scratch (paired 95% CI)",
+                                 "difference in the task's metric", out / "continual.png"),
+        "scaling": plot_scaling(study["scaling"], out / "scaling.png"),
+        "loss_curves": plot_losses(_run_dirs(out, study), out / "loss_curves.png"),
+    }
+    text = ablation.read_text() if ablation is not None and ablation.is_file() else None
+    paths["report"] = out / "report.md"
+    paths["report"].write_text(report(study, text, seeds))
+    return paths
+
+
+def _run_dirs(out: Path, study: dict) -> dict[str, Path]:
+    dirs = {d.name: d for d in sorted((out / "sweep" / "runs").glob("*")) if d.is_dir()}
+    dirs.update({d.name: d for d in sorted((out / "runs").glob("*")) if d.is_dir()})
+    return dirs
+
+
+def combine(folders: list[Path], out: Path) -> list[Path]:
+    """seeds.json + seeds.md from several study folders; refreshes OUT/report.md when OUT is a study."""
+    from launch.study_markdown import seeds_table
+
+    studies = []
+    for f in folders:
+        path = Path(f) / "study.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: give folders written by `dinotrain study OUT`")
+        studies.append(json.loads(path.read_text()))
+    seeds: dict[str, Any] = {"seeds": [s["seed"] for s in studies], "folders": [str(f) for f in folders]}
+    for section in ("tasks", "continual"):
+        names = list(dict.fromkeys(t for s in studies for t in s[section]))
+        seeds[section] = {}
+        for t in names:
+            per = [s[section].get(t) for s in studies]
+            metric = next(p["metric"] for p in per if p)
+            seeds[section][t] = {"metric": metric,
+                                 "per_seed": [{"delta": p["delta"], "delta_ci": p["delta_ci"]} if p else None for p in per],
+                                 "all_above_zero": all(p and (_lo(p) or -1) > 0 for p in per)}
+    seeds["claims"] = {name: [s["claims"][key]["holds"] for s in studies]
+                       for name, key in (("SSL beats random", "ssl_beats_random"),
+                                         ("continual beats scratch", "continual_beats_scratch"),
+                                         ("largest size beats smallest", "scaling"))}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "seeds.json").write_text(json.dumps(clean(seeds), indent=1) + "\n")
+    (out / "seeds.md").write_text("# Laptop study across seeds\n\n" + "\n".join(seeds_table(seeds)))
+    paths = [out / "seeds.json", out / "seeds.md"]
+    if (out / "study.json").is_file():
+        paths.append(render(out)["report"])
+    return paths

@@ -1,0 +1,182 @@
+"""The laptop study (issue 14): held-out rule, paired CIs, the random-init baseline, claims, and the
+real script end to end in its shrunk mode on the real local SLURM."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dinotrain.eval.specs import load_spec, load_task
+from dinotrain.eval.tasks import EvalSettings, Scored
+from launch import study_data
+from launch.study_report import claims
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- held out
+def test_held_out_listing_excludes_test_images_and_their_patients(test_data):
+    tasks = ["jsrt_sex", "jsrt_nodule", "covid_sex", "covid_lungs", "ham10000"]
+    hold = study_data.held_out(tasks, test_data, None)
+    tests = {t: load_task(load_spec(t), test_data) for t in tasks}
+    expected = {str(Path(td.images[i]).resolve()) for td in tests.values() for i in td.indices("test")}
+    assert hold.images == expected and len(expected) > 100
+    test_patients = {r["patient_id"] for t in ("covid_sex", "covid_lungs")
+                     for r in (tests[t].rows[i] for i in tests[t].indices("test"))}
+    for group in ("cxr", "ct", "derm"):
+        rows = study_data.group_listing(group, test_data, hold)
+        paths = {r["path"] for r in rows}
+        assert not paths & hold.images
+        assert not any("/masks" in p for p in paths)  # image files of metadata.csv only
+        if group in ("cxr", "ct"):
+            covid = [r for r in rows if r["dataset"] == "covid_cxr"]
+            assert covid and not {r["patient_id"] for r in covid} & test_patients
+    cxr = study_data.group_listing("cxr", test_data, hold)
+    jsrt_test = {p for p in expected if "/jsrt/" in p}
+    assert sum(r["dataset"] == "jsrt" for r in cxr) == 247 - len(jsrt_test)  # JSRT: one image per patient
+    assert {r["modality"] for r in study_data.group_listing("ct", test_data, hold)} == {"CT"}
+
+
+# ----------------------------------------------------------------------------- paired CIs
+def test_paired_differences_use_the_same_resamples_for_both_models():
+    from dinotrain.eval.run import paired_differences
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=200)
+    noise = rng.normal(scale=5.0, size=200)  # large per-item noise shared by both models
+
+    def scored(model, offset):
+        return Scored(model, "t", "linear", "auroc", lambda i, o=offset: float(np.mean(x[i] + noise[i] + o)), 200)
+
+    out = paired_differences([scored("ssl", 0.3), scored("rand", 0.0)], "rand", EvalSettings(bootstrap=200))
+    (p,) = out
+    assert p["model"] == "ssl" and p["reference"] == "rand" and p["n"] == 200
+    assert p["delta"] == pytest.approx(0.3)
+    # the shared noise cancels in a paired resample: the CI is the offset itself
+    assert p["ci_low"] == pytest.approx(0.3) and p["ci_high"] == pytest.approx(0.3)
+
+
+def test_compare_to_must_name_one_of_the_models(test_data, tmp_path):
+    from dinotrain.eval.run import evaluate_models
+    from dinotrain.eval.specs import SpecError
+
+    with pytest.raises(SpecError, match="compare_to 'random:vit_small' is not one of the models"):
+        evaluate_models(["random:vit_tiny"], "jsrt_sex", test_data, tmp_path, compare_to="random:vit_small")
+
+
+def test_combine_names_a_folder_without_study_json(tmp_path, capsys):
+    from dinotrain.cli import main as cli_main
+
+    assert cli_main(["study", "--combine", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "nope/study.json not found" in err
+
+
+# ----------------------------------------------------------------------------- random init
+def test_initial_teacher_is_the_recipes_init_and_loads_in_eval(tmp_path):
+    import torch
+
+    from dinotrain.config import load_config
+    from dinotrain.eval.loading import load_model
+    from launch.study_runs import save_initial_teacher
+
+    over = ["model.layerscale_init=0.1", "train.seed=3"]
+    cfg = load_config(REPO / "configs/pretrain/tiny_cpu.yaml", over)
+    a = load_model(str(save_initial_teacher(cfg, tmp_path / "a")))
+    b = load_model(str(save_initial_teacher(cfg, tmp_path / "b")))
+    c = load_model(str(save_initial_teacher(load_config(REPO / "configs/pretrain/tiny_cpu.yaml",
+                                                        ["model.layerscale_init=0.1"]), tmp_path / "c")))
+    assert a.fingerprint == b.fingerprint != c.fingerprint  # the seed decides the weights
+    gammas = [v for k, v in a.model.state_dict().items() if k.endswith(("ls1.gamma", "ls2.gamma"))]
+    assert gammas and all(torch.allclose(g, torch.full_like(g, 0.1)) for g in gammas)  # not the schema's 1e-5
+
+
+def test_training_part_ignores_where_a_run_goes_not_what_it_learns():
+    from dinotrain.config import load_config
+    from launch.study_runs import training_part
+
+    base = REPO / "configs/pretrain/tiny_cpu.yaml"
+    a = load_config(base, ["output_dir=/x/a", "launch.cluster=local", "eval.tasks=[jsrt_sex]", "train.progress=false"])
+    b = load_config(base, ["output_dir=/y/b", "launch.cluster=slurm", "launch.run_eval=false"])
+    assert training_part(a) == training_part(b)
+    for change in ("optim.lr=0.01", "train.seed=1", "data.seed=2", "model.pretrained=/m.safetensors", "train.max_steps=3"):
+        assert training_part(load_config(base, [change])) != training_part(b), change
+
+
+# ----------------------------------------------------------------------------- claims
+def _row(delta, lo, hi, kind="classification"):
+    return {"metric": "linear/auroc", "delta": delta, "delta_ci": [lo, hi], "kind": kind}
+
+
+def test_claims_are_computed_from_the_numbers():
+    tasks = {f"t{i}": _row(0.1, 0.02, 0.2) for i in range(4)}
+    tasks |= {"x_sex": _row(0.1, 0.01, 0.2), "x_age": _row(0.1, 0.01, 0.2), "seg": _row(0.01, -0.01, 0.03, "segmentation")}
+    scaling = [{"diversity": "cxr", "task": "t", "images": n, "value": v, "ci": [v - 0.01, v + 0.01]}
+               for n, v in ((10, 0.6), (30, 0.65), (90, 0.7))]
+    study = {"tasks": tasks, "continual": {"a": _row(0.05, 0.01, 0.09), "b": _row(0.0, -0.02, 0.02)},
+             "scaling": scaling}
+    c = claims(study)
+    assert c["ssl_beats_random"]["holds"] and len(c["ssl_beats_random"]["image_tasks_ci_above_zero"]) == 6
+    assert c["continual_beats_scratch"]["holds"] and c["continual_beats_scratch"]["ci_above_zero"] == ["a"]
+    assert c["scaling"]["holds"] and c["scaling"]["pairs"][0]["cis_separate"]
+    study["tasks"]["x_age"] = _row(0.1, -0.01, 0.2)  # the only age task's CI now includes 0
+    study["continual"]["b"] = _row(-0.05, -0.09, -0.01)
+    c = claims(study)
+    assert not c["ssl_beats_random"]["holds"] and not c["ssl_beats_random"]["age_task"]
+    assert not c["continual_beats_scratch"]["holds"]
+
+
+# ----------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_quick_study_end_to_end_through_slurm(slurm_cluster, test_data, tmp_path):
+    out = tmp_path / "study"
+    env = {**os.environ, **slurm_cluster.env, "DINOTRAIN_TEST_DATA": str(test_data), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(REPO / "scripts/laptop_study.sh"), str(out), "1", "--quick"],
+                          capture_output=True, text=True, env=env, timeout=850)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for phase in ("data:", "pretrain: sweep", "continual stage 1", "continual stage 2", "eval:", "done:"):
+        assert phase in proc.stderr
+    assert "train:" in proc.stderr  # the trainer's own progress bar reaches the study's terminal
+
+    study = json.loads((out / "study.json").read_text())
+    assert study["seed"] == 1 and study["cluster"] == "slurm" and study["minutes"] > 0
+    assert set(study["tasks"]) == {"jsrt_sex", "jsrt_anatomy"} and set(study["continual"]) == {"jsrt_sex"}
+    for _name, t in study["tasks"].items():
+        assert {"metric", "ssl", "random", "delta", "delta_ci", "n_test"} <= set(t)
+        assert t["delta"] == pytest.approx(t["ssl"] - t["random"])
+        assert t["delta_ci"][0] <= t["delta"] <= t["delta_ci"][1] and t["n_test"] > 0
+    assert study["tasks"]["jsrt_anatomy"]["metric"] == "linear_head/dice_mean"
+    c = study["continual"]["jsrt_sex"]
+    assert {"metric", "from_stage1", "from_scratch", "delta_ci"} <= set(c)
+    assert {(r["diversity"], r["images"]) for r in study["scaling"]} == {(d, n) for d in ("cxr", "all") for n in (6, 12, 18)}
+    assert all({"diversity", "images", "task", "value", "ci"} <= set(r) for r in study["scaling"])
+
+    # held out: no test image of an evaluated task, as eval splits it, is in any shard set
+    tests = {str(Path(td.images[i]).resolve()) for t in ("jsrt_sex", "jsrt_anatomy")
+             for td in [load_task(load_spec(t), test_data, 60)] for i in td.indices("test")}
+    sources = [s for g in study["data"]["groups"].values() for s in study_data.shard_sources(g["path"])]
+    assert len(sources) == sum(g["images"] for g in study["data"]["groups"].values()) > 0
+    assert not set(sources) & tests
+    assert all(g["held_out_images_found"] == 0 for g in study["data"]["groups"].values())
+
+    # stage 2 started from stage 1's export; the random baseline is the SSL run's own init
+    s2 = (out / "runs" / "stage2_from_stage1" / "config.yaml").read_text()
+    assert "runs/stage1/export/latest/dinov2.safetensors" in s2 and "dino_head.safetensors" in s2
+    for f in ("report.md", "ssl_vs_random.png", "continual.png", "scaling.png", "loss_curves.png"):
+        assert (out / f).stat().st_size > 0, f
+    report = (out / "report.md").read_text()
+    assert "Which claims hold" in report and "Held-out policy" in report
+
+    from dinotrain.cli import main as cli_main
+
+    assert cli_main(["study", "--combine", str(out), str(out), "--out", str(out)]) == 0
+    seeds = json.loads((out / "seeds.json").read_text())
+    assert seeds["seeds"] == [1, 1] and "jsrt_sex" in seeds["tasks"]
+    assert "seed 1 | seed 1" in (out / "report.md").read_text()
