@@ -44,7 +44,8 @@ def test_no_command_prints_help_and_exits_2():
 
 def test_print_config_resolves_file_and_overrides():
     out = dinotrain("train", "--print-config", "configs/pretrain/vitb14_cxr.yaml", "optim.lr=1e-3",
-                    "train.max_steps=100")
+                    "train.max_steps=100", "optim.warmup_steps=10", "ssl.warmup_teacher_temp_steps=30",
+                    "optim.freeze_last_layer_steps=1")
     assert out.returncode == 0, out.stderr
     assert "lr: 0.001" in out.stdout and "max_steps: 100" in out.stdout and "name: cxr" in out.stdout
 
