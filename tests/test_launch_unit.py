@@ -283,3 +283,26 @@ def test_task_records_failures_that_are_base_exceptions(tmp_path):
         TrainTask(cfg, entry=f"{__name__}:_raise_like_dcp")()
     st = runstate.read_status(tmp_path)
     assert st["state"] == "failed" and "CheckpointException" in st["error"]
+
+
+def test_parse_results_reads_what_dinotrain_eval_writes(tmp_path):
+    from dinotrain.eval.report import write_json
+    from launch.report import parse_results
+
+    records = [{"model": "m", "task": "jsrt_nodule", "kind": "linear", "metric": "auroc", "split": "test",
+                "value": 0.91, "ci_low": 0.85, "ci_high": 0.96, "n": 50},
+               {"model": "m", "task": "jsrt_nodule", "kind": "knn", "metric": "auroc", "split": "test",
+                "value": 0.8, "ci_low": float("nan"), "ci_high": float("nan"), "n": 50},
+               {"model": "m", "task": "jsrt_age", "kind": "ridge", "metric": "r2", "split": "test",
+                "value": float("nan"), "ci_low": None, "ci_high": None, "n": 50}]
+    path = write_json(tmp_path, ["m"], ["jsrt_nodule", "jsrt_age"], records, {"resolution": 518})
+    rows = parse_results(json.loads(path.read_text()))
+    assert rows == [
+        {"task": "jsrt_nodule", "metric": "linear/auroc", "value": 0.91, "split": "test", "ci_low": 0.85,
+         "ci_high": 0.96},
+        {"task": "jsrt_nodule", "metric": "knn/auroc", "value": 0.8, "split": "test", "ci_low": None,
+         "ci_high": None},
+    ]  # the NaN value (written as null) is left out, NaN CIs become None
+    for other in ([], {"jsrt": {"auroc": 0.9}}, {"results": {"a": 1}}):
+        with pytest.raises(ValueError, match="results.json"):
+            parse_results(other)
