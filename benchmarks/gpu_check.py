@@ -77,8 +77,10 @@ def run_check(steps: int, batch: int, data: Path | None, compile_: bool, out_dir
         "model.arch=vit_base", "model.attn_backend=auto",
         "parallel.mixed_precision=bf16", f"parallel.compile={str(compile_).lower()}",
         f"train.max_steps={steps}", "train.log_every=1", f"train.checkpoint_every={steps}",
-        "train.export_every=0", "train.progress=false", "optim.warmup_steps=10",
-        "optim.freeze_last_layer_steps=5",
+        "train.export_every=0", "train.progress=false",
+        # every warm-up must fit in the run (the config refuses longer ones)
+        f"optim.warmup_steps={min(10, steps)}", f"optim.freeze_last_layer_steps={min(5, steps)}",
+        f"ssl.warmup_teacher_temp_steps={steps}",
     ]
     cfg = load_config(None, overrides)
     t0 = time.perf_counter()
