@@ -44,7 +44,7 @@ def test_schedules_equal_dinov2_cosine_scheduler(warmup, teacher_warmup, freeze)
     cfg = load_config(None, [f"train.max_steps={total}", f"optim.warmup_steps={warmup}",
                              f"ssl.warmup_teacher_temp_steps={teacher_warmup}",
                              f"optim.freeze_last_layer_steps={freeze}", "optim.lr=0.004", "optim.min_lr=1e-6"])
-    s = Schedules.from_config(cfg, global_batch=batch)
+    s = Schedules.from_config(cfg.optim, cfg.ssl, cfg.train, global_batch=batch)
     peak = 0.004 * math.sqrt(batch / 1024)  # dinov2's apply_scaling_rules_to_cfg
     lr = _cosine_scheduler(peak, 1e-6, total, warmup)
     last = lr.copy()

@@ -53,7 +53,7 @@ def test_lr_scaling():
 def test_schedules_from_config_follow_the_recipe():
     cfg = load_config(None, ["train.max_steps=100", "optim.warmup_steps=10", "optim.freeze_last_layer_steps=5",
                              "ssl.warmup_teacher_temp_steps=20", "optim.lr=0.004"])
-    s = Schedules.from_config(cfg, global_batch=64)
+    s = Schedules.from_config(cfg.optim, cfg.ssl, cfg.train, global_batch=64)
     peak = 0.004 * math.sqrt(64 / 1024)
     assert s.peak_lr == pytest.approx(peak)
     v0, v4, v5, v10, v_end = s.at(0), s.at(4), s.at(5), s.at(10), s.at(100)

@@ -95,10 +95,11 @@ class Schedules:
     freeze_last_layer_steps: int
 
     @classmethod
-    def from_config(cls, cfg, global_batch: int) -> Schedules:
-        o, s = cfg.optim, cfg.ssl
+    def from_config(cls, optim, ssl, train, global_batch: int) -> Schedules:
+        """From the config's `optim`, `ssl` and `train` sections and the global batch size."""
+        o, s = optim, ssl
         return cls(
-            total_steps=int(cfg.train.max_steps),
+            total_steps=int(train.max_steps),
             peak_lr=scaled_lr(float(o.lr), global_batch, o.lr_scaling),
             min_lr=float(o.min_lr),
             warmup_steps=int(o.warmup_steps),

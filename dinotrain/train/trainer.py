@@ -126,7 +126,8 @@ class Trainer:
         self.student, self.teacher = build_networks(cfg.model, cfg.ssl, cfg.parallel, cfg.train.seed, self.device,
                                                     env.world_size)
         self.optimizer = build_optimizer(self.student, cfg.optim, num_layers=self.student.backbone.n_blocks)
-        self.schedules = Schedules.from_config(cfg, int(cfg.data.batch_size_per_gpu) * env.world_size)
+        self.schedules = Schedules.from_config(cfg.optim, cfg.ssl, cfg.train,
+                                               int(cfg.data.batch_size_per_gpu) * env.world_size)
         mp_dtype = param_dtype(cfg.parallel.mixed_precision, self.device)
         # without FSDP the MixedPrecisionPolicy is absent: autocast gives the same compute dtype
         self.autocast = (torch.autocast(self.device.type, dtype=mp_dtype)
