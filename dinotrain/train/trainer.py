@@ -6,9 +6,8 @@ After torchtitan's trainer: `train()` resumes and runs the steps, `train_step()`
 `SSLMetaArch.forward_backward`). What must survive a restart is the `TrainState`; when to log,
 checkpoint and export is the `SavePolicy`; fp16 scaling is the state's `LossScaler`.
 
-Differences from DINOv2 kept on purpose: none in the update itself. The heads' last layer is
-"frozen" as DINOv2 freezes it: lr 0 for `optim.freeze_last_layer_steps`, while its gradient
-still counts in the clipping norm and its AdamW moments accumulate.
+The heads' last layer is "frozen" as DINOv2 freezes it: lr 0 for `optim.freeze_last_layer_steps`,
+while its gradient still counts in the clipping norm and its AdamW moments accumulate.
 """
 
 from __future__ import annotations
