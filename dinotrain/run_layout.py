@@ -63,9 +63,9 @@ def load_teacher(run_dir: str | Path) -> tuple[dict[str, Any], Any]:
     """
     from omegaconf import OmegaConf
 
+    from dinotrain.dcp_local import load_in_one_process
     from dinotrain.models import build_backbone
     from dinotrain.models.convert import sub_state_dict
-    from dinotrain.dcp_local import load_in_one_process
 
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
