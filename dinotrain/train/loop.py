@@ -1,8 +1,10 @@
 """`run(cfg)`: the one training entry of every mode (local, torchrun, SLURM task).
 
-Order of a run: process group -> config saved -> `Trainer` (loader, student/teacher on the meta
-device, FSDP2, init or pretrained weights, optimiser) -> `Trainer.train()` (resume from the
-newest complete checkpoint, steps with metrics, checkpoints and teacher exports) -> a summary.
+Order of a run: inputs checked (data sources, weights files) -> process group -> run folder
+checked (resumable, or the old run set aside on train.resume=false) and config saved ->
+`Trainer` (loader, student/teacher on the meta device, FSDP2, init or pretrained weights,
+optimiser) -> `Trainer.train()` (resume from the newest complete checkpoint, steps with
+metrics, checkpoints and teacher exports) -> a summary.
 """
 
 from __future__ import annotations
