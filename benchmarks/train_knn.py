@@ -92,13 +92,13 @@ def initial_teacher(cfg) -> dict:
     import torch
     import torch.distributed as dist
 
-    from dinotrain.train.loop import build_networks
+    from dinotrain.train.networks import build_networks
 
     created = not dist.is_initialized()
     if created:
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
-        _, teacher = build_networks(cfg, torch.device("cpu"), 1)
+        _, teacher = build_networks(cfg.model, cfg.ssl, cfg.parallel, cfg.train.seed, torch.device("cpu"), 1)
         sd = {k.removeprefix("backbone."): v.full_tensor().clone() if hasattr(v, "full_tensor") else v.clone()
               for k, v in teacher.state_dict().items() if k.startswith("backbone.")}
     finally:
@@ -111,8 +111,8 @@ def run_check(steps: int, n_covid: int, batch: int, out_dir: Path) -> dict:
     if not (DATA / "jsrt" / "metadata.csv").is_file() or not (DATA / "covid_cxr" / "metadata.csv").is_file():
         raise Skip(f"real images missing under {DATA} (jsrt/, covid_cxr/)")
     from dinotrain.config import load_config
+    from dinotrain.run_layout import load_teacher
     from dinotrain.train import run
-    from dinotrain.train.checkpoint import load_teacher
     from shards.build import build_shards
 
     work = Path(tempfile.mkdtemp(prefix="train_knn_"))

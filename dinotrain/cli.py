@@ -65,25 +65,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def _not_built(name: str):
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-
-    def main(args: argparse.Namespace) -> int:
-        print(f"dinotrain {name}: not built yet in this version (see the project's open issues)", file=sys.stderr)
-        return 2
-
-    return add_arguments, main
-
-
 def _load(name: str):
-    module_name = COMMANDS[name][0]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name and module_name.startswith(e.name):
-            return _not_built(name)
-        raise
+    module = importlib.import_module(COMMANDS[name][0])
     return module.add_arguments, module.main
 
 

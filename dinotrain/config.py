@@ -68,8 +68,10 @@ class DataConfig:
     brightness: float = opt(0.4, "brightness jitter amplitude (multiplicative)")
     contrast: float = opt(0.4, "contrast jitter amplitude")
     gamma: float = opt(0.2, "gamma jitter amplitude (gamma in [1-g, 1+g])")
-    blur_p_global1: float = opt(1.0, "probability of Gaussian blur on the first global crop")
-    blur_p_global2: float = opt(0.1, "probability of Gaussian blur on the second global crop")
+    # dinov2's code hands `1 - p` to RandomApply: its "p=1.0 / 0.1" crops are blurred with 0.0 / 0.9,
+    # which is what RAD-DINO's weights trained with (the paper's labels: 1.0 / 0.1 / 0.5)
+    blur_p_global1: float = opt(0.0, "probability of Gaussian blur on the first global crop (dinov2's code; paper label 1.0)")
+    blur_p_global2: float = opt(0.9, "probability of Gaussian blur on the second global crop (dinov2's code; paper label 0.1)")
     solarize_p_global2: float = opt(0.2, "probability of solarisation on the second global crop")
     blur_p_local: float = opt(0.5, "probability of Gaussian blur on each local crop")
     mean: float = opt(0.5307, "normalisation mean (RAD-DINO)")
@@ -118,7 +120,9 @@ class SSLConfig:
     student_temp: float = opt(0.1, "student softmax temperature")
     teacher_temp: float = opt(0.07, "teacher temperature after warm-up")
     warmup_teacher_temp: float = opt(0.04, "teacher temperature at step 0")
-    warmup_teacher_temp_steps: int = opt(37500, "steps of teacher temperature warm-up")
+    warmup_teacher_temp_steps: int = opt(
+        30000, "steps of teacher temperature warm-up (DINOv2's 37,500 is longer than RAD-DINO's 35k steps; must fit "
+        "in train.max_steps)")
     momentum_teacher: float = opt(0.992, "EMA momentum at step 0")
     final_momentum_teacher: float = opt(1.0, "EMA momentum at the last step (cosine)")
 
@@ -137,7 +141,11 @@ class OptimConfig:
     clip_grad: float = opt(3.0, "gradient norm clip (0 = off)")
     layerwise_decay: float = opt(0.9, "layer-wise lr decay")
     patch_embed_lr_mult: float = opt(0.2, "lr multiplier of the patch embedding")
-    freeze_last_layer_steps: int = opt(1250, "steps with the heads' last layer frozen")
+    freeze_last_layer_steps: int = opt(
+        1250, "steps with the heads' last layer at lr 0 (as DINOv2: its gradient still counts in the clipping norm "
+        "and its AdamW moments accumulate)")
+    decay_tokens: bool = opt(
+        True, "weight decay on cls_token, pos_embed, mask_token, register_tokens (DINOv2 decays them); false exempts them")
 
 
 # ----------------------------------------------------------------------------- train
@@ -226,6 +234,15 @@ class Config:
     parallel: ParallelConfig = opt(help="distribution and precision", factory=ParallelConfig)
     launch: LaunchConfig = opt(help="job submission", factory=LaunchConfig)
     eval: EvalConfig = opt(help="frozen-feature evaluation", factory=EvalConfig)
+
+
+def default_of(section: type, name: str) -> Any:
+    """The schema's default of field `name` of a section dataclass: what code that mirrors a
+    section (AugmentSpec, LossParams, EvalSettings) uses as its own defaults."""
+    f = section.__dataclass_fields__[name]
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
 
 
 # ----------------------------------------------------------------------------- loading
@@ -389,6 +406,7 @@ def validate(cfg: DictConfig) -> None:
     need(0 < cfg.optim.layerwise_decay <= 1, "optim.layerwise_decay", "must be in (0, 1]")
     need(cfg.optim.clip_grad >= 0, "optim.clip_grad", "must be >= 0 (0 disables clipping)")
     need(cfg.train.max_steps >= 1, "train.max_steps", "must be >= 1")
+    _check_warmups_fit(cfg)
     need(cfg.train.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
     need(cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
     need(cfg.train.log_every >= 1, "train.log_every", "must be >= 1")
@@ -408,19 +426,37 @@ def validate(cfg: DictConfig) -> None:
                  "a count must be a whole number; a fraction must be < 1")
 
 
+# every schedule that ramps over a number of steps, and what it never reaches when cut short
+WARMUPS = {
+    "optim.warmup_steps": "the learning rate would never reach its peak",
+    "ssl.warmup_teacher_temp_steps": "the teacher temperature would never reach ssl.teacher_temp",
+    "optim.freeze_last_layer_steps": "the heads' last layer would never train",
+}
+
+
+def _check_warmups_fit(cfg: DictConfig) -> None:
+    """A warm-up longer than the run silently changes the recipe (DINOv2's 37,500-step teacher
+    warm-up in a 35,000-step run never reaches 0.07): refuse it up front."""
+    total = int(cfg.train.max_steps)
+    for key, consequence in WARMUPS.items():
+        n = int(_get(cfg, key))
+        if n < 0:
+            raise ConfigError(f"invalid value {n} for '{key}': must be >= 0")
+        if n > total:
+            raise ConfigError(
+                f"{key}={n} is longer than train.max_steps={total}: {consequence}; "
+                f"set {key}<={total} or raise train.max_steps")
+
+
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
 def save_config(cfg: DictConfig, run_dir: str | Path) -> Path:
     """Write the resolved config beside the run (`<run_dir>/config.yaml`), atomically."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    out = run_dir / "config.yaml"
-    tmp = out.with_suffix(".yaml.tmp")
-    tmp.write_text(to_yaml(cfg))
-    tmp.replace(out)
-    return out
+    from dinotrain.atomic import write_text
+
+    return write_text(Path(run_dir) / "config.yaml", to_yaml(cfg))
 
 
 def reference_markdown() -> str:

@@ -7,7 +7,7 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dinotrain.train.cli import add_config_arguments
+    from dinotrain.config_args import add_config_arguments
 
     add_config_arguments(parser)
     parser.add_argument("--dry-run", action="store_true",
@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from dinotrain.config import to_yaml
-    from dinotrain.train.cli import resolve_config
+    from dinotrain.config_args import resolve_config
 
     cfg = resolve_config(args)
     if args.print_config:

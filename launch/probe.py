@@ -16,23 +16,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from dinotrain.atomic import keep_jsonl_until, write_text
+
 ENTRY = "launch.probe:count_steps"
 STEP_SECONDS_ENV = "DINOTRAIN_PROBE_STEP_S"  # seconds per step, to give a requeue test time to act
 CKPT = "probe_ckpt.json"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Keep metrics lines with step <= last_step: steps after the checkpoint are redone."""
-    if not path.exists():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= last_step]
-    _atomic_write(path, "".join(ln + "\n" for ln in keep))
 
 
 def count_steps(cfg: DictConfig) -> int:
@@ -53,7 +41,7 @@ def count_steps(cfg: DictConfig) -> int:
     start = json.loads(ckpt.read_text())["step"] if ckpt.exists() else 0
     metrics = out / "metrics.jsonl"
     if rank == 0:
-        _truncate_metrics(metrics, start)
+        keep_jsonl_until(metrics, start)
     delay = float(os.environ.get(STEP_SECONDS_ENV, "0"))
     for step in range(start + 1, int(cfg.train.max_steps) + 1):
         time.sleep(delay)
@@ -62,7 +50,7 @@ def count_steps(cfg: DictConfig) -> int:
                 f.write(json.dumps({"step": step, "loss": 1.0 / step, "world_size": world,
                                     "rank_sum": rank_sum}) + "\n")
             if step % int(cfg.train.checkpoint_every) == 0 or step == int(cfg.train.max_steps):
-                _atomic_write(ckpt, json.dumps({"step": step}))
+                write_text(ckpt, json.dumps({"step": step}))
     if world > 1:
         import torch.distributed as dist
 

@@ -1,12 +1,8 @@
 """`sweep report`: collect every run's results into results.csv, fit scaling laws, plot, tabulate.
 
-Evaluation results are read from each run's `results.json` (written by `dinotrain eval`;
-looked for in <run>/eval/, <run>/ and one level below). The collector accepts:
-  - {"results": [record, ...]} or [record, ...], a record holding
-      task (or dataset), metric (or name), value (or mean / score), optional kind
-      (knn, linear, ...; the metric is then named kind/metric), split, ci_low / ci_high
-      (or ci: [low, high]) -- `dinotrain eval`'s format (dinotrain/eval/report.py);
-  - {task: {metric: value | {"value": v, ...}}}.
+Evaluation results are read from each run's `results.json` (written by `dinotrain eval`, in
+the format documented in dinotrain/eval/report.py; looked for in <run>/eval/, <run>/ and one
+level below).
 The end of each run's training (mean of the last lines of metrics.jsonl) adds rows with
 task `train` for every key with 'loss' in its name, so a sweep without evaluation still
 gets curves.
@@ -67,34 +63,20 @@ def _num(v: Any) -> float | None:
 
 
 def parse_results(data: Any) -> list[dict[str, Any]]:
-    """Normalise an eval results.json to records {task, metric, value, split, ci_low, ci_high}."""
-    records = data.get("results") if isinstance(data, dict) and "results" in data else data
+    """Records {task, metric, value, split, ci_low, ci_high} of a `dinotrain eval` results.json
+    (the format documented in dinotrain/eval/report.py); a record's metric is named
+    kind/metric (knn/auroc, linear/auroc, ...) so two methods' AUROCs stay apart. Records
+    without a finite value (NaN was written as null) are left out."""
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+        raise ValueError("not a `dinotrain eval` results.json (no 'results' list)")
     out: list[dict[str, Any]] = []
-    if isinstance(records, list):
-        for r in records:
-            if not isinstance(r, dict):
-                continue
-            value = _num(next((r[k] for k in ("value", "mean", "score") if k in r), None))
-            task = r.get("task") or r.get("dataset")
-            metric = r.get("metric") or r.get("name")
-            if metric and r.get("kind"):
-                metric = f"{r['kind']}/{metric}"  # the method (knn, linear, ...) tells two AUROCs apart
-            if value is None or not task or not metric:
-                continue
-            ci = r.get("ci") if isinstance(r.get("ci"), (list, tuple)) and len(r.get("ci")) == 2 else (None, None)
-            out.append({"task": str(task), "metric": str(metric), "value": value, "split": str(r.get("split") or ""),
-                        "ci_low": _num(r.get("ci_low", ci[0])), "ci_high": _num(r.get("ci_high", ci[1]))})
-    elif isinstance(records, dict):
-        for task, metrics in records.items():
-            if not isinstance(metrics, dict):
-                continue
-            for metric, v in metrics.items():
-                value = _num(v.get("value", v.get("mean")) if isinstance(v, dict) else v)
-                if value is not None:
-                    lo = _num(v.get("ci_low")) if isinstance(v, dict) else None
-                    hi = _num(v.get("ci_high")) if isinstance(v, dict) else None
-                    out.append({"task": str(task), "metric": str(metric), "value": value, "split": "",
-                                "ci_low": lo, "ci_high": hi})
+    for r in data["results"]:
+        value = _num(r.get("value"))
+        if value is None:
+            continue
+        metric = f"{r['kind']}/{r['metric']}" if r.get("kind") else str(r["metric"])
+        out.append({"task": str(r["task"]), "metric": metric, "value": value, "split": str(r.get("split") or ""),
+                    "ci_low": _num(r.get("ci_low")), "ci_high": _num(r.get("ci_high"))})
     return out
 
 
@@ -103,8 +85,8 @@ def _eval_records(run_dir: Path) -> list[dict[str, Any]]:
         for path in sorted(run_dir.glob(pattern)):
             try:
                 return parse_results(json.loads(path.read_text()))
-            except (OSError, json.JSONDecodeError):
-                continue
+            except (OSError, json.JSONDecodeError, ValueError, KeyError):
+                continue  # unreadable, or not an eval results file
     return []
 
 

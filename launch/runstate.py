@@ -9,11 +9,12 @@ without writing done" means failed.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from pathlib import Path
 from typing import Any
+
+from dinotrain.atomic import write_json
 
 SUBMISSION = "job.json"
 STATUS = "job_status.json"
@@ -22,10 +23,7 @@ TERMINAL = ("done", "failed")
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)  # atomic: a reader never sees half a file
+    write_json(path, data, indent=1, sort_keys=True)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -119,9 +119,23 @@ def plan(opts: StudyOptions, cfg, pool: dict[str, int], eval_images: dict[str, i
         steps = max(1, min(int(cfg.train.max_steps), fits))
     total = fixed + n_runs(sizes) * steps * step_s
     return {"sizes": sizes, "steps": steps, "runs": n_runs(sizes), "seconds_per_step": round(step_s, 3),
+            "warmups": fitted_warmups(cfg, steps),
             "estimate_minutes": round(total / 60, 1), "estimate_parts_minutes": {
                 "shards": round(shards_s / 60, 1), "train": round(n_runs(sizes) * (steps * step_s + RUN_OVERHEAD_S) / 60, 1),
                 "eval": round(eval_seconds(opts, eval_images) / 60, 1)}}
+
+
+def fitted_warmups(cfg, steps: int) -> list[str]:
+    """Overrides that shorten the recipe's warm-ups in proportion when a run has fewer steps than
+    its train.max_steps (the config refuses a warm-up longer than the run; pure)."""
+    from omegaconf import OmegaConf
+
+    from dinotrain.config import WARMUPS
+
+    total = int(cfg.train.max_steps)
+    if steps >= total:
+        return []
+    return [f"{key}={int(OmegaConf.select(cfg, key)) * steps // total}" for key in WARMUPS]
 
 
 def print_plan(p: dict, opts: StudyOptions, pool: dict[str, int], cluster: str) -> None:
@@ -145,13 +159,14 @@ def resolve_cluster(choice: str) -> str:
     return choice
 
 
-def common_overrides(opts: StudyOptions, steps: int, cluster: str) -> list[str]:
+def common_overrides(opts: StudyOptions, steps: int, cluster: str, warmups: list[str] = ()) -> list[str]:
+    """Every run's overrides; `warmups` (see fitted_warmups) before the user's, which win."""
     from launch.study_runs import slurm_cpus
 
     cpus = slurm_cpus() if cluster == "slurm" else max(1, os.cpu_count() or 1)
     return [f"train.seed={opts.seed}", f"data.seed={opts.seed}", f"train.max_steps={steps}", "train.export_every=0",
             f"launch.cluster={cluster}", f"launch.cpus_per_task={cpus}", "launch.array_parallelism=1",
-            "launch.time_minutes=180", "launch.run_eval=false", *opts.overrides]
+            "launch.time_minutes=180", "launch.run_eval=false", *warmups, *opts.overrides]
 
 
 def eval_overrides(opts: StudyOptions, cache: Path) -> dict:
@@ -199,7 +214,7 @@ def run_study(opts: StudyOptions) -> dict:
     print_plan(p, opts, pool, cluster)
     log(t0, "data: building shard sets")
     data = study_data.prepare(opts.data_root, opts.out / "data", hold, opts.shard_size, opts.images_per_group)
-    runs = pretrain(opts, p, data, common_overrides(opts, p["steps"], cluster), cluster, t0)
+    runs = pretrain(opts, p, data, common_overrides(opts, p["steps"], cluster, p["warmups"]), cluster, t0)
     from launch.report import write_report
 
     write_report(opts.out / "sweep", metric=_sweep_metric(opts))  # `dinotrain sweep report`'s own table and plot

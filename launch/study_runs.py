@@ -180,7 +180,8 @@ def save_initial_teacher(run_cfg: DictConfig, out_dir: Path) -> Path:
 
     from dinotrain.config import save_config
     from dinotrain.train.distributed import init_distributed
-    from dinotrain.train.loop import build_networks, export_teacher
+    from dinotrain.train.export import export_teacher
+    from dinotrain.train.networks import build_networks
 
     cfg = OmegaConf.create(OmegaConf.to_container(run_cfg, resolve=True))
     cfg.output_dir = str(out_dir)
@@ -191,8 +192,8 @@ def save_initial_teacher(run_cfg: DictConfig, out_dir: Path) -> Path:
         with warnings.catch_warnings():
             # the trainer handles CPU DTensor init per shard itself (build_networks) and says so
             warnings.filterwarnings("ignore", message=r"DTensor random operators")
-            _, teacher = build_networks(cfg, env.device, env.world_size)
-        export_teacher(teacher, cfg, 0, env)
+            _, teacher = build_networks(cfg.model, cfg.ssl, cfg.parallel, cfg.train.seed, env.device, env.world_size)
+        export_teacher(teacher, cfg.model, cfg.ssl, cfg.output_dir, 0, env)
     finally:
         if env.created_group:
             torch.distributed.destroy_process_group()

@@ -21,6 +21,15 @@ def dinotrain(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
                           env=env, timeout=120)
 
 
+def test_data_and_launch_commands_do_not_import_the_trainer():
+    code = ("import sys, dinotrain.data.cli, launch.cli, dinotrain.models.export_cli, dinotrain.eval.loading; "
+            "print(sorted(m for m in sys.modules if m.startswith('dinotrain.train')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_help_lists_every_subcommand():
     out = dinotrain("--help")
     assert out.returncode == 0
@@ -44,7 +53,8 @@ def test_no_command_prints_help_and_exits_2():
 
 def test_print_config_resolves_file_and_overrides():
     out = dinotrain("train", "--print-config", "configs/pretrain/vitb14_cxr.yaml", "optim.lr=1e-3",
-                    "train.max_steps=100")
+                    "train.max_steps=100", "optim.warmup_steps=10", "ssl.warmup_teacher_temp_steps=30",
+                    "optim.freeze_last_layer_steps=1")
     assert out.returncode == 0, out.stderr
     assert "lr: 0.001" in out.stdout and "max_steps: 100" in out.stdout and "name: cxr" in out.stdout
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from dinotrain.config import ConfigError, iter_fields, load_config, save_config, schema, to_yaml
+from dinotrain.config import WARMUPS, ConfigError, iter_fields, load_config, save_config, schema, to_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,8 +37,29 @@ def test_every_field_documented():
     assert undocumented == []
 
 
+def test_warmups_must_fit_in_the_run():
+    """DINOv2's 37,500-step teacher warm-up in a 35,000-step run never reaches its temperature:
+    every warm-up longer than train.max_steps is refused up front, naming the fix."""
+    cfg = load_config(REPO / "configs/pretrain/vitb14_cxr.yaml")
+    for key in WARMUPS:
+        assert OmegaConf.select(cfg, key) <= cfg.train.max_steps, key
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["ssl.warmup_teacher_temp_steps=37500", "train.max_steps=35000"])
+    msg = str(e.value)
+    assert "ssl.warmup_teacher_temp_steps=37500" in msg and "train.max_steps=35000" in msg
+    assert "set ssl.warmup_teacher_temp_steps<=35000 or raise train.max_steps" in msg and "\n" not in msg
+    for key in WARMUPS:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_config(None, ["train.max_steps=10", *(f"{k}={11 if k == key else 0}" for k in WARMUPS)])
+    # equal to the run is allowed (the warm-up ends with the run), and so are zeros
+    load_config(None, ["train.max_steps=10", *(f"{k}=10" for k in WARMUPS)])
+    load_config(None, ["train.max_steps=1", *(f"{k}=0" for k in WARMUPS)])
+
+
 def test_yaml_delta_and_dotlist_override(tmp_path):
-    cfg = load_config(REPO / "configs/pretrain/vitb14_cxr.yaml", ["optim.lr=1e-3", "train.max_steps=100"])
+    # a shorter run needs its warm-ups to fit (see test_warmups_must_fit_in_the_run)
+    cfg = load_config(REPO / "configs/pretrain/vitb14_cxr.yaml", ["optim.lr=1e-3", "train.max_steps=100",
+                                                                  "optim.warmup_steps=10", "ssl.warmup_teacher_temp_steps=30", "optim.freeze_last_layer_steps=1"])
     assert cfg.optim.lr == pytest.approx(1e-3)
     assert cfg.train.max_steps == 100
     assert cfg.data.sources[0].name == "cxr"

@@ -188,8 +188,10 @@ def test_export_cli_file_folder_and_run_dir(tmp_path, capsys, monkeypatch):
     assert cli_main(["export", str(tmp_path / "hf"), "--format", "dinov2", "--out", str(tmp_path / "d2")]) == 0
     with torch.no_grad():
         assert close(load_backbone(tmp_path / "d2" / "dinov2.safetensors").eval()(x), model(x))
-    # run directory without the trainer's load_teacher: its latest export + config.yaml
-    monkeypatch.setitem(__import__("sys").modules, "dinotrain.train.checkpoint", None)
+    # a run directory is read without importing the trainer (dinotrain.train blocked): here from
+    # its latest export + config.yaml
+    for mod in ("dinotrain.train", "dinotrain.train.checkpoint", "dinotrain.train.loop", "dinotrain.train.trainer"):
+        monkeypatch.setitem(__import__("sys").modules, mod, None)
     run = tmp_path / "run"
     cfg = load_config(overrides=["model.arch=vit_tiny", "model.img_size=56", "model.num_register_tokens=0"])
     save_config(cfg, run)

@@ -99,22 +99,6 @@ def test_probe_rows_pair_models_per_task():
     assert rows[1].ssl_ci is None and rows[1].delta == pytest.approx(0.1)
 
 
-def test_missing_piece_is_named_and_exits_2(monkeypatch, tmp_path, capsys):
-    from dinotrain.cli import main
-
-    monkeypatch.setattr(demo_run, "PIECES", demo_run.PIECES + (("the frobnicator", "dinotrain.no_such_module", "x"),
-                                                               ("the runner", "dinotrain.demo.run", "no_such_fn")))
-    assert main(["demo", "--out", str(tmp_path / "d")]) == 2
-    err = capsys.readouterr().err
-    assert "the frobnicator: module dinotrain.no_such_module not found" in err
-    assert "the runner: dinotrain.demo.run.no_such_fn not found" in err
-    assert not (tmp_path / "d").exists()  # failed before doing anything
-
-
-def test_pieces_present_in_this_tree():
-    assert demo_run.missing_pieces() == []
-
-
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
     """The real chain: shards build, 2-process training via the local executor, eval, report."""

@@ -133,6 +133,13 @@ def test_run_directory_and_exported_file_give_the_same_model(tmp_path, test_data
         ref = model.eval().forward_features(x)["x_norm_clstoken"]
         torch.testing.assert_close(a.model.forward_features(x)["x_norm_clstoken"], ref)
         torch.testing.assert_close(b.model.forward_features(x)["x_norm_clstoken"], ref)
+    # the inputs are normalised as the run trained: its config's data.mean/std (the schema's,
+    # RAD-DINO's, for anything without a run config)
+    assert (a.mean, a.std) == (b.mean, b.std) == (cfg.data.mean, cfg.data.std) == (0.5307, 0.2583)
+    cfg.data.mean, cfg.data.std = 0.4, 0.3
+    save_config(OmegaConf.structured(cfg), tmp_path / "run")
+    c = load_model(str(tmp_path / "run"))
+    assert (c.mean, c.std) == (0.4, 0.3) and c.fingerprint != a.fingerprint  # other inputs, other features
 
 
 def test_cli_errors_are_clear(tmp_path, test_data, capsys):

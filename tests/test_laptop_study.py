@@ -105,8 +105,23 @@ def test_training_part_ignores_where_a_run_goes_not_what_it_learns():
     a = load_config(base, ["output_dir=/x/a", "launch.cluster=local", "eval.tasks=[jsrt_sex]", "train.progress=false"])
     b = load_config(base, ["output_dir=/y/b", "launch.cluster=slurm", "launch.run_eval=false"])
     assert training_part(a) == training_part(b)
-    for change in ("optim.lr=0.01", "train.seed=1", "data.seed=2", "model.pretrained=/m.safetensors", "train.max_steps=3"):
+    for change in ("optim.lr=0.01", "train.seed=1", "data.seed=2", "model.pretrained=/m.safetensors", "train.max_steps=30"):
         assert training_part(load_config(base, [change])) != training_part(b), change
+
+
+def test_a_run_shortened_to_fit_the_budget_gets_warm_ups_that_fit():
+    from dinotrain.config import load_config
+    from launch.study import fitted_warmups
+
+    recipe = REPO / "configs/pretrain/laptop_real.yaml"  # 300 steps: warm-ups 30 (lr), 100 (teacher), 30 (freeze)
+    cfg = load_config(recipe)
+    assert fitted_warmups(cfg, 300) == [] and fitted_warmups(cfg, 500) == []
+    short = fitted_warmups(cfg, 60)  # a fifth of the recipe: each warm-up a fifth
+    assert short == ["optim.warmup_steps=6", "ssl.warmup_teacher_temp_steps=20", "optim.freeze_last_layer_steps=6"]
+    fitted = load_config(recipe, ["train.max_steps=60", *short])  # refused without them (teacher: 100 > 60)
+    assert fitted.ssl.warmup_teacher_temp_steps == 20
+    with pytest.raises(Exception, match="warmup_teacher_temp_steps=100 is longer than train.max_steps=60"):
+        load_config(recipe, ["train.max_steps=60"])
 
 
 # ----------------------------------------------------------------------------- claims

@@ -14,6 +14,8 @@ from dinotrain.config import ConfigError, load_config
 from launch import executor, report, runstate, scaling, sweep
 
 REPO = Path(__file__).resolve().parents[1]
+# a few-step run needs warm-ups that fit in it (the config refuses longer ones)
+NO_WARMUP = ["optim.warmup_steps=0", "ssl.warmup_teacher_temp_steps=0", "optim.freeze_last_layer_steps=0"]
 
 
 def test_dry_run_prints_sbatch_for_4_nodes_x_8_gpus(capsys, tmp_path):
@@ -103,7 +105,7 @@ diversity: {{a: [a], ab: [a, b]}}
 sizes: [40, 0.5, all]
 models: [vit_tiny, vit_small]
 zip: {{train.max_steps: [3, 6], optim.warmup_steps: [1, 2]}}
-overrides: {{train.checkpoint_every: 2}}
+overrides: {{train.checkpoint_every: 2, ssl.warmup_teacher_temp_steps: 1, optim.freeze_last_layer_steps: 1}}
 """)
     spec = sweep.load_sweep(spec_file, ["launch.cpus_per_task=1", "sizes=[40,0.5,all]"])
     runs = sweep.expand(spec)
@@ -274,7 +276,8 @@ def test_sweep_cli_report_and_status(tmp_path, capsys):
 # ----------------------------------------------------------------------------- local executors
 def test_launch_debug_runs_in_process_and_marks_done(tmp_path, capsys):
     run = tmp_path / "dbg"
-    rc = cli_main(["launch", "launch.cluster=debug", f"output_dir={run}", "train.max_steps=3", "--probe", "--wait"])
+    rc = cli_main(["launch", "launch.cluster=debug", f"output_dir={run}", "train.max_steps=3", *NO_WARMUP, "--probe",
+                   "--wait"])
     assert rc == 0 and "done" in capsys.readouterr().out
     assert [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     assert runstate.read_status(run)["state"] == "done" and runstate.read_submission(run)["cluster"] == "debug"
@@ -285,7 +288,8 @@ def test_launch_local_runs_in_a_subprocess_and_failures_are_recorded(tmp_path, c
     from launch.submit import submit_run
 
     run = tmp_path / "loc"
-    rc = cli_main(["launch", "launch.cluster=local", f"output_dir={run}", "train.max_steps=2", "--probe", "--wait"])
+    rc = cli_main(["launch", "launch.cluster=local", f"output_dir={run}", "train.max_steps=2", *NO_WARMUP, "--probe",
+                   "--wait"])
     assert rc == 0, capsys.readouterr()
     lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(d["step"], d["world_size"]) for d in lines] == [(1, 1), (2, 1)]
@@ -320,3 +324,26 @@ def test_task_records_failures_that_are_base_exceptions(tmp_path):
         TrainTask(cfg, entry=f"{__name__}:_raise_like_dcp")()
     st = runstate.read_status(tmp_path)
     assert st["state"] == "failed" and "CheckpointException" in st["error"]
+
+
+def test_parse_results_reads_what_dinotrain_eval_writes(tmp_path):
+    from dinotrain.eval.report import write_json
+    from launch.report import parse_results
+
+    records = [{"model": "m", "task": "jsrt_nodule", "kind": "linear", "metric": "auroc", "split": "test",
+                "value": 0.91, "ci_low": 0.85, "ci_high": 0.96, "n": 50},
+               {"model": "m", "task": "jsrt_nodule", "kind": "knn", "metric": "auroc", "split": "test",
+                "value": 0.8, "ci_low": float("nan"), "ci_high": float("nan"), "n": 50},
+               {"model": "m", "task": "jsrt_age", "kind": "ridge", "metric": "r2", "split": "test",
+                "value": float("nan"), "ci_low": None, "ci_high": None, "n": 50}]
+    path = write_json(tmp_path, ["m"], ["jsrt_nodule", "jsrt_age"], records, {"resolution": 518})
+    rows = parse_results(json.loads(path.read_text()))
+    assert rows == [
+        {"task": "jsrt_nodule", "metric": "linear/auroc", "value": 0.91, "split": "test", "ci_low": 0.85,
+         "ci_high": 0.96},
+        {"task": "jsrt_nodule", "metric": "knn/auroc", "value": 0.8, "split": "test", "ci_low": None,
+         "ci_high": None},
+    ]  # the NaN value (written as null) is left out, NaN CIs become None
+    for other in ([], {"jsrt": {"auroc": 0.9}}, {"results": {"a": 1}}):
+        with pytest.raises(ValueError, match="results.json"):
+            parse_results(other)

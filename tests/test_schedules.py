@@ -23,18 +23,21 @@ def test_cosine_endpoints_and_midpoint():
 def test_warmup_cosine_shape():
     peak, end = 1e-3, 1e-6
     assert warmup_cosine(0, 100, peak, end, warmup=10) == 0.0
-    assert warmup_cosine(5, 100, peak, end, warmup=10) == pytest.approx(peak / 2)
+    # DINOv2's np.linspace(0, peak, 10): the peak is reached on the last warm-up step
+    assert warmup_cosine(5, 100, peak, end, warmup=10) == pytest.approx(peak * 5 / 9)
+    assert warmup_cosine(9, 100, peak, end, warmup=10) == pytest.approx(peak)
     assert warmup_cosine(10, 100, peak, end, warmup=10) == pytest.approx(peak)
     assert warmup_cosine(55, 100, peak, end, warmup=10) == pytest.approx(end + (peak - end) / 2)
     assert warmup_cosine(100, 100, peak, end, warmup=10) == pytest.approx(end)
     # a warm-up longer than the run is cut to the run: still increasing, no division by zero
     vals = [warmup_cosine(s, 5, peak, end, warmup=100) for s in range(5)]
-    assert vals == sorted(vals) and vals[-1] == pytest.approx(peak * 4 / 5)
+    assert vals == sorted(vals) and vals[-1] == pytest.approx(peak)
 
 
 def test_teacher_temperature_warmup():
     assert linear_warmup_then_constant(0, 30, 0.04, 0.07) == pytest.approx(0.04)
-    assert linear_warmup_then_constant(15, 30, 0.04, 0.07) == pytest.approx(0.055)
+    assert linear_warmup_then_constant(15, 30, 0.04, 0.07) == pytest.approx(0.04 + 0.03 * 15 / 29)
+    assert linear_warmup_then_constant(29, 30, 0.04, 0.07) == pytest.approx(0.07)
     assert linear_warmup_then_constant(30, 30, 0.04, 0.07) == pytest.approx(0.07)
     assert linear_warmup_then_constant(1000, 30, 0.04, 0.07) == pytest.approx(0.07)
 
@@ -50,7 +53,7 @@ def test_lr_scaling():
 def test_schedules_from_config_follow_the_recipe():
     cfg = load_config(None, ["train.max_steps=100", "optim.warmup_steps=10", "optim.freeze_last_layer_steps=5",
                              "ssl.warmup_teacher_temp_steps=20", "optim.lr=0.004"])
-    s = Schedules.from_config(cfg, global_batch=64)
+    s = Schedules.from_config(cfg.optim, cfg.ssl, cfg.train, global_batch=64)
     peak = 0.004 * math.sqrt(64 / 1024)
     assert s.peak_lr == pytest.approx(peak)
     v0, v4, v5, v10, v_end = s.at(0), s.at(4), s.at(5), s.at(10), s.at(100)

@@ -109,7 +109,7 @@ def test_exported_teacher_loads_with_from_hf_and_transformers(reference_run):
     from safetensors.torch import load_file
 
     from dinotrain.models.convert import from_hf, load_dino_head
-    from dinotrain.train.checkpoint import load_teacher
+    from dinotrain.run_layout import load_teacher
 
     latest = reference_run / "export" / "latest"
     ours = from_hf(latest / "hf").eval()
@@ -189,11 +189,12 @@ def test_two_rank_checkpoint_resumes_on_one_rank(reference_run, tmp_path):
 
 def test_one_rank_checkpoint_resumes_on_two_ranks(cxr_shards, tmp_path):
     cfg = write_config(tmp_path / "cfg.yaml", cxr_shards, tmp_path / "run", checkpoint_every=2, export_every=0)
-    first = train(cfg, 1, "train.max_steps=2")
+    short = ("optim.warmup_steps=2", "ssl.warmup_teacher_temp_steps=2")  # warm-ups must fit in the first run
+    first = train(cfg, 1, "train.max_steps=2", *short)
     assert first.returncode == 0, first.stderr[-4000:]
     meta = tmp_path / "run" / "ckpt" / "step_0000002" / "meta.json"
     assert json.loads(meta.read_text())["world_size"] == 1
-    res = train(cfg, 2, "train.max_steps=4")
+    res = train(cfg, 2, "train.max_steps=4", *short)
     assert res.returncode == 0, res.stderr[-4000:]
     assert "resharded" in res.stderr
     rows = losses_by_step(tmp_path / "run")

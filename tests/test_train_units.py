@@ -46,6 +46,12 @@ TINY = [
 ]
 
 
+def _nets(cfg):
+    from dinotrain.train.networks import build_networks
+
+    return build_networks(cfg.model, cfg.ssl, cfg.parallel, cfg.train.seed, torch.device("cpu"), 1)
+
+
 @pytest.fixture()
 def group():
     """A one-process gloo group (what `run` creates for a local run), destroyed afterwards."""
@@ -66,21 +72,23 @@ def test_param_multipliers_follow_dinov2():
     assert m("backbone.blocks.11.mlp.fc1.weight")["wd_mult"] == 1.0
     assert m("dino_head.mlp.0.weight")["lr_mult"] == pytest.approx(1.0)
     for name, shape in [("backbone.blocks.3.attn.qkv.bias", (4,)), ("backbone.blocks.3.norm1.weight", (4,)),
-                        ("backbone.blocks.3.ls1.gamma", (4,)), ("backbone.norm.weight", (4,)),
-                        ("backbone.cls_token", (1, 1, 4)), ("backbone.pos_embed", (1, 5, 4)),
-                        ("backbone.mask_token", (1, 4))]:
+                        ("backbone.blocks.3.ls1.gamma", (4,)), ("backbone.norm.weight", (4,))]:
         assert m(name, shape)["wd_mult"] == 0.0, name
+    tokens = [("backbone.cls_token", (1, 1, 4)), ("backbone.pos_embed", (1, 5, 4)), ("backbone.mask_token", (1, 4)),
+              ("backbone.register_tokens", (1, 4, 4))]
+    for name, shape in tokens:  # DINOv2 decays them; decay_tokens=False is the opt-out
+        assert m(name, shape)["wd_mult"] == 1.0, name
+        assert param_multipliers(name, torch.empty(shape), 12, 0.9, 0.2, decay_tokens=False)["wd_mult"] == 0.0
     assert m("backbone.cls_token", (1, 1, 4))["lr_mult"] == pytest.approx(0.9**13)
     ll = m("dino_head.last_layer.weight_v", (256, 64))
     assert ll["is_last_layer"] and ll["wd_mult"] == 1.0
 
 
 def test_optimizer_groups_and_step_values(group):
-    from dinotrain.train.loop import build_networks
 
     cfg = load_config(None, TINY)
-    student, _ = build_networks(cfg, torch.device("cpu"), 1)
-    opt = build_optimizer(student, cfg, num_layers=12)
+    student, _ = _nets(cfg)
+    opt = build_optimizer(student, cfg.optim, num_layers=12)
     n_params = sum(1 for p in student.parameters() if p.requires_grad)
     assert sum(len(g["params"]) for g in opt.param_groups) == n_params
     apply_step_values(opt, StepValues(lr=1e-3, last_layer_lr=0.0, wd=0.04, momentum=0.99, teacher_temp=0.04))
@@ -252,11 +260,10 @@ def test_json_state_roundtrip():
 
 @pytest.mark.slow
 def test_checkpoint_roundtrip_keep_last_and_atomicity(group, tmp_path):
-    from dinotrain.train.loop import build_networks
 
     cfg = load_config(None, TINY)
-    student, teacher = build_networks(cfg, torch.device("cpu"), 1)
-    opt = build_optimizer(student, cfg, 12)
+    student, teacher = _nets(cfg)
+    opt = build_optimizer(student, cfg.optim, 12)
     apply_step_values(opt, StepValues(lr=1e-3, last_layer_lr=1e-3, wd=0.04, momentum=0.9, teacher_temp=0.04))
     x = torch.randn(2, 3, 56, 56)
     student(x)["global_cls_logits"].square().mean().backward()
@@ -276,8 +283,8 @@ def test_checkpoint_roundtrip_keep_last_and_atomicity(group, tmp_path):
     want_opt = {n: {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).clone() for k, v in opt.state[p].items()}
                 for n, p in student.named_parameters() if p in opt.state}
     assert "backbone.mask_token" not in want_opt  # never had a gradient: no AdamW state saved
-    s2, t2 = build_networks(load_config(None, TINY + ["train.seed=5"]), torch.device("cpu"), 1)
-    opt2 = build_optimizer(s2, cfg, 12)
+    s2, t2 = _nets(load_config(None, TINY + ["train.seed=5"]))
+    opt2 = build_optimizer(s2, cfg.optim, 12)
     got = {"step": torch.tensor(0), "dino_center": torch.zeros(1, 256)}
     meta, rank_state = load_checkpoint(latest_checkpoint(tmp_path), s2, t2, opt2, got)
     assert meta["step"] == 3 and rank_state == {"loader": {"pos": 3}}
@@ -302,7 +309,6 @@ def test_init_from_hf_weights_first_forward_equals_transformers(group, tmp_path)
     transformers = pytest.importorskip("transformers")
     from dinotrain.models import build_backbone, build_head
     from dinotrain.models.convert import save_dino_head, to_hf
-    from dinotrain.train.loop import build_networks
 
     torch.manual_seed(1)
     src = build_backbone(load_config(None, TINY).model, device="cpu")
@@ -316,7 +322,7 @@ def test_init_from_hf_weights_first_forward_equals_transformers(group, tmp_path)
     save_dino_head(head, tmp_path / "dino_head.safetensors")
     cfg = load_config(None, TINY + [f"model.pretrained={tmp_path / 'hf'}",
                                     f"model.pretrained_head={tmp_path / 'dino_head.safetensors'}"])
-    student, teacher = build_networks(cfg, torch.device("cpu"), 1)
+    student, teacher = _nets(cfg)
     for name, p in head.state_dict().items():  # RAD-DINO-style released head, in student and teacher
         torch.testing.assert_close(student.dino_head.state_dict()[name].full_tensor(), p, rtol=0, atol=0)
         torch.testing.assert_close(teacher.dino_head.state_dict()[name].full_tensor(), p, rtol=0, atol=0)
@@ -336,14 +342,13 @@ def test_init_from_hf_weights_first_forward_equals_transformers(group, tmp_path)
 
 @pytest.mark.slow
 def test_activation_checkpointing_gives_the_same_gradients(group):
-    from dinotrain.train.loop import build_networks
 
     torch.manual_seed(0)
     x = torch.randn(2, 3, 56, 56)
     grads = {}
     for mode in ("none", "full", "selective"):
         cfg = load_config(None, TINY + [f"parallel.activation_checkpointing={mode}"])
-        student, _ = build_networks(cfg, torch.device("cpu"), 1)
+        student, _ = _nets(cfg)
         student(x)["global_cls_logits"].logsumexp(-1).mean().backward()
         grads[mode] = [p.grad.full_tensor().clone() for p in student.parameters() if p.grad is not None]
     for mode in ("full", "selective"):

@@ -50,7 +50,10 @@ def base_overrides(shards: Path, out: Path, steps: int, batch: int, device: str,
         f"train.device={'cuda' if gpu else 'cpu'}", "data.num_threads=8" if gpu else "data.num_threads=1",
         "model.attn_backend=auto", "parallel.fsdp=true",
         f"train.max_steps={steps}", "train.log_every=1", f"train.checkpoint_every={checkpoint_every or steps}",
-        "train.export_every=0", "train.progress=false", "optim.warmup_steps=10", "optim.freeze_last_layer_steps=0",
+        "train.export_every=0", "train.progress=false",
+        # every warm-up must fit in the run (the config refuses longer ones)
+        f"optim.warmup_steps={min(10, steps)}", "optim.freeze_last_layer_steps=0",
+        f"ssl.warmup_teacher_temp_steps={steps}",
         "launch.run_eval=false",
     ]
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dinotrain.config import DataConfig, default_of
+
 # columns of the per-crop parameter rows fed to the DALI graph
 Y0, X0, Y1, X1, BRIGHT, CONTRAST, GAMMA, BLUR, SIGMA, SOLAR, INTENSITY = range(11)
 N_PARAMS = 11
@@ -20,21 +22,28 @@ BLUR_SIGMA = (0.1, 2.0)  # DINOv2's GaussianBlur radius range
 BLUR_WINDOW = 9  # DINOv2 / torchvision kernel size
 
 
+def _d(name: str):
+    value = default_of(DataConfig, name)
+    return tuple(value) if isinstance(value, list) else value
+
+
 @dataclass(frozen=True)
 class AugmentSpec:
-    n_global: int = 2
-    n_local: int = 8
-    global_scale: tuple[float, float] = (0.32, 1.0)
-    local_scale: tuple[float, float] = (0.05, 0.32)
-    flip_p: float = 0.5
-    intensity_p: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    gamma: float = 0.2
-    blur_p_global1: float = 1.0
-    blur_p_global2: float = 0.1
-    solarize_p_global2: float = 0.2
-    blur_p_local: float = 0.5
+    """The augmentation part of the `data` section (defaults: the schema's)."""
+
+    n_global: int = _d("global_crops_number")
+    n_local: int = _d("local_crops_number")
+    global_scale: tuple[float, float] = _d("global_crops_scale")
+    local_scale: tuple[float, float] = _d("local_crops_scale")
+    flip_p: float = _d("flip_p")
+    intensity_p: float = _d("intensity_p")
+    brightness: float = _d("brightness")
+    contrast: float = _d("contrast")
+    gamma: float = _d("gamma")
+    blur_p_global1: float = _d("blur_p_global1")
+    blur_p_global2: float = _d("blur_p_global2")
+    solarize_p_global2: float = _d("solarize_p_global2")
+    blur_p_local: float = _d("blur_p_local")
 
     @classmethod
     def from_config(cls, data) -> AugmentSpec:

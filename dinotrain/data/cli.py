@@ -17,7 +17,7 @@ MAX_ROWS = 32  # rows of crops.png (samples), whatever the batch size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dinotrain.train.cli import add_config_arguments
+    from dinotrain.config_args import add_config_arguments
 
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
     p = sub.add_parser("preview", help="write crops.png and batch.json for the first batches of a config",
@@ -156,7 +156,7 @@ def main(args: argparse.Namespace) -> int:
         print("dinotrain data: choose an action: preview (see `dinotrain data preview --help`)", file=sys.stderr)
         return 2
     from dinotrain.config import to_yaml
-    from dinotrain.train.cli import resolve_config
+    from dinotrain.config_args import resolve_config
 
     cfg = resolve_config(args)
     if args.print_config:

@@ -5,7 +5,7 @@
         batch["index"]                      # positions in `paths` of these rows
 
 Resize the shorter side to `resolution` (bicubic), centre crop `resolution` square, scale to
-[0, 1] (8- or 16-bit alike), normalise with mean/std (RAD-DINO: 0.5307 / 0.2583), repeat a
+[0, 1] (8- or 16-bit alike), normalise with mean/std (default: the schema's data.mean/std, RAD-DINO's), repeat a
 grayscale channel when `channels=3`. Items are file paths (PNG 8/16-bit, JPEG) or encoded
 bytes. The last batch may be shorter. Runs on the GPU when CUDA is available (as training).
 """
@@ -18,8 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from dinotrain.config import DataConfig, default_of
 from dinotrain.data.loader import GRAY_MODES
 from dinotrain.data.pipeline import GraphSpec, eval_pipeline, resolve_device
+
+_MEAN, _STD = default_of(DataConfig, "mean"), default_of(DataConfig, "std")
 
 
 def _encoded(item) -> bytes:
@@ -55,7 +58,7 @@ def centre_crop_pos(height: int, width: int, res: int) -> np.ndarray:
 class EvalLoader:
     """Iterator of {"images": tensor [b, C, R, R], "index": list[int]} over `items`, in order."""
 
-    def __init__(self, items: Sequence, resolution: int = 518, mean: float = 0.5307, std: float = 0.2583,
+    def __init__(self, items: Sequence, resolution: int = 518, mean: float = _MEAN, std: float = _STD,
                  channels: int = 3, batch_size: int = 32, num_threads: int = 2, device: str = "auto"):
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -106,7 +109,7 @@ class EvalLoader:
             yield {"images": images, "index": idx}
 
 
-def build_eval_loader(items: Sequence, resolution: int = 518, mean: float = 0.5307, std: float = 0.2583,
+def build_eval_loader(items: Sequence, resolution: int = 518, mean: float = _MEAN, std: float = _STD,
                       channels: int = 3, batch_size: int = 32, num_threads: int = 2,
                       device: str = "auto") -> EvalLoader:
     """Deterministic RAD-DINO eval preprocessing over image paths or encoded bytes (see module doc)."""

@@ -14,7 +14,6 @@ Sample keys carry the image file's size and mtime, so replaced images are re-ext
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-RAD_DINO_MEAN = 0.5307
-RAD_DINO_STD = 0.2583
+from dinotrain.config import DataConfig, default_of
+
+# the schema's normalisation (RAD-DINO's); a run's own comes from its config (eval.loading)
+RAD_DINO_MEAN = default_of(DataConfig, "mean")
+RAD_DINO_STD = default_of(DataConfig, "std")
 
 
 def read_image(ref: Any, arrays: dict | None = None) -> Image.Image:
@@ -155,10 +157,10 @@ class FeatureCache:
         p = self.path(key)
         if p is None:
             return
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(f".tmp{uuid.uuid4().hex[:12]}")  # unique: parallel evals may share a cache
-        save_file({k: np.ascontiguousarray(v) for k, v in feats.items()}, str(tmp))
-        tmp.replace(p)  # atomic: a reader never sees half a file
+        from dinotrain.atomic import atomic_path
+
+        with atomic_path(p) as tmp:  # unique temporary name: parallel evals may share a cache
+            save_file({k: np.ascontiguousarray(v) for k, v in feats.items()}, str(tmp))
 
 
 # ----------------------------------------------------------------------------- extraction

@@ -2,7 +2,7 @@
 
 - `random:ARCH` or `random:ARCH:SEED`  a randomly initialised backbone (the floor every trained
   model must beat), e.g. `random:vit_small`.
-- a run directory (holds `config.yaml`)  its teacher, via `dinotrain.train.checkpoint.load_teacher`
+- a run directory (holds `config.yaml`)  its teacher, via `dinotrain.run_layout.load_teacher`
   (newest complete checkpoint, else `export/latest`).
 - a Hugging Face folder (holds `config.json`, e.g. a downloaded `microsoft/rad-dino`), or an
   export folder (`hf/` + `dinov2.safetensors`)  via `dinotrain.models.convert`.
@@ -29,6 +29,8 @@ class LoadedModel:
     patch_size: int
     in_chans: int
     fingerprint: str
+    mean: float  # the input normalisation the model was trained with
+    std: float
 
 
 def _from_state(state_dict: dict, model_cfg: Any, source: str):
@@ -43,10 +45,7 @@ def _from_state(state_dict: dict, model_cfg: Any, source: str):
 
 
 def _convert(path: Path):
-    try:
-        from dinotrain.models import convert
-    except ImportError as e:
-        raise SpecError(f"model {path}: loading it needs dinotrain.models.convert, which is not available ({e})") from e
+    from dinotrain.models import convert
     from dinotrain.models.weights_file import check_weights_source
 
     if path.is_dir() and (path / "hf" / "config.json").is_file():
@@ -78,7 +77,7 @@ def build_model(spec: str, device: str = "cpu"):
             raise SpecError(f"model '{spec}': no such file or folder, and not 'random:ARCH' "
                             "(give a run directory, a Hugging Face folder, a DINOv2 checkpoint or random:vit_small)")
         if path.is_dir() and (path / "config.yaml").is_file():
-            from dinotrain.train.checkpoint import load_teacher
+            from dinotrain.run_layout import load_teacher
 
             state, model_cfg = load_teacher(path)
             model = _from_state(state, model_cfg, spec)
@@ -93,12 +92,34 @@ def build_model(spec: str, device: str = "cpu"):
     return model.to(device).eval()
 
 
+def _default_normalisation() -> tuple[float, float]:
+    from dinotrain.config import DataConfig, default_of
+
+    return float(default_of(DataConfig, "mean")), float(default_of(DataConfig, "std"))
+
+
+def normalisation(spec: str) -> tuple[float, float]:
+    """(mean, std) of the inputs: a run's `data.mean`/`data.std`, else the schema's (RAD-DINO's)."""
+    mean, std = _default_normalisation()
+    run_cfg = Path(spec).expanduser() / "config.yaml"
+    if not spec.startswith("random:") and run_cfg.is_file():
+        from omegaconf import OmegaConf
+
+        data = OmegaConf.load(run_cfg).get("data") or {}
+        mean, std = data.get("mean", mean), data.get("std", std)
+    return float(mean), float(std)
+
+
 def load_model(spec: str, device: str = "cpu") -> LoadedModel:
     from dinotrain.eval.features import model_fingerprint
 
     model = build_model(spec, device)
-    # the architecture enters the hash too: equal weights under another forward would differ
+    mean, std = normalisation(spec)
+    # the architecture (and the normalisation) enter the hash too: equal weights under another
+    # forward would give other features
     extra = f"{type(model).__name__}:{getattr(model, 'interpolate_offset', '')}:{getattr(model, 'num_register_tokens', '')}"
+    if (mean, std) != _default_normalisation():
+        extra += f":{mean}:{std}"  # only when not the default: existing caches stay valid
     return LoadedModel(name=spec, model=model, patch_size=int(model.patch_size),
                        in_chans=int(getattr(model, "in_chans", 3)),
-                       fingerprint=model_fingerprint(model.state_dict(), extra))
+                       fingerprint=model_fingerprint(model.state_dict(), extra), mean=mean, std=std)

@@ -31,6 +31,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from dinotrain import atomic
+
 
 def _clean(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
@@ -41,11 +43,7 @@ def _clean(v: Any) -> Any:
 def write_json(out: Path, models: list[str], tasks: list[str], records: list[dict], settings: dict) -> Path:
     data = {"models": models, "tasks": tasks, "settings": settings,
             "results": [{k: _clean(v) for k, v in r.items()} for r in records]}
-    path = out / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1, allow_nan=False))
-    tmp.replace(path)
-    return path
+    return atomic.write_json(out / "results.json", data, indent=1, allow_nan=False)
 
 
 def write_paired(out: Path, reference: str, paired: list[dict]) -> Path:

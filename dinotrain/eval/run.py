@@ -152,7 +152,7 @@ def _run(models: list[str], data: list, settings: EvalSettings, cache_dir: str) 
                 lm.model.forward_features, task.keys, task.images, resolution=s.resolution,
                 patch_size=s.patch_size, cache=cache, need_patch=needs_patch_tokens(task),
                 batch_size=s.batch_size, device=s.device, channels=lm.in_chans, progress=s.progress,
-                desc=f"{task.spec.name} [{name}]", loader=s.loader,
+                desc=f"{task.spec.name} [{name}]", loader=s.loader, mean=lm.mean, std=lm.std,
             )
             recs = score(task, targets_by[key], feats, name, s)
             log.info("%s on %s: %d metrics", name, task.spec.name, len(recs))

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from dinotrain.config import EvalConfig, ModelConfig, default_of
 from dinotrain.eval import metrics
 from dinotrain.eval.specs import SpecError, TaskData
 from dinotrain.eval.threads import single_thread
@@ -22,18 +23,20 @@ from dinotrain.eval.threads import single_thread
 
 @dataclass
 class EvalSettings:
-    resolution: int = 518
-    patch_size: int = 14
-    batch_size: int = 32
-    knn_k: int = 20
-    knn_temperature: float = 0.07
-    bootstrap: int = 1000
-    seg_steps: int = 300
-    align_steps: int = 300
+    """How one evaluation runs; the fields shared with the `eval` section default to the schema's."""
+
+    resolution: int = default_of(EvalConfig, "resolution")
+    patch_size: int = default_of(ModelConfig, "patch_size")
+    batch_size: int = default_of(EvalConfig, "batch_size")
+    knn_k: int = default_of(EvalConfig, "knn_k")
+    knn_temperature: float = default_of(EvalConfig, "knn_temperature")
+    bootstrap: int = default_of(EvalConfig, "bootstrap")
+    seg_steps: int = default_of(EvalConfig, "seg_steps")
+    align_steps: int = default_of(EvalConfig, "align_steps")
     seed: int = 0
-    device: str = "cpu"
-    threads: int = 0
-    loader: str = "plain"
+    device: str = "cpu"  # resolved (the schema's "auto" is decided by `dinotrain eval`)
+    threads: int = default_of(EvalConfig, "threads")
+    loader: str = default_of(EvalConfig, "loader")
     cache_dir: str | None = None
     progress: bool = True
 

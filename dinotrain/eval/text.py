@@ -18,7 +18,6 @@ training image (cosine on CLS features); ROUGE-L F1 (rouge-score, stemmed) and c
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -62,10 +61,11 @@ def encode_texts(texts: list[str], cache_dir: str | Path | None = None, batch_si
             out.append(torch.nn.functional.normalize(e, dim=-1).cpu().numpy())
     emb = np.concatenate(out).astype(np.float32) if out else np.zeros((0, 384), np.float32)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-        np.save(tmp, emb)
-        tmp.replace(path)
+        from dinotrain.atomic import atomic_path
+
+        # a file object: np.save would add ".npy" to a temporary name
+        with atomic_path(path) as tmp, tmp.open("wb") as f:
+            np.save(f, emb)
     return emb
 
 

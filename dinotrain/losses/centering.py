@@ -38,13 +38,38 @@ def softmax_center(teacher_logits: torch.Tensor, center: torch.Tensor, temp: flo
 @torch.no_grad()
 def update_center(center: torch.Tensor, teacher_logits: torch.Tensor, momentum: float = 0.9,
                   distributed: bool | None = None, group=None) -> torch.Tensor:
-    """The new centre: momentum * center + (1 - momentum) * mean of the teacher logits over all
-    rows of all processes. `teacher_logits` is [..., K]; leading dims are flattened."""
+    """The DINO (CLS) centre: momentum * center + (1 - momentum) * mean of the teacher logits over
+    all rows of all processes (every process holds the same number of rows, as in DINOv2).
+    `teacher_logits` is [..., K]; leading dims are flattened."""
     logits = teacher_logits.reshape(-1, teacher_logits.shape[-1])
     batch_center = all_reduce_sum(logits.sum(dim=0, keepdim=True), distributed, group)
     n = logits.shape[0] * world_size(distributed, group)
     batch_center = batch_center / n
     return center * momentum + batch_center.to(center.dtype) * (1 - momentum)
+
+
+@torch.no_grad()
+def update_center_mean_of_ranks(center: torch.Tensor, teacher_logits: torch.Tensor, momentum: float = 0.9,
+                                distributed: bool | None = None, group=None) -> torch.Tensor:
+    """The iBOT (masked patch) centre as DINOv2 updates it: the mean over processes of each
+    process's mean row, so a process with 40 masked patches weighs as much as one with 200.
+
+    Every process returns the same centre. A process with no rows has no mean: it is left out
+    of the average (DINOv2 would produce NaN there), and when no process has a row the centre
+    is kept as it is. `teacher_logits` is [..., K]; leading dims are flattened.
+    """
+    logits = teacher_logits.reshape(-1, teacher_logits.shape[-1]).float()
+    n_rows = logits.shape[0]
+    # one reduction: [sum of the per-process means | number of processes that had rows]
+    packed = torch.zeros(1, logits.shape[-1] + 1, device=logits.device, dtype=torch.float32)
+    if n_rows > 0:
+        packed[:, :-1] = logits.mean(dim=0, keepdim=True)
+        packed[:, -1] = 1.0
+    packed = all_reduce_sum(packed, distributed, group)
+    contributors = packed[:, -1:]
+    batch_center = packed[:, :-1] / contributors.clamp_min(1.0)
+    new = center * momentum + batch_center.to(center.dtype) * (1 - momentum)
+    return torch.where(contributors > 0, new, center)  # no host sync: decided on the device
 
 
 @torch.no_grad()

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from dinotrain.atomic import atomic_path, write_json
 from dinotrain.models.heads import DINOHead
 from dinotrain.models.vit import VisionTransformer
 
@@ -95,22 +96,15 @@ def _materialise(sd: Mapping[str, Any]) -> StateDict:
 def _save_safetensors(sd: StateDict, path: Path, metadata: dict[str, str] | None = None) -> Path:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(_materialise(sd), str(tmp), metadata=metadata)
-    tmp.replace(path)
-    return path
-
-
-def _write_json(obj: dict, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(_materialise(sd), str(tmp), metadata=metadata)
     return path
 
 
 # ----------------------------------------------------------------------------- naming
-def _strip_prefixes(sd: Mapping[str, torch.Tensor], drop: tuple[str, ...] = ()) -> StateDict:
+def _strip_prefixes(sd: Mapping[str, torch.Tensor], drop: tuple[str, ...] = (),
+                    prefixes: tuple[str, ...] = _PREFIXES) -> StateDict:
+    """Keys without any leading wrapper `prefixes` (repeatedly); keys starting with `drop` are left out."""
     out = {}
     for k, v in sd.items():
         if any(k.startswith(d) for d in drop):
@@ -118,11 +112,16 @@ def _strip_prefixes(sd: Mapping[str, torch.Tensor], drop: tuple[str, ...] = ()) 
         changed = True
         while changed:
             changed = False
-            for p in _PREFIXES:
+            for p in prefixes:
                 if k.startswith(p):
                     k, changed = k[len(p):], True
         out[k] = v
     return out
+
+
+def sub_state_dict(sd: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
+    """The entries under `prefix` (e.g. "backbone." of a student/teacher), without it."""
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
 def normalize_dinov2_keys(sd: Mapping[str, torch.Tensor]) -> StateDict:
@@ -142,105 +141,95 @@ def is_hf_state_dict(sd: Mapping[str, torch.Tensor]) -> bool:
     return any(k.startswith(("embeddings.", "encoder.layer.", "dinov2.embeddings.")) for k in sd)
 
 
-_HF_LAYER = [
-    # (HF suffix regex, our suffix)
-    (r"norm1\.(weight|bias)", r"norm1.\1"),
-    (r"norm2\.(weight|bias)", r"norm2.\1"),
-    (r"attention\.(?:output\.dense|o_proj)\.(weight|bias)", r"attn.proj.\1"),
-    (r"layer_scale1\.lambda1", "ls1.gamma"),
-    (r"layer_scale2\.lambda1", "ls2.gamma"),
-    (r"mlp\.fc1\.(weight|bias)", r"mlp.fc1.\1"),
-    (r"mlp\.fc2\.(weight|bias)", r"mlp.fc2.\1"),
-    (r"mlp\.weights_in\.(weight|bias)", r"mlp.w12.\1"),
-    (r"mlp\.(?:weights_out|down_proj)\.(weight|bias)", r"mlp.w3.\1"),
-]
+# The one table of Hugging Face names. Ours (DINOv2's) -> the published HF name first (what
+# `to_hf` writes, which every transformers version reads), then other names that load
+# (transformers 5). q/k/v and SwiGLU gate/up are split tensors: handled beside the table.
 _HF_TOP = {
-    "embeddings.cls_token": "cls_token",
-    "embeddings.mask_token": "mask_token",
-    "embeddings.position_embeddings": "pos_embed",
-    "embeddings.register_tokens": "register_tokens",
-    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
-    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
-    "layernorm.weight": "norm.weight",
-    "layernorm.bias": "norm.bias",
+    "cls_token": ("embeddings.cls_token",),
+    "mask_token": ("embeddings.mask_token",),
+    "pos_embed": ("embeddings.position_embeddings",),
+    "register_tokens": ("embeddings.register_tokens",),
+    "patch_embed.proj.weight": ("embeddings.patch_embeddings.projection.weight",),
+    "patch_embed.proj.bias": ("embeddings.patch_embeddings.projection.bias",),
+    "norm.weight": ("layernorm.weight",),
+    "norm.bias": ("layernorm.bias",),
 }
+_HF_BLOCK_MODULES = {  # inside `blocks.N.` <-> `encoder.layer.N.`, each with .weight and .bias
+    "norm1": ("norm1",),
+    "norm2": ("norm2",),
+    "attn.proj": ("attention.output.dense", "attention.o_proj"),
+    "mlp.fc1": ("mlp.fc1",),
+    "mlp.fc2": ("mlp.fc2",),
+    "mlp.w12": ("mlp.weights_in",),
+    "mlp.w3": ("mlp.weights_out", "mlp.down_proj"),
+}
+_HF_BLOCK = {
+    **{f"{ours}.{kind}": tuple(f"{h}.{kind}" for h in hf) for ours, hf in _HF_BLOCK_MODULES.items()
+       for kind in ("weight", "bias")},
+    "ls1.gamma": ("layer_scale1.lambda1",),
+    "ls2.gamma": ("layer_scale2.lambda1",),
+}
+# the inverse: every HF name that loads -> ours
+_FROM_HF_TOP = {h: ours for ours, names in _HF_TOP.items() for h in names}
+_FROM_HF_BLOCK = {h: ours for ours, names in _HF_BLOCK.items() for h in names}
+_HF_QKV = re.compile(r"attention\.(?:attention\.(query|key|value)|(q|k|v)_proj)\.(weight|bias)$")
+_HF_GATE_UP = re.compile(r"mlp\.(gate|up)_proj\.(weight|bias)$")
+_HF_LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.*)$")
+
+
+def _join_parts(groups: dict[tuple[str, str], dict[str, torch.Tensor]], order: tuple[str, ...], target: str,
+                what: str) -> StateDict:
+    """Concatenate split tensors (q, k, v or gate, up) of each (layer, weight|bias) in `order`."""
+    out = {}
+    for (i, kind), parts in groups.items():
+        if set(parts) != set(order):
+            raise ValueError(f"HF weights: layer {i} {what} {kind} has only {sorted(parts)} of {', '.join(order)}")
+        out[f"blocks.{i}.{target}.{kind}"] = torch.cat([parts[o] for o in order], dim=0)
+    return out
 
 
 def hf_to_dinov2_keys(sd: Mapping[str, torch.Tensor]) -> StateDict:
     """HF `Dinov2Model` (published or transformers-5 names) -> DINOv2 naming, qkv fused."""
     sd = _strip_prefixes(sd, drop=("classifier.",))
     out: StateDict = {}
-    split: dict[tuple[str, str], dict[str, torch.Tensor]] = {}  # (layer, weight|bias) -> q/k/v
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}  # (layer, weight|bias) -> q/k/v
     gate_up: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     unknown = []
-    layer_re = re.compile(r"^encoder\.layer\.(\d+)\.(.*)$")
     for k, v in sd.items():
-        if k in _HF_TOP:
-            out[_HF_TOP[k]] = v
-            continue
-        m = layer_re.match(k)
-        if not m:
-            unknown.append(k)
-            continue
-        i, rest = m.groups()
-        qkv = re.match(r"attention\.(?:attention\.(query|key|value)|(q|k|v)_proj)\.(weight|bias)$", rest)
-        if qkv:
-            which = (qkv.group(1) or qkv.group(2))[0]  # q, k or v
-            split.setdefault((i, qkv.group(3)), {})[which] = v
-            continue
-        gu = re.match(r"mlp\.(gate|up)_proj\.(weight|bias)$", rest)
-        if gu:
-            gate_up.setdefault((i, gu.group(2)), {})[gu.group(1)] = v
-            continue
-        for pat, rep in _HF_LAYER:
-            if re.fullmatch(pat, rest):
-                out[f"blocks.{i}.{re.sub(pat, rep, rest)}"] = v
-                break
+        m = _HF_LAYER.match(k)
+        if k in _FROM_HF_TOP:
+            out[_FROM_HF_TOP[k]] = v
+        elif m and m.group(2) in _FROM_HF_BLOCK:
+            out[f"blocks.{m.group(1)}.{_FROM_HF_BLOCK[m.group(2)]}"] = v
+        elif m and (q := _HF_QKV.match(m.group(2))):
+            qkv.setdefault((m.group(1), q.group(3)), {})[(q.group(1) or q.group(2))[0]] = v
+        elif m and (g := _HF_GATE_UP.match(m.group(2))):
+            gate_up.setdefault((m.group(1), g.group(2)), {})[g.group(1)] = v
         else:
             unknown.append(k)
-    for (i, kind), parts in split.items():
-        if set(parts) != {"q", "k", "v"}:
-            raise ValueError(f"HF weights: layer {i} attention {kind} has only {sorted(parts)} of q, k, v")
-        out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
-    for (i, kind), parts in gate_up.items():
-        if set(parts) != {"gate", "up"}:
-            raise ValueError(f"HF weights: layer {i} SwiGLU {kind} has only {sorted(parts)} of gate, up")
-        out[f"blocks.{i}.mlp.w12.{kind}"] = torch.cat([parts["gate"], parts["up"]], dim=0)
     if unknown:
         raise ValueError(f"HF weights: unexpected keys {unknown[:5]}{' ...' if len(unknown) > 5 else ''}: "
                          "expected a Dinov2Model / Dinov2WithRegistersModel state dict")
+    out.update(_join_parts(qkv, ("q", "k", "v"), "attn.qkv", "attention"))
+    out.update(_join_parts(gate_up, ("gate", "up"), "mlp.w12", "SwiGLU"))
     return out
 
 
 def dinov2_to_hf_keys(sd: Mapping[str, torch.Tensor], embed_dim: int) -> StateDict:
     """DINOv2 naming -> the published HF `Dinov2Model` names (split query/key/value)."""
-    top = {v: k for k, v in _HF_TOP.items()}
     out: StateDict = {}
-    layer_re = re.compile(r"^blocks\.(\d+)\.(.*)$")
-    rename = {
-        "norm1": "norm1", "norm2": "norm2", "attn.proj": "attention.output.dense", "mlp.fc1": "mlp.fc1",
-        "mlp.fc2": "mlp.fc2", "mlp.w12": "mlp.weights_in", "mlp.w3": "mlp.weights_out",
-    }
     for k, v in sd.items():
-        if k in top:
-            out[top[k]] = v
-            continue
-        m = layer_re.match(k)
-        if not m:
-            raise ValueError(f"to_hf: no HF name for parameter '{k}'")
-        i, rest = m.groups()
-        pre = f"encoder.layer.{i}."
-        if rest.startswith("attn.qkv."):
-            kind = rest.rsplit(".", 1)[1]
+        m = re.match(r"^blocks\.(\d+)\.(.*)$", k)
+        if k in _HF_TOP:
+            out[_HF_TOP[k][0]] = v
+        elif m and m.group(2) in _HF_BLOCK:
+            out[f"encoder.layer.{m.group(1)}.{_HF_BLOCK[m.group(2)][0]}"] = v
+        elif m and m.group(2).startswith("attn.qkv."):
+            kind = m.group(2).rsplit(".", 1)[1]
             for name, part in zip(("query", "key", "value"), v.split(embed_dim, dim=0)):
-                out[f"{pre}attention.attention.{name}.{kind}"] = part
-        elif rest in ("ls1.gamma", "ls2.gamma"):
-            out[f"{pre}layer_scale{rest[2]}.lambda1"] = v
+                out[f"encoder.layer.{m.group(1)}.attention.attention.{name}.{kind}"] = part
         else:
-            mod, kind = rest.rsplit(".", 1)
-            if mod not in rename:
-                raise ValueError(f"to_hf: no HF name for parameter '{k}'")
-            out[f"{pre}{rename[mod]}.{kind}"] = v
+            raise ValueError(f"to_hf: no HF name for parameter '{k}'")
     return out
 
 
@@ -365,7 +354,7 @@ def save_dinov2(model: VisionTransformer, out_dir: str | Path, name: str = "dino
     out.mkdir(parents=True, exist_ok=True)
     arch = model.arch_kwargs()
     path = _save_safetensors(to_dinov2(model), out / f"{name}.safetensors", {"format": "pt", "dinotrain": "dinov2"})
-    _write_json(arch, out / f"{name}_config.json")
+    write_json(out / f"{name}_config.json", arch, indent=2)
     return path
 
 
@@ -486,7 +475,7 @@ def to_hf(model: VisionTransformer, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _save_safetensors(to_hf_state_dict(model), out / "model.safetensors", {"format": "pt"})
-    _write_json(hf_config(model), out / "config.json")
+    write_json(out / "config.json", hf_config(model), indent=2)
     return out
 
 
@@ -514,12 +503,7 @@ def load_backbone(src: str | Path, model: VisionTransformer | None = None, stric
 
 # ----------------------------------------------------------------------------- DINO head
 def _head_state_dict(sd: Mapping[str, torch.Tensor]) -> StateDict:
-    out = {}
-    for k, v in sd.items():
-        for p in ("teacher.dino_head.", "student.dino_head.", "dino_head.", "module."):
-            if k.startswith(p):
-                k = k[len(p):]
-        out[k] = v
+    out = _strip_prefixes(sd, prefixes=("module.", "teacher.", "student.", "dino_head."))
     out = {k: v for k, v in out.items() if k.startswith(("mlp.", "last_layer."))}
     # torch.nn.utils.parametrizations.weight_norm names, and an unnormalised plain Linear
     if "last_layer.parametrizations.weight.original0" in out:

@@ -45,32 +45,13 @@ def _is_run_dir(p: Path) -> bool:
 
 
 def load_run_teacher(run_dir: Path):
-    """The teacher backbone of a run: via the trainer's `load_teacher` when it exists, else the
-    run's latest export (`export/latest/dinov2.safetensors`) with the run's `config.yaml`."""
+    """The teacher backbone of a run: its newest checkpoint, else its latest export."""
     from dinotrain.models.convert import from_dinov2
     from dinotrain.models.vit import build_backbone
+    from dinotrain.run_layout import load_teacher
 
-    try:
-        from dinotrain.train.checkpoint import load_teacher
-    except ImportError:
-        load_teacher = None
-    if load_teacher is not None:
-        try:
-            state_dict, model_cfg = load_teacher(run_dir)
-        except FileNotFoundError:
-            pass  # no training checkpoint (e.g. pruned): fall back to the run's export
-        else:
-            return from_dinov2(state_dict, build_backbone(model_cfg, device="meta"))
-    from dinotrain.config import load_config
-
-    cfg = load_config(run_dir / "config.yaml")
-    weights = run_dir / "export" / "latest" / "dinov2.safetensors"
-    if not weights.is_file():
-        raise FileNotFoundError(
-            f"run {run_dir}: no teacher weights found (looked for {weights}); train until the first export "
-            "(train.export_every) or pass a checkpoint file"
-        )
-    return from_dinov2(weights, build_backbone(cfg.model, device="meta"))
+    state_dict, model_cfg = load_teacher(run_dir)
+    return from_dinov2(state_dict, build_backbone(model_cfg, device="meta"))
 
 
 def main(args: argparse.Namespace) -> int:

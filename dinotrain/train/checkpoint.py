@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import shutil
 import time
 from pathlib import Path
@@ -33,40 +32,11 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from dinotrain.train.dcp_local import load_in_one_process
+# where checkpoints live is the run layout's business; re-exported for the trainer's callers
+from dinotrain.run_layout import is_complete, latest_checkpoint, list_checkpoints, step_dir
 
-_STEP_DIR = re.compile(r"^step_(\d{7,})$")
-
-
-def ckpt_root(output_dir: str | Path) -> Path:
-    return Path(output_dir) / "ckpt"
-
-
-def step_dir(output_dir: str | Path, step: int) -> Path:
-    return ckpt_root(output_dir) / f"step_{step:07d}"
-
-
-def is_complete(path: Path) -> bool:
-    return (path / "meta.json").is_file() and (path / ".metadata").is_file()
-
-
-def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run, oldest first."""
-    root = ckpt_root(output_dir)
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        m = _STEP_DIR.match(p.name)
-        if m and p.is_dir() and is_complete(p):
-            found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    found = list_checkpoints(output_dir)
-    return found[-1][1] if found else None
-
+__all__ = ["from_jsonable", "is_complete", "latest_checkpoint", "list_checkpoints", "load_checkpoint",
+           "rng_state", "save_checkpoint", "set_rng_state", "step_dir", "to_jsonable"]
 
 # ----------------------------------------------------------------------------- JSON for states
 def to_jsonable(obj: Any) -> Any:
@@ -201,8 +171,8 @@ def load_checkpoint(
     state, osd = _tensor_state(student, teacher, optimizer, train_tensors)
     optim_state = {"optimizer": state.pop("optimizer")}
     dcp.load(state, checkpoint_id=str(path))
-    # parameters that never had a gradient before the save (the frozen last layer, the mask
-    # token of mask-free batches) have no AdamW state there: their fresh zeros are equivalent
+    # parameters that never had a gradient before the save (the mask token of mask-free
+    # batches) have no AdamW state there: their fresh zeros are equivalent
     dcp.load(optim_state, checkpoint_id=str(path), planner=DefaultLoadPlanner(allow_partial_load=True))
     state["optimizer"] = optim_state["optimizer"]
     set_model_state_dict(student, state["student"])
@@ -216,36 +186,3 @@ def load_checkpoint(
     if meta.get("world_size") == world_size and rank_file.is_file():
         rank_state = from_jsonable(json.loads(rank_file.read_text()))
     return meta, rank_state
-
-
-# ----------------------------------------------------------------------------- the teacher
-def load_teacher(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], Any]:
-    """The teacher backbone of a run (newest complete checkpoint, else `export/latest`), as a
-    plain CPU state dict in DINOv2 naming, and the run's `model` config section.
-
-    No process group needed; for the export CLI and evaluation.
-    """
-    from omegaconf import OmegaConf
-
-    from dinotrain.models import build_backbone
-
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{cfg_path} not found: give the output_dir of a `dinotrain train` run")
-    model_cfg = OmegaConf.load(cfg_path).model
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is not None:
-        backbone = build_backbone(model_cfg, device="cpu")
-        sd = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
-        load_in_one_process({"teacher": sd}, ckpt)  # no process group here: torch's notice about it is silenced
-        return {k.removeprefix("backbone."): v for k, v in sd.items()}, model_cfg
-    exported = run_dir / "export" / "latest" / "dinov2.safetensors"
-    if exported.is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(exported)), model_cfg
-    raise FileNotFoundError(
-        f"{run_dir}: no complete checkpoint under ckpt/ and no export/latest/dinov2.safetensors: "
-        "train longer than train.checkpoint_every steps, or check the path"
-    )

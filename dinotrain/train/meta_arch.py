@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dinotrain.config import DataConfig, SSLConfig, default_of
 from dinotrain.losses import dino_loss, ibot_loss, koleo_loss, sinkhorn_knopp, softmax_center
 
 
@@ -69,29 +70,30 @@ class SSLNetwork(nn.Module):
 
 @dataclass(frozen=True)
 class LossParams:
-    """Everything `compute_losses` needs besides tensors: the step's values and the recipe."""
+    """Everything `compute_losses` needs besides tensors: the step's values and the recipe
+    (defaults: the schema's)."""
 
     teacher_temp: float
-    student_temp: float = 0.1
-    n_global_crops: int = 2
-    centering: str = "sinkhorn_knopp"
-    sinkhorn_iterations: int = 3
-    dino_weight: float = 1.0
-    ibot_weight: float = 1.0
-    koleo_weight: float = 0.1
+    student_temp: float = default_of(SSLConfig, "student_temp")
+    n_global_crops: int = default_of(DataConfig, "global_crops_number")
+    centering: str = default_of(SSLConfig, "centering")
+    sinkhorn_iterations: int = default_of(SSLConfig, "sinkhorn_iterations")
+    dino_weight: float = default_of(SSLConfig, "dino_loss_weight")
+    ibot_weight: float = default_of(SSLConfig, "ibot_loss_weight")
+    koleo_weight: float = default_of(SSLConfig, "koleo_loss_weight")
 
     @classmethod
-    def from_config(cls, cfg, teacher_temp: float) -> LossParams:
-        s = cfg.ssl
+    def from_config(cls, ssl, n_global_crops: int, teacher_temp: float) -> LossParams:
+        """From the config's `ssl` section, `data.global_crops_number` and the step's temperature."""
         return cls(
             teacher_temp=float(teacher_temp),
-            student_temp=float(s.student_temp),
-            n_global_crops=int(cfg.data.global_crops_number),
-            centering=str(s.centering),
-            sinkhorn_iterations=int(s.sinkhorn_iterations),
-            dino_weight=float(s.dino_loss_weight),
-            ibot_weight=float(s.ibot_loss_weight),
-            koleo_weight=float(s.koleo_loss_weight),
+            student_temp=float(ssl.student_temp),
+            n_global_crops=int(n_global_crops),
+            centering=str(ssl.centering),
+            sinkhorn_iterations=int(ssl.sinkhorn_iterations),
+            dino_weight=float(ssl.dino_loss_weight),
+            ibot_weight=float(ssl.ibot_loss_weight),
+            koleo_weight=float(ssl.koleo_loss_weight),
         )
 
 

@@ -1,4 +1,5 @@
-"""AdamW parameter groups: layer-wise lr decay, patch-embed lr multiplier, no decay where it hurts.
+"""AdamW parameter groups as DINOv2 builds them: layer-wise lr decay, patch-embed lr multiplier,
+no weight decay on biases, norms and LayerScale gammas.
 
 Groups carry multipliers (`lr_mult`, `wd_mult`, `is_last_layer`); `apply_step_values` turns the
 schedules' lr/wd of a step into each group's actual lr/wd, so the optimiser state stays small and
@@ -18,8 +19,9 @@ from dinotrain.train.schedules import StepValues
 _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 # parameters before the first block: the token embedding side of the network
 _EMBEDDING_NAMES = ("cls_token", "pos_embed", "mask_token", "register_tokens", "patch_embed")
-# tokens and embeddings are "positions", not weights: decaying them to zero only hurts
-_NO_DECAY_NAMES = ("cls_token", "pos_embed", "mask_token", "register_tokens")
+# DINOv2 decays these (only biases, norms and LayerScale gammas are exempt); `decay_tokens=False`
+# exempts them as many ViT recipes do (they are positions and tokens, not weights)
+TOKEN_NAMES = ("cls_token", "pos_embed", "mask_token", "register_tokens")
 
 
 def layer_id(name: str, num_layers: int) -> int:
@@ -33,9 +35,11 @@ def layer_id(name: str, num_layers: int) -> int:
 
 
 def param_multipliers(
-    name: str, param: torch.Tensor, num_layers: int, layerwise_decay: float, patch_embed_lr_mult: float
+    name: str, param: torch.Tensor, num_layers: int, layerwise_decay: float, patch_embed_lr_mult: float,
+    decay_tokens: bool = True,
 ) -> dict:
-    """(lr_mult, wd_mult, is_last_layer) of one named parameter, as in DINOv2's param groups."""
+    """(lr_mult, wd_mult, is_last_layer) of one named parameter, as in DINOv2's param groups
+    (`decay_tokens=False` additionally exempts the tokens and position embeddings from decay)."""
     lr_mult = layerwise_decay ** (num_layers + 1 - layer_id(name, num_layers))
     if "patch_embed" in name:
         lr_mult *= patch_embed_lr_mult
@@ -45,7 +49,7 @@ def param_multipliers(
         or name.endswith(".gamma")  # LayerScale (DINOv2 naming)
         or "ls1" in name
         or "ls2" in name
-        or any(k in name for k in _NO_DECAY_NAMES)
+        or (not decay_tokens and any(k in name for k in TOKEN_NAMES))
         or param.ndim <= 1  # any other vector (biases, norm scales) under other naming schemes
     )
     return {
@@ -56,14 +60,15 @@ def param_multipliers(
 
 
 def param_groups(
-    named: Iterable[tuple[str, nn.Parameter]], num_layers: int, layerwise_decay: float, patch_embed_lr_mult: float
+    named: Iterable[tuple[str, nn.Parameter]], num_layers: int, layerwise_decay: float, patch_embed_lr_mult: float,
+    decay_tokens: bool = True,
 ) -> list[dict]:
     """Parameters grouped by equal multipliers (few groups: fused AdamW kernels stay efficient)."""
     groups: dict[tuple, dict] = {}
     for name, p in named:
         if not p.requires_grad:
             continue
-        m = param_multipliers(name, p, num_layers, layerwise_decay, patch_embed_lr_mult)
+        m = param_multipliers(name, p, num_layers, layerwise_decay, patch_embed_lr_mult, decay_tokens)
         key = (m["lr_mult"], m["wd_mult"], m["is_last_layer"])
         g = groups.setdefault(key, {"params": [], "names": [], **m})
         g["params"].append(p)
@@ -71,12 +76,14 @@ def param_groups(
     return list(groups.values())
 
 
-def build_optimizer(model: nn.Module, cfg, num_layers: int) -> torch.optim.AdamW:
-    """AdamW over `model`'s trainable parameters with the recipe's groups (lr/wd set per step)."""
-    groups = param_groups(model.named_parameters(), num_layers, cfg.optim.layerwise_decay, cfg.optim.patch_embed_lr_mult)
+def build_optimizer(model: nn.Module, optim, num_layers: int) -> torch.optim.AdamW:
+    """AdamW over `model`'s trainable parameters with the recipe's groups (lr/wd set per step).
+    `optim` is the config's `optim` section."""
+    groups = param_groups(model.named_parameters(), num_layers, optim.layerwise_decay, optim.patch_embed_lr_mult,
+                          bool(optim.decay_tokens))
     for g in groups:
         g.pop("names")  # kept out of the optimiser state dict (DCP keys it by parameter FQN)
-    return torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0, betas=(cfg.optim.beta1, cfg.optim.beta2))
+    return torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0, betas=(optim.beta1, optim.beta2))
 
 
 def apply_step_values(optimizer: torch.optim.Optimizer, values: StepValues) -> None:

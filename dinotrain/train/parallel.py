@@ -1,6 +1,6 @@
 """All parallelism in one place: activation checkpointing, torch.compile, FSDP2 with mixed precision.
 
-`parallelize(net, cfg, device, ...)` is the single function that decides how a network is
+`parallelize(net, parallel, device, ...)` is the single function that decides how a network is
 distributed and at what precision; the loop never branches on it again.
 """
 
@@ -66,7 +66,7 @@ def apply_activation_checkpointing(block: nn.Module, mode: str) -> None:
 
 def parallelize(
     net: nn.Module,
-    cfg,
+    parallel,
     device: torch.device,
     world_size: int,
     *,
@@ -78,7 +78,7 @@ def parallelize(
     Call on a meta-device network: `fully_shard` only records the sharding; materialise with
     `net.to_empty(device=...)` afterwards and initialise explicitly.
     """
-    p = cfg.parallel
+    p = parallel  # the config's `parallel` section
     blocks = list(net.backbone.blocks)
     if trainable:
         for blk in blocks:

@@ -1,7 +1,7 @@
 """What a run checks before it writes anything: the files its config names, and its folder.
 
-`preflight(cfg)` is the one call the training entry makes first (and `dinotrain launch` before
-it submits): a wrong path, a text file given as weights, a folder that is not shards, or a
+`preflight(cfg)` is what `dinotrain launch` calls before it submits; the training entry runs the
+same two halves (`check_inputs` first, `run_dir.prepare_run_dir` before the config is saved): a wrong path, a text file given as weights, a folder that is not shards, or a
 run folder holding another model ends here in one line (`UserError`), with `config.yaml`
 untouched, instead of minutes later as a traceback from the loader or the checkpoint reader.
 """
@@ -79,6 +79,12 @@ def check_head_sizes(cfg: Any) -> None:
                         "65536 and 256), or leave model.pretrained_head unset")
 
 
+def check_inputs(cfg: Any) -> None:
+    """The data sources and weights files the config names (UserError on the first bad one)."""
+    check_sources(cfg)
+    check_weights(cfg)
+
+
 def preflight(cfg: Any, world_size: int | None = None) -> None:
     """Raise UserError for anything in `cfg` that would fail the run; prepare its folder (see run_dir).
 
@@ -86,8 +92,7 @@ def preflight(cfg: Any, world_size: int | None = None) -> None:
     """
     from dinotrain.train.run_dir import prepare_run_dir
 
-    check_sources(cfg)
-    check_weights(cfg)
+    check_inputs(cfg)
     rank = _env_int("RANK", "SLURM_PROCID") or 0
     world = world_size if world_size is not None else (_env_int("WORLD_SIZE", "SLURM_NTASKS") or 1)
     prepare_run_dir(cfg, rank=rank, world_size=world)

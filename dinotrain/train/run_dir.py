@@ -146,7 +146,7 @@ def prepare_run_dir(cfg: Any, rank: int = 0, world_size: int | None = None) -> N
     """Before the run writes: output_dir writable; resumable (train.resume) or the old run set aside.
 
     Every rank checks (the same files give the same verdict, so all ranks stop together);
-    only rank 0 moves files, before any rank joins the process group.
+    only rank 0 moves files (the others only read when train.resume, when nothing is moved).
     """
     out = Path(str(cfg.output_dir))
     check_writable(out)

@@ -19,23 +19,33 @@ def cosine(step: int, total: int, start: float, end: float) -> float:
     return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * t))
 
 
-def warmup_cosine(step: int, total: int, peak: float, end: float, warmup: int, warmup_start: float = 0.0) -> float:
-    """Linear warm-up from `warmup_start` to `peak` over `warmup` steps, then cosine to `end`.
+def linear_ramp(step: int, warmup: int, start: float, end: float) -> float:
+    """Step `step` of DINOv2's warm-up, `np.linspace(start, end, warmup)`: `start` at step 0 and
+    `end` already at step `warmup - 1` (the last warm-up step)."""
+    if warmup <= 1:
+        return start
+    return start + (end - start) * max(step, 0) / (warmup - 1)
 
-    A warm-up longer than the run is cut to the run (short test runs still reach their peak at
-    the end rather than dividing by a negative cosine length).
+
+def warmup_cosine(step: int, total: int, peak: float, end: float, warmup: int, warmup_start: float = 0.0) -> float:
+    """Linear warm-up from `warmup_start` to `peak` over `warmup` steps, then cosine to `end`
+    (DINOv2's `CosineScheduler`).
+
+    A warm-up longer than the run is cut to the run (the config refuses one; this keeps the
+    function total rather than dividing by a negative cosine length).
     """
     warmup = min(max(warmup, 0), total)
     if step < warmup:
-        return warmup_start + (peak - warmup_start) * step / warmup
+        return linear_ramp(step, warmup, warmup_start, peak)
     return cosine(step - warmup, total - warmup, peak, end)
 
 
 def linear_warmup_then_constant(step: int, warmup: int, start: float, final: float) -> float:
-    """DINO's teacher temperature: linear from `start` to `final` over `warmup` steps, then flat."""
+    """DINO's teacher temperature: linear from `start` to `final` over `warmup` steps (reaching
+    `final` at step `warmup - 1`, as DINOv2's linspace), then flat."""
     if warmup <= 0 or step >= warmup:
         return final
-    return start + (final - start) * max(step, 0) / warmup
+    return linear_ramp(step, warmup, start, final)
 
 
 def scaled_lr(base_lr: float, global_batch: int, scaling: str) -> float:
@@ -85,10 +95,11 @@ class Schedules:
     freeze_last_layer_steps: int
 
     @classmethod
-    def from_config(cls, cfg, global_batch: int) -> Schedules:
-        o, s = cfg.optim, cfg.ssl
+    def from_config(cls, optim, ssl, train, global_batch: int) -> Schedules:
+        """From the config's `optim`, `ssl` and `train` sections and the global batch size."""
+        o, s = optim, ssl
         return cls(
-            total_steps=int(cfg.train.max_steps),
+            total_steps=int(train.max_steps),
             peak_lr=scaled_lr(float(o.lr), global_batch, o.lr_scaling),
             min_lr=float(o.min_lr),
             warmup_steps=int(o.warmup_steps),

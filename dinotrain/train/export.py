@@ -1,0 +1,56 @@
+"""Teacher exports during training: `export/step_NNNNNNN/{hf/, dinov2.safetensors,
+dinov2_config.json, dino_head.safetensors}`, mirrored to `export/latest/`, written with the same
+savers as `dinotrain export` (models/convert.py)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from dinotrain.run_layout import export_dir
+from dinotrain.train.distributed import DistEnv, barrier
+from dinotrain.train.meta_arch import SSLNetwork
+
+
+def _write_export(sd: dict, model, ssl, folder: Path) -> None:
+    from dinotrain.models import build_backbone, build_head
+    from dinotrain.models.convert import save_dino_head, save_dinov2, sub_state_dict, to_hf
+
+    backbone = build_backbone(model, device="cpu", drop_path_rate=0.0)
+    backbone.load_state_dict(sub_state_dict(sd, "backbone."))
+    head = build_head(backbone.embed_dim, ssl, device="cpu")
+    head.load_state_dict(sub_state_dict(sd, "dino_head."))
+    to_hf(backbone, folder / "hf")
+    save_dinov2(backbone, folder)
+    save_dino_head(head, folder / "dino_head.safetensors")
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Copy `src` to `dst`, then swap, so a reader never sees a half-written folder for long."""
+    staging, old = dst.with_name(f".tmp_{dst.name}"), dst.with_name(f".old_{dst.name}")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(src, staging)
+    shutil.rmtree(old, ignore_errors=True)
+    if dst.exists():
+        dst.rename(old)
+    staging.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export_teacher(teacher: SSLNetwork, model, ssl, output_dir: str | Path, step: int, env: DistEnv) -> Path:
+    """Every rank takes part (gathering the shards); rank 0 writes. `model`, `ssl`: the config's
+    sections of those names."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    sd = get_model_state_dict(teacher, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    final = export_dir(output_dir, step)
+    if env.is_main:
+        tmp = final.with_name(f".tmp_{final.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        _write_export(sd, model, ssl, tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        _replace_dir(final, export_dir(output_dir, None))
+    barrier()
+    return final
