@@ -71,22 +71,22 @@ def _tolerance(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"--tol {text!r}: write NAME=NUMBER, e.g. dali_crops=0.02") from None
 
 
-def _sections(text: str) -> list[str]:
+def _names(text: str, allowed, what: str) -> list[str]:
     names = [s for s in text.split(",") if s]
-    bad = [s for s in names if s not in SECTIONS]
+    bad = [s for s in names if s not in allowed]
     if bad or not names:
-        raise argparse.ArgumentTypeError(f"unknown section(s) {', '.join(bad) or '(none)'}: choose from {', '.join(SECTIONS)}")
+        raise argparse.ArgumentTypeError(f"unknown {what}(s) {', '.join(bad) or '(none)'}: choose from {', '.join(allowed)}")
     return names
+
+
+def _sections(text: str) -> list[str]:
+    return _names(text, SECTIONS, "section")
 
 
 def _archs(text: str) -> list[str]:
     from dinotrain.models.vit import ARCHS
 
-    names = [s for s in text.split(",") if s]
-    bad = [s for s in names if s not in ARCHS]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(f"unknown arch(s) {', '.join(bad) or '(none)'}: choose from {', '.join(ARCHS)}")
-    return names
+    return _names(text, ARCHS, "arch")
 
 
 def _default_data() -> Path | None:

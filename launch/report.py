@@ -54,7 +54,8 @@ class Row:
         return f"{self.diversity} ({extra})" if extra else self.diversity
 
 
-def _num(v: Any) -> float | None:
+def finite_or_none(v: Any) -> float | None:
+    """`v` as a float when it is a finite number, else None (json null, text, nan)."""
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -71,12 +72,12 @@ def parse_results(data: Any) -> list[dict[str, Any]]:
         raise ValueError("not a `dinotrain eval` results.json (no 'results' list)")
     out: list[dict[str, Any]] = []
     for r in data["results"]:
-        value = _num(r.get("value"))
+        value = finite_or_none(r.get("value"))
         if value is None:
             continue
         metric = f"{r['kind']}/{r['metric']}" if r.get("kind") else str(r["metric"])
         out.append({"task": str(r["task"]), "metric": metric, "value": value, "split": str(r.get("split") or ""),
-                    "ci_low": _num(r.get("ci_low")), "ci_high": _num(r.get("ci_high"))})
+                    "ci_low": finite_or_none(r.get("ci_low")), "ci_high": finite_or_none(r.get("ci_high"))})
     return out
 
 
@@ -103,7 +104,7 @@ def _train_records(run_dir: Path) -> list[dict[str, Any]]:
     values: dict[str, list[float]] = defaultdict(list)
     for d in lines:
         for k, v in d.items():
-            if "loss" in k and _num(v) is not None:
+            if "loss" in k and finite_or_none(v) is not None:
                 values[k].append(float(v))
     return [{"task": "train", "metric": k, "value": float(sum(v[-TRAIN_TAIL:]) / len(v[-TRAIN_TAIL:])),
              "split": "", "ci_low": None, "ci_high": None} for k, v in values.items()]
@@ -116,7 +117,7 @@ def collect(sweep_dir: str | Path) -> list[Row]:
     for d in dirs:
         rec = read_run_record(d)
         axes = dict(rec.get("axes", {}))
-        n = _num(rec.get("n_images"))
+        n = finite_or_none(rec.get("n_images"))
         if n is None and str(axes.get("size", "")).isdigit():
             n = float(axes["size"])
         for r in _eval_records(d) + _train_records(d):

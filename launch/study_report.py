@@ -12,6 +12,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from launch.report import finite_or_none
+
 STUDY_KEYS = ("seed", "minutes", "tasks", "continual", "scaling")
 
 
@@ -30,17 +32,9 @@ def primary_metric(task: str) -> str:
     raise ValueError(f"task '{task}' ({spec.kind}) has no headline metric in the study")
 
 
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _comparisons(result: dict, model: str, names: tuple[str, str]) -> dict[str, dict]:
     """task -> {metric key -> {names[0], names[1], delta, delta_ci, n_test, *_ci}} from evaluate_models."""
-    ci = {(r["model"], r["task"], f"{r['kind']}/{r['metric']}"): [_num(r["ci_low"]), _num(r["ci_high"])]
+    ci = {(r["model"], r["task"], f"{r['kind']}/{r['metric']}"): [finite_or_none(r["ci_low"]), finite_or_none(r["ci_high"])]
           for r in result["records"]}
     out: dict[str, dict] = defaultdict(dict)
     for p in result.get("paired") or []:
@@ -49,7 +43,7 @@ def _comparisons(result: dict, model: str, names: tuple[str, str]) -> dict[str, 
         key = f"{p['kind']}/{p['metric']}"
         out[p["task"]][key] = {
             names[0]: p["value"], names[1]: p["reference_value"], "delta": p["delta"],
-            "delta_ci": [_num(p["ci_low"]), _num(p["ci_high"])], "n_test": p["n"],
+            "delta_ci": [finite_or_none(p["ci_low"]), finite_or_none(p["ci_high"])], "n_test": p["n"],
             f"{names[0]}_ci": ci.get((p["model"], p["task"], key)),
             f"{names[1]}_ci": ci.get((p["reference"], p["task"], key))}
     return out
@@ -137,10 +131,10 @@ def run_summaries(run_dirs: list[Path]) -> dict[str, dict]:
                "final_total_loss": sum(x.get("total_loss", math.nan) for x in tail) / len(tail) if tail else None,
                "collapse_warnings": len(warns), "first_collapse_warning": warns[0] if warns else None}
         last = lines[-1] if lines else {}
-        if _num(last.get("teacher_entropy")) is not None and _num(last.get("teacher_max_entropy")):
+        if finite_or_none(last.get("teacher_entropy")) is not None and finite_or_none(last.get("teacher_max_entropy")):
             # 1.0 = uniform targets (the DINO terms teach nothing); the collapse indicators at the end
             rec["final_teacher_entropy_ratio"] = last["teacher_entropy"] / last["teacher_max_entropy"]
-        rec["final_head_bottleneck_cos"] = _num(last.get("head_bottleneck_cos"))
+        rec["final_head_bottleneck_cos"] = finite_or_none(last.get("head_bottleneck_cos"))
         run_json = Path(d) / "run.json"
         if run_json.exists():
             rec["images"] = json.loads(run_json.read_text()).get("n_images")
@@ -299,7 +293,7 @@ def plot_losses(run_dirs: dict[str, Path], path: Path) -> Path:
                 x = json.loads(ln)
             except json.JSONDecodeError:
                 continue
-            if _num(x.get("total_loss")) is not None:
+            if finite_or_none(x.get("total_loss")) is not None:
                 pts.append((x.get("step", 0), x["total_loss"]))
         if pts:
             ax.plot(*zip(*pts), color=f"C{i % 10}", label=name, lw=1.2)
