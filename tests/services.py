@@ -171,6 +171,31 @@ class LocalSlurm:
     def run(self, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run(list(cmd), env=self.env, capture_output=True, text=True, check=check, timeout=timeout)
 
+    def preempt(self, job, n_tasks: int = 1, timeout: float = 90) -> None:
+        """Preempt a submitit job as `Job._interrupt()` does (SIGTERM to every task, then USR2, whose
+        handler checkpoints and runs `scontrol requeue`), but with the two signals in order.
+
+        Each `scancel --signal` returns once the controller has the request; slurmstepd delivers
+        later. Sent back to back, a late SIGTERM can reach the step's processes after USR2 and kill
+        the `scontrol requeue` child its handler started (seen under load: the job then ends FAILED,
+        "scontrol requeue died with SIGTERM"). So USR2 goes out only once every task has logged
+        that it received (and bypassed) SIGTERM.
+        """
+        folder = Path(str(job.paths.stdout)).parent
+        logs = [folder / f"{job.job_id}_{r}_log.out" for r in range(n_tasks)]
+
+        def bypassed() -> int:
+            return sum(p.read_text(errors="replace").count("Bypassing signal SIGTERM") for p in logs if p.is_file())
+
+        before = bypassed()
+        self.run("scancel", str(job.job_id), "--signal", "SIGTERM")
+        deadline = time.monotonic() + timeout
+        while bypassed() < before + n_tasks:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job.job_id}: SIGTERM not seen by its {n_tasks} task(s) in {timeout:.0f}s")
+            time.sleep(0.2)
+        self.run("scancel", str(job.job_id), "--signal", "USR2")
+
     def release_requeued(self, job_id: str, timeout: float = 90) -> None:
         """Start a requeued job within seconds instead of after SLURM's hold (Reason=BeginTime).
 

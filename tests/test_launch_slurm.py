@@ -77,7 +77,7 @@ def test_preempted_job_requeues_and_resumes_without_repeating_steps(slurm_cluste
     with cpu_burners(os.cpu_count() or 2, seconds=120), StateWatcher(run) as watcher:
         job = submit_run(cfg, entry=probe.ENTRY)
         wait_until(lambda: (run / probe.CKPT).exists() and len(_steps(run)) >= 3, 90, "a checkpoint")
-        job._interrupt()  # submitit's preemption: SIGTERM then USR2 -> checkpoint() -> scontrol requeue
+        slurm_cluster.preempt(job)  # submitit's preemption: SIGTERM then USR2 -> checkpoint() -> scontrol requeue
         slurm_cluster.release_requeued(job.job_id)
         (final,) = status.wait_for([run], timeout_s=120, poll_s=1)
     assert final.state == "done", f"{final}\n{_logs(job)}"
@@ -128,7 +128,7 @@ def test_two_task_fsdp_job_is_requeued_and_resumes_to_the_last_step(slurm_cluste
     wait_until(lambda: latest_checkpoint(run) is not None or status.states_of([run])[0].state == "failed",
                240, "the first checkpoint")
     assert status.states_of([run])[0].state == "running", _logs(job)
-    job._interrupt()  # preemption as SLURM signals it: SIGTERM, then USR2 -> checkpoint() -> requeue
+    slurm_cluster.preempt(job, n_tasks=2)  # as SLURM signals it: SIGTERM, then USR2 -> checkpoint() -> requeue
     slurm_cluster.release_requeued(job.job_id)
     (final,) = status.wait_for([run], timeout_s=300, poll_s=2)
     assert final.state == "done", f"{final}\n{_logs(job)}"
