@@ -109,8 +109,8 @@ def _is_worker_copy() -> bool:
 
 
 def _tell_torchrun(message: str) -> None:
-    """Under torchrun, the agent's failure summary shows each worker's error file (else only a link to
-    torch's docs): hand it the same one line, in torchelastic's error-file format."""
+    """Under torchrun, the agent's failure summary shows the first failed worker's error file (else only
+    a link to torch's docs): hand it the same one line, in torchelastic's error-file format."""
     import json
     import os
     import time
@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             raise  # a bug (or --debug): the traceback is the report
         if not _is_worker_copy():
             print(f"dinotrain {args.command}: error: {message}", file=sys.stderr)
-            _tell_torchrun(message)
+        # every rank: torchrun's root cause is whichever worker exited first, rank 0 or not
+        _tell_torchrun(message)
         return 2
 
 
