@@ -128,7 +128,7 @@ def report(study: dict, ablation: str | None, seeds: dict | None) -> str:
         "## Which claims hold (computed from the tables above)", "", *_claims(study["claims"]), "",
         "## Training runs", "", "Collapse indicators at the last logged step (entropy / max near 1: uniform "
         "teacher targets; bottleneck cosine near 1: the head maps every image to one vector); warnings counted "
-        "with the trainer's own `collapse_warnings` over every logged step.", "",
+        "with the trainer's own `CollapseWatch` (means over the last 5 logged steps) at every logged step.", "",
         *_runs_table(study.get("runs", {})), "", "![loss curves](loss_curves.png)", "",
         "## Recipe ablation", "",
         ablation.strip() if ablation else "_No ablation notes found (configs/pretrain/laptop_real.ablation.md)._", "",

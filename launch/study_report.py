@@ -114,7 +114,7 @@ def clean(obj: Any) -> Any:
 
 def run_summaries(run_dirs: list[Path]) -> dict[str, dict]:
     """Per run: steps done, final losses, and how often the collapse monitors would have warned."""
-    from dinotrain.train.monitor import collapse_warnings
+    from dinotrain.train.monitor import CollapseWatch
 
     out = {}
     for d in run_dirs:
@@ -125,7 +125,9 @@ def run_summaries(run_dirs: list[Path]) -> dict[str, dict]:
                 lines.append(json.loads(ln))
             except json.JSONDecodeError:
                 continue
-        warns = [w for ln in lines for w in collapse_warnings(ln, int(ln.get("step", 0)))]
+        # the trainer's own judgement (means over the last logged steps), every alerting window counted
+        watch = CollapseWatch(repeat_every=1)
+        warns = [w for ln in lines for w in watch.observe(ln, int(ln.get("step", 0)))]
         tail = lines[-5:]
         rec = {"steps": int(lines[-1].get("step", 0)) if lines else 0,
                "final_total_loss": sum(x.get("total_loss", math.nan) for x in tail) / len(tail) if tail else None,

@@ -22,6 +22,7 @@ from dinotrain.train.checkpoint import (
 )
 from dinotrain.train.meta_arch import LossParams, compute_losses, ema_update
 from dinotrain.train.monitor import (
+    CollapseWatch,
     collapse_stats,
     collapse_warnings,
     effective_rank,
@@ -233,6 +234,33 @@ def test_head_collapse_indicators_match_brute_force_and_shard():
     warnings = collapse_warnings(bad, 7)
     assert len(warnings) == 2 and "bottleneck" in warnings[0] and "prototypes" in warnings[1]
     assert collapse_warnings(spread, 7) == []
+
+
+def test_collapse_watch_judges_a_window_not_one_step():
+    healthy = {"head_bottleneck_cos": 0.3, "teacher_entropy": 4.0, "teacher_max_entropy": math.log(256),
+               "prototype_cos": 0.01, "cls_std": 0.5}
+    # one step of a small batch of similar images looks collapsed: no warning (seen in CI)
+    watch = CollapseWatch(window=5, min_logs=3)
+    said = []
+    for step in range(5, 30):
+        stats = dict(healthy, head_bottleneck_cos=0.99) if step == 9 else healthy
+        assert collapse_warnings(stats, step) == [] or step == 9
+        said += watch.observe(stats, step)
+    assert said == []
+    # a collapse persists: warned once the window's mean crosses, with the steps it covers, then
+    # repeated every `repeat_every` logs only; NaN indicators (one prototype) are left out of means
+    watch = CollapseWatch(window=5, min_logs=3, repeat_every=10)
+    collapsed = dict(healthy, head_bottleneck_cos=0.999, prototype_cos=float("nan"))
+    said = [(step, w) for step in range(5, 30) for w in watch.observe(collapsed, step)]
+    assert [s for s, _ in said] == [7, 17, 27]
+    assert said[0][1].startswith("steps 5-7: the DINO head maps every image") and "0.9990" in said[0][1]
+    assert "steps 23-27" in said[2][1]
+    # before min_logs nothing is judged, and a window of healthy steps dilutes a late spike
+    watch = CollapseWatch(window=5, min_logs=3)
+    assert watch.observe(collapsed, 0) == [] and watch.observe(collapsed, 1) == []
+    assert len(watch.observe(collapsed, 2)) == 1
+    with pytest.raises(ValueError, match="min_logs"):
+        CollapseWatch(window=2, min_logs=3)
 
 
 def test_head_reports_the_bottleneck_its_logits_come_from():

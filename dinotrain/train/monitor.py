@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import deque
 from pathlib import Path
 
 import torch
@@ -97,12 +98,14 @@ def head_collapse_stats(bottleneck: torch.Tensor, prototype_row_sum: torch.Tenso
     }
 
 
-def collapse_warnings(stats: dict[str, float], step: int) -> list[str]:
-    """Human advice when the indicators look like a collapse (empty when healthy)."""
+def collapse_warnings(stats: dict[str, float], step: int, until: int | None = None) -> list[str]:
+    """Human advice when the indicators look like a collapse (empty when healthy). `stats` are one
+    step's indicators, or (with `until`) their means over the logged steps `step`..`until`."""
+    where = f"step {step}" if until is None else f"steps {step}-{until}"
     out = []
     if stats.get("cls_std", 1.0) < 0.05:
         out.append(
-            f"step {step}: CLS features have almost no spread (cls_std={stats['cls_std']:.3g}, "
+            f"{where}: CLS features have almost no spread (cls_std={stats['cls_std']:.3g}, "
             f"effective rank {stats.get('cls_effective_rank', float('nan')):.2f}): the representation is "
             "collapsing. Lower optim.lr, lengthen optim.warmup_steps, keep ssl.koleo_loss_weight > 0, and "
             "check that the data are not near-identical images"
@@ -110,13 +113,13 @@ def collapse_warnings(stats: dict[str, float], step: int) -> list[str]:
     if stats.get("teacher_batch_entropy", 1.0) < 0.05 * stats.get("teacher_max_entropy", 1.0) and \
             stats.get("teacher_batch_entropy", 1.0) < math.log(2):
         out.append(
-            f"step {step}: the teacher assigns every image to the same prototype "
+            f"{where}: the teacher assigns every image to the same prototype "
             f"(batch entropy {stats['teacher_batch_entropy']:.3g} nats): use ssl.centering=sinkhorn_knopp, "
             "raise ssl.warmup_teacher_temp_steps or lower ssl.teacher_temp"
         )
     if stats.get("head_bottleneck_cos", 0.0) > 0.98:
         out.append(
-            f"step {step}: the DINO head maps every image to nearly the same bottleneck vector "
+            f"{where}: the DINO head maps every image to nearly the same bottleneck vector "
             f"(mean pairwise cosine {stats['head_bottleneck_cos']:.4f}): the teacher's targets carry no "
             "information about the image, and the DINO loss keeps it that way. From scratch with DINOv2's "
             "LayerScale init (1e-5) the CLS token does not depend on the image at the first step: start "
@@ -125,18 +128,61 @@ def collapse_warnings(stats: dict[str, float], step: int) -> list[str]:
         )
     if stats.get("prototype_cos", 0.0) > 0.9:
         out.append(
-            f"step {step}: the DINO head's prototypes all point the same way (mean pairwise cosine "
+            f"{where}: the DINO head's prototypes all point the same way (mean pairwise cosine "
             f"{stats['prototype_cos']:.4f}): every logit is equal whatever the input. Restart with a longer "
             "optim.freeze_last_layer_steps and a lower optim.lr"
         )
     max_h = stats.get("teacher_max_entropy", 0.0)
     if max_h > 0 and stats.get("teacher_entropy", 0.0) > 0.995 * max_h:
         out.append(
-            f"step {step}: the teacher's targets are uniform (entropy {stats['teacher_entropy']:.4f} of "
+            f"{where}: the teacher's targets are uniform (entropy {stats['teacher_entropy']:.4f} of "
             f"ln K = {max_h:.4f}): the DINO and iBOT terms sit at their trivial value. See the head "
             "indicators (head_bottleneck_cos, prototype_cos) in metrics.jsonl"
         )
     return out
+
+
+def window_means(history: list[dict]) -> dict[str, float]:
+    """Per indicator, the mean of its finite values over `history` (absent where none is finite)."""
+    out = {}
+    for key in {k for h in history for k in h}:
+        vals = [float(h[key]) for h in history if isinstance(h.get(key), (int, float)) and math.isfinite(h[key])]
+        if vals:
+            out[key] = sum(vals) / len(vals)
+    return out
+
+
+class CollapseWatch:
+    """Judges the collapse indicators over the last `window` logged steps, never over one step: a
+    small batch is sometimes a few near-identical images, whose bottleneck vectors and targets
+    agree for that step alone (seen in CI: one step of a healthy batch-4 run at bottleneck cosine
+    0.98). A collapse persists, so the window's means see it; a warning of one kind is repeated at
+    most every `repeat_every` logs."""
+
+    def __init__(self, window: int = 5, min_logs: int = 3, repeat_every: int = 10):
+        if not 1 <= min_logs <= window:
+            raise ValueError(f"CollapseWatch: need 1 <= min_logs ({min_logs}) <= window ({window})")
+        self._history: deque[tuple[int, dict]] = deque(maxlen=window)
+        self._min_logs, self._repeat_every = min_logs, repeat_every
+        self._n_logs = 0
+        self._last_warned: dict[str, int] = {}
+
+    def observe(self, stats: dict[str, float], step: int) -> list[str]:
+        """Add one logged step's indicators; the warnings to print now."""
+        self._history.append((step, stats))
+        self._n_logs += 1
+        if len(self._history) < self._min_logs:
+            return []
+        first = self._history[0][0]
+        means = window_means([s for _, s in self._history])
+        out = []
+        for w in collapse_warnings(means, first, step):
+            kind = w.split(":", 1)[1][:40]
+            last = self._last_warned.get(kind)
+            if last is None or self._n_logs - last >= self._repeat_every:
+                self._last_warned[kind] = self._n_logs
+                out.append(w)
+        return out
 
 
 def vit_flops_per_image(embed_dim: int, depth: int, tokens: int, mlp_hidden: int) -> float:

@@ -26,9 +26,9 @@ from dinotrain.train.distributed import DistEnv, all_reduce_mean, all_reduce_sum
 from dinotrain.train.export import export_teacher
 from dinotrain.train.meta_arch import LossParams, SSLNetwork, compute_losses, ema_update, teacher_targets
 from dinotrain.train.monitor import (
+    CollapseWatch,
     MetricsLog,
     collapse_stats,
-    collapse_warnings,
     head_collapse_stats,
     mean_pairwise_cosine,
     peak_flops,
@@ -156,8 +156,8 @@ class Trainer:
         self.resumed_from: Path | None = None
         self.last_export: Path | None = None
         self.last_losses: dict[str, float] = {}
-        self._images, self._t_window, self._n_logs = 0, time.perf_counter(), 0
-        self._warned: dict[str, int] = {}
+        self._images, self._t_window = 0, time.perf_counter()
+        self.collapse_watch = CollapseWatch()
 
     # ------------------------------------------------------------------------- the run
     def resume(self) -> int:
@@ -333,13 +333,10 @@ class Trainer:
             stats.update(head_collapse_stats(teacher_out["global_cls_bottleneck"], prototype_row_sum(self.teacher), k))
             stats["student_head_bottleneck_cos"] = mean_pairwise_cosine(student_out["global_cls_bottleneck"])
         # at DINOv2's init (LayerScale 1e-5) every image has nearly the same CLS: judge collapse
-        # only after the warm-up, and repeat a warning at most every 10 logs
+        # only after the warm-up, on the means of the last few logged steps
         if self.env.is_main and step >= self.schedules.warmup_steps:
-            for w in collapse_warnings(stats, n):
-                kind = w.split(":", 2)[1][:20]
-                if self._warned.get(kind, -10) <= self._n_logs - 10:
-                    self._warned[kind] = self._n_logs
-                    log.warning(w)
+            for w in self.collapse_watch.observe(stats, n):
+                log.warning(w)
         return stats
 
     def _log(self, n: int, step: int, out: StepOutput, values: StepValues, gnorms: dict, bar) -> None:
@@ -358,7 +355,6 @@ class Trainer:
             for s in self.loader.stats().get("sources", []):
                 record[f"epochs/{s['name']}"] = s["epochs_seen"]
         self.metrics.write(record)
-        self._n_logs += 1
         self._images, self._t_window = 0, now
         if bar is not None:
             bar.set_postfix(loss=f"{out.losses['total_loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
