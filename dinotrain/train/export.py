@@ -13,14 +13,20 @@ from dinotrain.train.meta_arch import SSLNetwork
 
 
 def _write_export(sd: dict, model, ssl, folder: Path) -> None:
+    import torch
+
     from dinotrain.models import build_backbone, build_head
     from dinotrain.models.convert import save_dino_head, save_dinov2, sub_state_dict, to_hf
 
-    backbone = build_backbone(model, device="cpu", drop_path_rate=0.0)
-    backbone.load_state_dict(sub_state_dict(sd, "backbone."))
-    head = build_head(backbone.embed_dim, ssl, device="cpu")
-    head.load_state_dict(sub_state_dict(sd, "dino_head."))
-    to_hf(backbone, folder / "hf")
+    # building the export's modules draws initial weights from the global RNG: do it on a fork, so
+    # the steps after an export draw (drop path) as a run resumed from that step's checkpoint does
+    # (the RNG state saved there is the one before the export)
+    with torch.random.fork_rng(devices=[]):
+        backbone = build_backbone(model, device="cpu", drop_path_rate=0.0)
+        backbone.load_state_dict(sub_state_dict(sd, "backbone."))
+        head = build_head(backbone.embed_dim, ssl, device="cpu")
+        head.load_state_dict(sub_state_dict(sd, "dino_head."))
+        to_hf(backbone, folder / "hf")
     save_dinov2(backbone, folder)
     save_dino_head(head, folder / "dino_head.safetensors")
 
