@@ -110,20 +110,46 @@ def cxr_folder(request, tmp_path_factory) -> Path:
         return out
 
 
+def _two_rank_run(cxr_folder: Path) -> list[str]:
+    """The 2-rank run of the requeue tests, as overrides of the tiny recipe (launch.* aside)."""
+    return [f"data.sources=[{{name: cxr, path: {cxr_folder}}}]", "train.max_steps=6", "train.checkpoint_every=2",
+            "train.deterministic=true", *TINY]
+
+
+LOSSES = ("total_loss", "dino_global_crops_loss", "dino_local_crops_loss", "ibot_loss", "koleo_loss")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cxr_folder, tmp_path_factory) -> dict[int, dict]:
+    """The same 2-rank run, uninterrupted, outside SLURM (torchrun on this machine): its losses by step."""
+    import subprocess
+    import sys
+
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "dinotrain",
+           "train", str(REPO / "configs/pretrain/tiny_cpu.yaml"), f"output_dir={run}", *_two_rank_run(cxr_folder)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    return {r["step"]: r for r in rows}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("nodes,tasks_per_node", [(1, 2), (2, 1)], ids=["1node-2tasks", "2nodes-1task"])
-def test_two_task_fsdp_job_is_requeued_and_resumes_to_the_last_step(slurm_cluster, cxr_folder, tmp_path,
-                                                                      nodes, tasks_per_node):
+def test_two_task_fsdp_job_is_requeued_and_resumes_to_the_last_step(slurm_cluster, cxr_folder, uninterrupted,
+                                                                      tmp_path, nodes, tasks_per_node):
     """dinotrain.train.run under SLURM, 2 tasks (FSDP2 over gloo) on one node or one on each of two,
     preempted after its first checkpoint: requeued by submitit, resumed by the trainer, every step
-    logged exactly once. Across nodes the rendezvous host comes from the job's node list, whose
-    names (n1, n2) do not resolve: the address is SLURM's NodeAddr."""
+    logged exactly once, with the losses of the same run left uninterrupted. Across nodes the
+    rendezvous host comes from the job's node list, whose names (n1, n2) do not resolve: the
+    address is SLURM's NodeAddr."""
     from dinotrain.train.checkpoint import latest_checkpoint, list_checkpoints
 
     run = tmp_path / "run"
     cfg = load_config(REPO / "configs/pretrain/tiny_cpu.yaml", [
-        f"output_dir={run}", f"data.sources=[{{name: cxr, path: {cxr_folder}}}]", f"launch.nodes={nodes}",
-        f"launch.tasks_per_node={tasks_per_node}", "train.max_steps=6", "train.checkpoint_every=2", *TINY])
+        f"output_dir={run}", f"launch.nodes={nodes}", f"launch.tasks_per_node={tasks_per_node}",
+        *_two_rank_run(cxr_folder)])
     job = submit_run(cfg)
     wait_until(lambda: latest_checkpoint(run) is not None or status.states_of([run])[0].state == "failed",
                240, "the first checkpoint")
@@ -135,6 +161,10 @@ def test_two_task_fsdp_job_is_requeued_and_resumes_to_the_last_step(slurm_cluste
     st = runstate.read_status(run)
     assert st["attempt"] == 2 and st["world_size"] == 2
     assert _steps(run) == list(range(1, 7))  # resumed from a checkpoint: no step lost, none repeated
+    got = {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+    for step in range(1, 7):  # an exact resume: the preemption changed nothing
+        for k in LOSSES:
+            assert got[step][k] == pytest.approx(uninterrupted[step][k], rel=1e-6, abs=1e-7), (step, k)
     assert [s for s, _ in list_checkpoints(run)][-1] == 6
     assert len(list((latest_checkpoint(run)).glob("*.distcp"))) == 2  # both ranks wrote their shard
     folder = Path(str(job.paths.stdout)).parent
