@@ -124,7 +124,8 @@ def report(study: dict, ablation: str | None, seeds: dict | None) -> str:
         "## Continual pretraining (stage 2 on CXR)", "",
         *_comparison_table(study["continual"], "from_stage1", "from_scratch"), "", "![continual](continual.png)", "",
         "## Data scaling", "", *_scaling_table(study["scaling"]), "",
-        "![scaling](scaling.png)  (power-law fits drawn only through >= 3 sizes)", "",
+        "![scaling](scaling.png)  (a power law is drawn only through >= 3 sizes of positive values whose "
+        "smallest and largest sizes have CIs apart)", "",
         "## Which claims hold (computed from the tables above)", "", *_claims(study["claims"]), "",
         "## Training runs", "", "Collapse indicators at the last logged step (entropy / max near 1: uniform "
         "teacher targets; bottleneck cosine near 1: the head maps every image to one vector); warnings counted "

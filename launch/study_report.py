@@ -234,8 +234,23 @@ def plot_deltas(rows: dict[str, dict], title: str, xlabel: str, path: Path) -> P
     return path
 
 
+def no_fit_reason(images, values, lo, hi, min_fit_points: int = 3) -> str | None:
+    """Why a power law through these points would mean nothing (None: it may be drawn): fewer than
+    `min_fit_points` sizes, a value <= 0 (no power law reaches it), or a smallest and a largest size
+    whose CIs overlap (the trend cannot be told from flat)."""
+    if len(set(images)) < min_fit_points:
+        return f"{len(set(images))} sizes"
+    if any(v <= 0 for v in values):
+        return "values <= 0"
+    small, large = images.index(min(images)), images.index(max(images))
+    if lo[large] <= hi[small] and lo[small] <= hi[large]:
+        return "CIs overlap"
+    return None
+
+
 def plot_scaling(rows: list[dict], path: Path, min_fit_points: int = 3) -> Path:
-    """Metric vs training images per diversity set, with CIs; a power law only through >= 3 sizes."""
+    """Metric vs training images per diversity set, with CIs; a power law only where `no_fit_reason`
+    finds none (>= 3 sizes, positive values, the ends' CIs apart)."""
     import numpy as np
 
     from launch.scaling import fit_power_law
@@ -255,7 +270,10 @@ def plot_scaling(rows: list[dict], path: Path, min_fit_points: int = 3) -> Path:
             hi = np.array([p["ci"][1] if p["ci"][1] is not None else v for p, v in zip(pts, y)], float)
             shift = 1 + 0.025 * (i - (len(series) - 1) / 2)  # side by side when two series coincide
             ax.errorbar(x * shift, y, yerr=[y - lo, hi - y], fmt="o", color=f"C{i}", capsize=3, label=div)
-            if len(np.unique(x)) >= min_fit_points:
+            reason = no_fit_reason(list(x), list(y), list(lo), list(hi), min_fit_points)
+            if reason is not None:
+                ax.plot([], [], " ", label=f"{div}: no fit ({reason})")
+            else:
                 try:
                     fit = fit_power_law(x, y)
                     grid = np.geomspace(x.min(), x.max(), 50)

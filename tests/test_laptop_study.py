@@ -195,3 +195,18 @@ def test_quick_study_end_to_end_through_slurm(slurm_cluster, test_data, tmp_path
     seeds = json.loads((out / "seeds.json").read_text())
     assert seeds["seeds"] == [1, 1] and "jsrt_sex" in seeds["tasks"]
     assert "seed 1 | seed 1" in (out / "report.md").read_text()
+
+
+def test_scaling_plot_draws_a_power_law_only_where_the_points_can_carry_one():
+    from launch.study_report import no_fit_reason
+
+    sizes = [57, 172, 515]
+    # a trend whose ends' CIs are apart: a curve is drawn
+    assert no_fit_reason(sizes, [0.6, 0.7, 0.8], [0.55, 0.65, 0.75], [0.65, 0.75, 0.85]) is None
+    # the seed-0 study's jsrt_sex (cxr): ends' CIs overlap, the trend cannot be told from flat
+    assert no_fit_reason(sizes, [0.800, 0.837, 0.816], [0.663, 0.713, 0.680], [0.921, 0.940, 0.926]) == "CIs overlap"
+    # R² below 0 (covid_age): no power law reaches it
+    assert no_fit_reason(sizes, [-0.05, -0.05, -0.1], [-0.3, -0.3, -0.4], [0.1, 0.1, 0.05]) == "values <= 0"
+    assert no_fit_reason([57, 515], [0.6, 0.9], [0.55, 0.85], [0.65, 0.95]) == "2 sizes"
+    # the largest size worse than the smallest, CIs apart: a (falling) curve is drawn too
+    assert no_fit_reason(sizes, [0.9, 0.8, 0.7], [0.88, 0.7, 0.65], [0.92, 0.85, 0.75]) is None
