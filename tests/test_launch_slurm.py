@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from dinotrain.config import load_config
+from dinotrain.train.trainer import LOSS_KEYS
 from launch import probe, runstate, status
 from launch.submit import submit_run
 from tests.services import cpu_burners, wait_until
@@ -32,9 +33,13 @@ def _probe_cfg(out: Path, *extra: str):
                               *NO_WARMUP, *extra])
 
 
-def _steps(run_dir: Path) -> list[int]:
+def _metrics(run_dir: Path) -> list[dict]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(ln)["step"] for ln in lines if ln.strip()]
+    return [json.loads(ln) for ln in lines if ln.strip()]
+
+
+def _steps(run_dir: Path) -> list[int]:
+    return [r["step"] for r in _metrics(run_dir)]
 
 
 def _logs(job) -> str:
@@ -116,8 +121,6 @@ def _two_rank_run(cxr_folder: Path) -> list[str]:
             "train.deterministic=true", *TINY]
 
 
-LOSSES = ("total_loss", "dino_global_crops_loss", "dino_local_crops_loss", "ibot_loss", "koleo_loss")
-
 
 @pytest.fixture(scope="module")
 def uninterrupted(cxr_folder, tmp_path_factory) -> dict[int, dict]:
@@ -131,8 +134,7 @@ def uninterrupted(cxr_folder, tmp_path_factory) -> dict[int, dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    return {r["step"]: r for r in rows}
+    return {r["step"]: r for r in _metrics(run)}
 
 
 @pytest.mark.slow
@@ -161,10 +163,9 @@ def test_two_task_fsdp_job_is_requeued_and_resumes_to_the_last_step(slurm_cluste
     st = runstate.read_status(run)
     assert st["attempt"] == 2 and st["world_size"] == 2
     assert _steps(run) == list(range(1, 7))  # resumed from a checkpoint: no step lost, none repeated
-    got = {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
-    for step in range(1, 7):  # an exact resume: the preemption changed nothing
-        for k in LOSSES:
-            assert got[step][k] == pytest.approx(uninterrupted[step][k], rel=1e-6, abs=1e-7), (step, k)
+    for got in _metrics(run):  # an exact resume: the preemption changed nothing
+        for k in LOSS_KEYS:
+            assert got[k] == pytest.approx(uninterrupted[got["step"]][k], rel=1e-6, abs=1e-7), (got["step"], k)
     assert [s for s, _ in list_checkpoints(run)][-1] == 6
     assert len(list((latest_checkpoint(run)).glob("*.distcp"))) == 2  # both ranks wrote their shard
     folder = Path(str(job.paths.stdout)).parent

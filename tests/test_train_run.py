@@ -21,6 +21,8 @@ import pytest
 import torch
 import yaml
 
+from dinotrain.train.trainer import LOSS_KEYS
+
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 STEPS = 10
@@ -81,7 +83,7 @@ def test_two_process_run_writes_metrics_checkpoints_and_exports(reference_run):
     rows = losses_by_step(reference_run)
     assert sorted(rows) == list(range(1, STEPS + 1))
     for r in rows.values():
-        for k in ("total_loss", "dino_global_crops_loss", "dino_local_crops_loss", "ibot_loss", "koleo_loss"):
+        for k in LOSS_KEYS:
             assert r[k] is not None and math.isfinite(r[k]), (r["step"], k)
         assert r["world_size"] == 2 and r["images_per_s"] > 0 and r["step_time_s"] > 0
         for k in ("lr", "wd", "momentum", "teacher_temp", "grad_norm_backbone", "cls_std", "cls_effective_rank",
@@ -159,7 +161,7 @@ def test_kill9_then_resume_reproduces_the_uninterrupted_losses(reference_run, cx
     want, got = losses_by_step(reference_run), losses_by_step(run_dir)
     assert sorted(got) == list(range(1, STEPS + 1))
     for step in range(6, STEPS + 1):
-        for k in ("total_loss", "dino_global_crops_loss", "dino_local_crops_loss", "ibot_loss", "koleo_loss"):
+        for k in LOSS_KEYS:
             assert got[step][k] == pytest.approx(want[step][k], rel=1e-6, abs=1e-7), (step, k)
 
 
@@ -260,11 +262,11 @@ def test_two_node_torchrun_resumes_a_one_node_run(reference_run, tmp_path):
     ref = losses_by_step(reference_run)
     # step 6 ran on the reference's own state (max_steps=7 changes the schedules from its update on):
     # exactly the reference's losses, in another folder (an export at step 5 once moved the RNG)
-    for k in ("total_loss", "dino_global_crops_loss", "dino_local_crops_loss", "ibot_loss", "koleo_loss"):
+    for k in LOSS_KEYS:
         assert got[6][k] == pytest.approx(ref[6][k], rel=1e-6, abs=1e-7), k
     for step in (6, 7):
         assert got[step]["world_size"] == 2  # one process per launcher
-        for k in ("total_loss", "dino_global_crops_loss", "dino_local_crops_loss", "ibot_loss", "koleo_loss"):
+        for k in LOSS_KEYS:
             assert got[step][k] == pytest.approx(want[step][k], rel=1e-6, abs=1e-7), (step, k)
         # continued from the trained state, not from a fresh init
         assert abs(got[step]["total_loss"] - ref[step]["total_loss"]) < \

@@ -255,7 +255,7 @@ def test_collapse_watch_judges_a_window_not_one_step():
     assert [s for s, _ in said] == [7, 17, 27]
     assert said[0][1].startswith("steps 5-7: the DINO head maps every image") and "0.9990" in said[0][1]
     assert "steps 23-27" in said[2][1]
-    # before min_logs nothing is judged, and a window of healthy steps dilutes a late spike
+    # before min_logs nothing is judged
     watch = CollapseWatch(window=5, min_logs=3)
     assert watch.observe(collapsed, 0) == [] and watch.observe(collapsed, 1) == []
     assert len(watch.observe(collapsed, 2)) == 1

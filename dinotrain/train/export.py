@@ -7,14 +7,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import torch
+
 from dinotrain.run_layout import export_dir
 from dinotrain.train.distributed import DistEnv, barrier
 from dinotrain.train.meta_arch import SSLNetwork
 
 
 def _write_export(sd: dict, model, ssl, folder: Path) -> None:
-    import torch
-
     from dinotrain.models import build_backbone, build_head
     from dinotrain.models.convert import save_dino_head, save_dinov2, sub_state_dict, to_hf
 
