@@ -71,6 +71,46 @@ def _runs_table(runs: dict[str, dict]) -> list[str]:
     return lines
 
 
+def _span(values: list[float], digits: int = 3) -> str:
+    return f"{min(values):.{digits}f}-{max(values):.{digits}f}"
+
+
+def limits(study: dict) -> list[str]:
+    """What bounds the SSL - random comparison, computed from the study's own numbers: how small a
+    difference the test sets can resolve, how strong the random baseline is, how much training
+    each run got, and how far from uniform the teacher's targets moved."""
+    image = {k: v for k, v in study["tasks"].items() if v.get("kind") != "segmentation"}
+    half = {k: (v["delta_ci"][1] - v["delta_ci"][0]) / 2 for k, v in image.items()
+            if v.get("delta_ci") and None not in v["delta_ci"]}
+    if not half:
+        return ["_No image-level task with a CI: nothing to say about limits._"]
+    n = [v["n_test"] for v in image.values() if v.get("n_test")]
+    auroc = [v["random"] for v in image.values() if v["metric"].endswith("auroc") and v.get("random") is not None]
+    plan, runs = study["plan"], study.get("runs", {})
+    lines = [
+        f"- **Test-set size.** The {len(image)} image-level tasks have {min(n)}-{max(n)} test images; half the width "
+        f"of the paired 95% CI of SSL − random is {_span(list(half.values()))} in the task's metric (median "
+        f"{sorted(half.values())[len(half) // 2]:.3f}). A true gain smaller than that cannot show as "
+        "\"CI above 0\" here, whatever the encoder."]
+    if auroc:
+        lines.append(f"- **A strong baseline.** The random-init features (the recipe's initial weights) with a linear "
+                     f"probe already reach AUROC {_span(auroc)} on the classification tasks, so pretraining has to "
+                     "add on top of that, not on top of chance.")
+    if plan.get("batch"):
+        drawn = plan["steps"] * plan["batch"]
+        lines.append(f"- **Compute.** Every run takes {plan['steps']} steps of batch {plan['batch']}: {drawn:,} images "
+                     f"drawn, {drawn / max(plan['sizes']):.1f} passes over the largest set ({max(plan['sizes'])} "
+                     f"images); the whole study {study['minutes']:.0f} min on this machine.")
+    ent = [r["final_teacher_entropy_ratio"] for r in runs.values() if r.get("final_teacher_entropy_ratio") is not None]
+    if ent:
+        lines.append(f"- **Training signal.** The teacher's output entropy at the last step is {_span(ent)} of its "
+                     "maximum across the runs (1 = uniform targets): the DINO targets were still close to uniform "
+                     "when the runs stopped.")
+    lines += ["", "| task | n test | ± half CI width of SSL − random | random |", "|---|---:|---:|---:|"]
+    lines += [f"| {k} | {image[k].get('n_test', '')} | {h:.3f} | {_f(image[k].get('random'))} |" for k, h in half.items()]
+    return lines
+
+
 def seeds_table(seeds: dict) -> list[str]:
     """One row per task: the difference and its CI for every seed, and whether all CIs are above 0."""
     ss = seeds["seeds"]
@@ -127,6 +167,7 @@ def report(study: dict, ablation: str | None, seeds: dict | None) -> str:
         "![scaling](scaling.png)  (a power law is drawn only through >= 3 sizes of positive values whose "
         "smallest and largest sizes have CIs apart)", "",
         "## Which claims hold (computed from the tables above)", "", *_claims(study["claims"]), "",
+        "## What limited these numbers (computed from the study's own numbers)", "", *limits(study), "",
         "## Training runs", "", "Collapse indicators at the last logged step (entropy / max near 1: uniform "
         "teacher targets; bottleneck cosine near 1: the head maps every image to one vector); warnings counted "
         "with the trainer's own `CollapseWatch` (means over the last 5 logged steps) at every logged step.", "",

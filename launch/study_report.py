@@ -303,6 +303,7 @@ def plot_scaling(rows: list[dict], path: Path, min_fit_points: int = 3) -> Path:
 def plot_losses(run_dirs: dict[str, Path], path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    drawn = 0
     for i, (name, d) in enumerate(sorted(run_dirs.items())):
         f = Path(d) / "metrics.jsonl"
         if not f.exists():
@@ -317,11 +318,15 @@ def plot_losses(run_dirs: dict[str, Path], path: Path) -> Path:
                 pts.append((x.get("step", 0), x["total_loss"]))
         if pts:
             ax.plot(*zip(*pts), color=f"C{i % 10}", label=name, lw=1.2)
+            drawn += 1
     ax.set_xlabel("step")
     ax.set_ylabel("total loss (DINO + iBOT + KoLeo)")
     ax.set_title("training loss of every run")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="x-small", ncol=2)
+    if drawn:
+        ax.legend(fontsize="x-small", ncol=2)
+    else:  # a published copy of the study (no run folders beside it)
+        ax.text(0.5, 0.5, "no run folder with metrics.jsonl beside study.json", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -339,18 +344,32 @@ def render(out: Path, ablation: Path | None = None) -> dict[str, Path]:
         ablation = Path(study["recipe"]).with_suffix(".ablation.md")
     seeds_path = out / "seeds.json"
     seeds = json.loads(seeds_path.read_text()) if seeds_path.exists() else None
+    study["plan"].setdefault("batch", _run_batch(Path(study.get("models", {}).get("ssl_dir", out / "none"))))
     paths = {
         "ssl_vs_random": plot_deltas(study["tasks"], "SSL − random init (paired 95% CI)", "difference in the task's metric",
                                      out / "ssl_vs_random.png"),
         "continual": plot_deltas(study["continual"], "stage 2: from stage 1 − from scratch (paired 95% CI)",
                                  "difference in the task's metric", out / "continual.png"),
         "scaling": plot_scaling(study["scaling"], out / "scaling.png"),
-        "loss_curves": plot_losses(_run_dirs(out, study), out / "loss_curves.png"),
     }
+    run_dirs = _run_dirs(out, study)
+    if run_dirs or not (out / "loss_curves.png").exists():  # a published copy keeps the curves it was given
+        paths["loss_curves"] = plot_losses(run_dirs, out / "loss_curves.png")
     text = ablation.read_text() if ablation is not None and ablation.is_file() else None
     paths["report"] = out / "report.md"
     paths["report"].write_text(report(study, text, seeds))
     return paths
+
+
+def _run_batch(run_dir: Path) -> int | None:
+    """Global batch of a finished run, from its config.yaml (studies written before the plan held it)."""
+    from omegaconf import OmegaConf
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    c = OmegaConf.load(path)
+    return int(c.data.batch_size_per_gpu) * int(c.launch.nodes) * int(c.launch.tasks_per_node)
 
 
 def _run_dirs(out: Path, study: dict) -> dict[str, Path]:

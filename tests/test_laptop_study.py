@@ -147,6 +147,26 @@ def test_claims_are_computed_from_the_numbers():
     assert not c["continual_beats_scratch"]["holds"]
 
 
+def test_limits_are_computed_from_the_study_numbers():
+    from launch.study_markdown import limits
+
+    tasks = {"a_sex": {**_row(0.02, -0.08, 0.12), "n_test": 50, "random": 0.70},
+             "b": {**_row(0.01, -0.02, 0.04), "n_test": 150, "random": 0.80},
+             "c_age": {**_row(0.0, -0.2, 0.2), "metric": "ridge/r2", "n_test": 120, "random": -0.01},
+             "seg": {**_row(0.01, 0.0, 0.02, "segmentation"), "n_test": 90, "random": 0.6}}
+    study = {"tasks": tasks, "plan": {"steps": 100, "batch": 32, "sizes": [50, 400]}, "minutes": 58.6,
+             "runs": {"x": {"final_teacher_entropy_ratio": 0.97}, "y": {"final_teacher_entropy_ratio": 0.985}}}
+    text = "\n".join(limits(study))
+    assert "3 image-level tasks have 50-150 test images" in text  # the segmentation task is not one of them
+    assert "is 0.030-0.200 in the task's metric (median 0.100)" in text
+    assert "AUROC 0.700-0.800" in text  # ridge R² is not an AUROC
+    assert "100 steps of batch 32: 3,200 images drawn, 8.0 passes over the largest set (400 images)" in text
+    assert "entropy at the last step is 0.970-0.985" in text
+    assert "| c_age | 120 | 0.200 | -0.010 |" in text
+    del study["plan"]["batch"]  # a study written before the plan held its batch: no compute line, no guess
+    assert "steps of batch" not in "\n".join(limits(study))
+
+
 # ----------------------------------------------------------------------------- end to end
 @pytest.mark.slow
 @pytest.mark.slurm
