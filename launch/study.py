@@ -139,8 +139,8 @@ def fitted_warmups(cfg, steps: int) -> list[str]:
     return [f"{key}={int(OmegaConf.select(cfg, key)) * steps // total}" for key in WARMUPS]
 
 
-def print_plan(p: dict, opts: StudyOptions, pool: dict[str, int], cluster: str) -> None:
-    print(f"study plan (seed {opts.seed}, cluster {cluster}, recipe {opts.config}):", file=sys.stderr)
+def print_plan(p: dict, opts: StudyOptions, pool: dict[str, int], cluster: str, why: str) -> None:
+    print(f"study plan (seed {opts.seed}, cluster {cluster}: {why}; recipe {opts.config}):", file=sys.stderr)
     print("  pretraining pool after holding out the test splits: "
           + ", ".join(f"{g} {n}" for g, n in pool.items()), file=sys.stderr)
     print(f"  {p['runs']} runs x {p['steps']} steps (~{p['seconds_per_step']} s/step idle): sweep sizes "
@@ -149,15 +149,20 @@ def print_plan(p: dict, opts: StudyOptions, pool: dict[str, int], cluster: str) 
           file=sys.stderr)
     parts = ", ".join(f"{k} {v}" for k, v in p["estimate_parts_minutes"].items())
     print(f"  estimate on an idle 2-core machine: {p['estimate_minutes']} min ({parts})", file=sys.stderr)
+    if p["estimate_minutes"] > opts.minutes:
+        print(f"  warning: the estimate is over --minutes {opts.minutes:g} ({p['steps']} step(s) per run): fewer "
+              "--steps, --sizes or --tasks, or a lower --resolution, shorten it", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- the study
-def resolve_cluster(choice: str) -> str:
-    from launch.study_runs import slurm_answers
+def resolve_cluster(choice: str) -> tuple[str, str]:
+    """The launcher (`slurm` or `local`) and why: `auto` takes SLURM when a controller answers."""
+    from launch.study_runs import slurm_state
 
-    if choice == "auto":
-        return "slurm" if slurm_answers() else "local"
-    return choice
+    if choice != "auto":
+        return choice, f"--cluster {choice}"
+    ok, why = slurm_state()
+    return ("slurm" if ok else "local"), why
 
 
 def common_overrides(opts: StudyOptions, steps: int, cluster: str, warmups: list[str] = ()) -> list[str]:
@@ -208,11 +213,11 @@ def run_study(opts: StudyOptions) -> dict:
 
     t0 = time.time()
     opts.out.mkdir(parents=True, exist_ok=True)
-    cluster = resolve_cluster(opts.cluster)
+    cluster, why = resolve_cluster(opts.cluster)
     log(t0, "data: holding out the eval test splits")
     hold, pool, eval_images = _pool(opts)
     p = plan(opts, load_config(opts.config, opts.overrides), pool, eval_images)
-    print_plan(p, opts, pool, cluster)
+    print_plan(p, opts, pool, cluster, why)
     log(t0, "data: building shard sets")
     data = study_data.prepare(opts.data_root, opts.out / "data", hold, opts.shard_size, opts.images_per_group)
     runs = pretrain(opts, p, data, common_overrides(opts, p["steps"], cluster, p["warmups"]), cluster, t0)
@@ -227,6 +232,7 @@ def run_study(opts: StudyOptions) -> dict:
     results = evaluate(opts, runs["ssl"], random_dir, runs["stage2"], runs["scratch"], t0)
     log(t0, "report")
     study = study_report.assemble(opts, p, data, results, runs["sweep"], cluster, minutes=(time.time() - t0) / 60)
+    study["cluster_reason"] = why
     study["runs"] = study_report.run_summaries(runs["trained"])
     (opts.out / "study.json").write_text(json.dumps(study_report.clean(study), indent=1, allow_nan=False) + "\n")
     study_report.render(opts.out, ablation=Path(opts.config).with_suffix(".ablation.md"))
@@ -340,7 +346,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "machinery, not the science")
     parser.add_argument("--combine", nargs="+", metavar="OUT_SEED",
                         help="merge several study folders (seeds) into --out/seeds.md and seeds.json")
-    parser.add_argument("--out", dest="combine_out", default=None, help="with --combine: where seeds.md goes")
+    parser.add_argument("--out", dest="combine_out", default=None, help="with --combine: where seeds.md and seeds.json go "
+                        "(default: the first folder, whose report.md then gets the seeds table)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and its time estimate only")
 
 
@@ -373,7 +380,7 @@ def _main(args: argparse.Namespace) -> int:
     if args.combine:
         from launch.study_report import combine
 
-        for p in combine([Path(d) for d in args.combine], Path(args.combine_out or ".")):
+        for p in combine([Path(d) for d in args.combine], Path(args.combine_out or args.combine[0])):
             print(p)
         return 0
     if not args.out:
@@ -397,7 +404,7 @@ def _dry_run(opts: StudyOptions) -> int:
 
     _, pool, eval_images = _pool(opts)
     p = plan(opts, load_config(opts.config, opts.overrides), pool, eval_images)
-    print_plan(p, opts, pool, resolve_cluster(opts.cluster))
+    print_plan(p, opts, pool, *resolve_cluster(opts.cluster))
     print(json.dumps({"plan": p, "options": {k: str(v) if isinstance(v, Path) else v
                                              for k, v in asdict(opts).items()}}, indent=1))
     return 0 if math.isfinite(p["estimate_minutes"]) else 1

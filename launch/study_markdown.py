@@ -129,6 +129,21 @@ def seeds_table(seeds: dict) -> list[str]:
     return out + [""]
 
 
+def _scratch(study: dict) -> str:
+    scratch = Path(study["models"]["scratch_dir"])
+    if "sweep" in scratch.parts:
+        return f"the sweep's `{scratch.name}` run (identical stage-2 budget and data)"
+    return f"`{scratch.name}`, stage 2's config without the initialisation (same budget and data)"
+
+
+_PROBES = {"linear": "linear probe", "knn": "kNN", "ridge": "ridge regression", "linear_head": "linear segmentation head"}
+
+
+def _headline_metrics(study: dict) -> str:
+    used = dict.fromkeys(v["metric"] for v in [*study["tasks"].values(), *study["continual"].values()])
+    return ", ".join(f"`{m}` ({_PROBES.get(m.split('/')[0], m.split('/')[0])})" for m in used)
+
+
 def report(study: dict, ablation: str | None, seeds: dict | None) -> str:
     data, ev, plan = study["data"], study["eval"], study["plan"]
     groups = ", ".join(f"{g} {v['images']} ({'+'.join(v['datasets'])})" for g, v in data["groups"].items())
@@ -136,6 +151,7 @@ def report(study: dict, ablation: str | None, seeds: dict | None) -> str:
         f"# Laptop study: RAD-DINO pretraining on real medical images (seed {study['seed']})", "",
         f"Wall clock {study['minutes']:.1f} min on this machine, this invocation (plan estimate for an idle 2-core machine: "
         f"{plan['estimate_minutes']} min); runs launched with `launch.cluster={study['cluster']}`"
+        + (f" ({study['cluster_reason']})" if study.get("cluster_reason") else "")
         + (" — **quick mode: a machinery check, the numbers mean nothing**" if study.get("quick") else "") + ".", "",
         "## Setup", "",
         f"- Recipe: `{Path(study['recipe']).name}` + study overrides `{' '.join(study['overrides']) or '(none)'}`; "
@@ -144,13 +160,11 @@ def report(study: dict, ablation: str | None, seeds: dict | None) -> str:
         f"- Data-scaling sweep: sizes {plan['sizes']} training images x diversity `cxr` = [cxr] and `all` = "
         "[cxr, derm, us, mri, ct] (same totals, split over the sources by their sizes).",
         "- Continual: stage 1 on derm + us + mri + ct, exported; stage 2 on cxr from its backbone and DINO head "
-        "(`model.pretrained`, `model.pretrained_head`); from scratch = the sweep's cxr run at the largest size "
-        "(identical stage-2 budget and data).",
+        "(`model.pretrained`, `model.pretrained_head`); from scratch = " + _scratch(study) + ".",
         "- SSL = the sweep's `all` run at the largest size; random = the same networks at the recipe's initial "
         "weights (same arch, LayerScale init and seed, built by the trainer and exported at step 0).",
-        f"- Evaluation: frozen teacher features at {ev['resolution']} px (not 518: CPU), linear probes (AUROC), "
-        f"ridge (age, R²), linear segmentation head (Dice, mean over structures); {ev['bootstrap']} bootstrap "
-        f"resamples; {ev['ci']}.", "",
+        f"- Evaluation: frozen teacher features at {ev['resolution']} px (not 518: CPU); headline metric per task "
+        f"(probe/metric): {_headline_metrics(study)}; {ev['bootstrap']} bootstrap resamples; {ev['ci']}.", "",
         "## Held-out policy", "",
         "Every task below is loaded exactly as `dinotrain eval` loads it; the images of its `test` split, and "
         "every other image of the same patient (the task's group column), are left out of every pretraining "

@@ -209,6 +209,19 @@ def _plt():
     return plt
 
 
+def _interval(ax, pos, lo, hi, color, capsize: int, horizontal: bool = False) -> None:
+    """CI bars drawn from their ends, not as offsets from the estimate: a bootstrap percentile CI need
+    not contain the point estimate (skewed R², small sets), and matplotlib refuses negative offsets."""
+    import numpy as np
+
+    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+    mid, half = (lo + hi) / 2, (hi - lo) / 2
+    if horizontal:
+        ax.errorbar(mid, pos, xerr=half, fmt="none", ecolor=color, capsize=capsize)
+    else:
+        ax.errorbar(pos, mid, yerr=half, fmt="none", ecolor=color, capsize=capsize)
+
+
 def plot_deltas(rows: dict[str, dict], title: str, xlabel: str, path: Path) -> Path:
     """Each task's difference with its paired 95% CI as a horizontal bar; the zero line marks no effect."""
     plt = _plt()
@@ -220,8 +233,9 @@ def plot_deltas(rows: dict[str, dict], title: str, xlabel: str, path: Path) -> P
         if d is None:
             continue
         color = "C2" if (lo is not None and lo > 0) else "C3" if (hi is not None and hi < 0) else "C7"
-        err = [[d - lo], [hi - d]] if None not in (lo, hi) else None
-        ax.errorbar([d], [i], xerr=err, fmt="o", color=color, capsize=4)
+        if None not in (lo, hi):
+            _interval(ax, [i], [lo], [hi], color, capsize=4, horizontal=True)
+        ax.plot([d], [i], "o", color=color)
     ax.axvline(0.0, color="k", lw=1)
     ax.set_yticks(range(len(names)), [f"{n} ({rows[n]['metric'].split('/')[-1]})" for n in names])
     ax.invert_yaxis()
@@ -269,7 +283,8 @@ def plot_scaling(rows: list[dict], path: Path, min_fit_points: int = 3) -> Path:
             lo = np.array([p["ci"][0] if p["ci"][0] is not None else v for p, v in zip(pts, y)], float)
             hi = np.array([p["ci"][1] if p["ci"][1] is not None else v for p, v in zip(pts, y)], float)
             shift = 1 + 0.025 * (i - (len(series) - 1) / 2)  # side by side when two series coincide
-            ax.errorbar(x * shift, y, yerr=[y - lo, hi - y], fmt="o", color=f"C{i}", capsize=3, label=div)
+            _interval(ax, x * shift, lo, hi, f"C{i}", capsize=3)
+            ax.plot(x * shift, y, "o", color=f"C{i}", label=div)
             reason = no_fit_reason(list(x), list(y), list(lo), list(hi), min_fit_points)
             if reason is not None:
                 ax.plot([], [], " ", label=f"{div}: no fit ({reason})")
@@ -344,7 +359,11 @@ def render(out: Path, ablation: Path | None = None) -> dict[str, Path]:
         ablation = Path(study["recipe"]).with_suffix(".ablation.md")
     seeds_path = out / "seeds.json"
     seeds = json.loads(seeds_path.read_text()) if seeds_path.exists() else None
-    study["plan"].setdefault("batch", _run_batch(Path(study.get("models", {}).get("ssl_dir", out / "none"))))
+    if study["plan"].get("batch") is None:  # a study written before the plan held its batch: read the run's
+        batch = _run_batch(Path(study.get("models", {}).get("ssl_dir", out / "none")))
+        if batch is not None:  # kept in study.json, so that a published copy renders the same report
+            study["plan"]["batch"] = batch
+            (out / "study.json").write_text(json.dumps(clean(study), indent=1, allow_nan=False) + "\n")
     paths = {
         "ssl_vs_random": plot_deltas(study["tasks"], "SSL − random init (paired 95% CI)", "difference in the task's metric",
                                      out / "ssl_vs_random.png"),

@@ -26,14 +26,17 @@ NOT_TRAINING = ("output_dir", "launch", "eval", "train.progress", "train.log_eve
                 "train.keep_checkpoints", "train.export_every")
 
 
-def slurm_answers() -> bool:
-    """sbatch is installed and a controller answers squeue."""
+def slurm_state() -> tuple[bool, str]:
+    """Whether SLURM can take jobs here, and why (said in the plan and in report.md)."""
     if shutil.which("sbatch") is None or shutil.which("squeue") is None:
-        return False
+        return False, "no sbatch/squeue on PATH"
     try:
-        return subprocess.run(["squeue", "-h"], capture_output=True, timeout=30).returncode == 0
+        ok = subprocess.run(["squeue", "-h"], capture_output=True, timeout=30).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
-        return False
+        ok = False
+    if ok:
+        return True, "a SLURM controller answers squeue"
+    return False, "sbatch is installed but no SLURM controller answers squeue (start slurmctld + slurmd to use it)"
 
 
 def slurm_cpus() -> int:

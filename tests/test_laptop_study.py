@@ -70,6 +70,16 @@ def test_compare_to_must_name_one_of_the_models(test_data, tmp_path):
         evaluate_models(["random:vit_tiny"], "jsrt_sex", test_data, tmp_path, compare_to="random:vit_small")
 
 
+def test_dry_run_warns_when_the_budget_cannot_hold_the_study(test_data, tmp_path, capsys):
+    from dinotrain.cli import main as cli_main
+
+    assert cli_main(["study", str(tmp_path / "s"), "--data", str(test_data), "--dry-run", "--minutes", "5"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the estimate is over --minutes 5 (1 step(s) per run)" in err
+    assert "cluster local: " in err or "cluster slurm: a SLURM controller answers squeue" in err  # and says why
+    assert not (tmp_path / "s").exists()  # a dry run writes nothing
+
+
 def test_combine_names_a_folder_without_study_json(tmp_path, capsys):
     from dinotrain.cli import main as cli_main
 
@@ -169,6 +179,34 @@ def test_limits_are_computed_from_the_study_numbers():
 
 # ----------------------------------------------------------------------------- end to end
 @pytest.mark.slow
+def test_local_sweep_runs_one_job_after_another_and_a_rerun_skips_what_is_done(mixed_shards, tmp_path):
+    """The launcher path the published study took (no SLURM controller on the machine): the sweep's
+    runs as local jobs, one at a time, each to its last step; the study run again submits nothing."""
+    import io
+
+    from launch import runstate, status
+    from launch.study_runs import LogEcho, submit_sweep
+    from launch.sweep import load_sweep
+
+    out = tmp_path / "sweep"
+    spec = load_sweep(REPO / "configs/sweeps/smoke.yaml", [
+        *(f"sources.{k}={v}" for k, v in mixed_shards.items()), f"output_dir={out}", "sizes=[8]",
+        "launch.cluster=local", "train.max_steps=2", "optim.warmup_steps=1", "ssl.warmup_teacher_temp_steps=2",
+        "train.progress=true"])
+    echo = io.StringIO()
+    dirs = submit_sweep(spec, "local", LogEcho(echo))
+    assert [d.name for d in dirs] == ["cxr-n8", "cxr+us+mri-n8"]
+    assert [s.state for s in status.states_of(dirs)] == ["done", "done"]
+    for d in dirs:
+        assert [json.loads(ln)["step"] for ln in (d / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert echo.getvalue().count("2/2") >= 2  # each job's progress bar was echoed while it ran
+    assert (out / "sweep.yaml").is_file()  # `dinotrain sweep status|report OUT` work on it
+    jobs = [runstate.read_submission(d)["job_id"] for d in dirs]
+    assert submit_sweep(spec, "local", None) == dirs
+    assert [runstate.read_submission(d)["job_id"] for d in dirs] == jobs  # nothing submitted again
+
+
+@pytest.mark.slow
 @pytest.mark.slurm
 def test_quick_study_end_to_end_through_slurm(slurm_cluster, test_data, tmp_path):
     out = tmp_path / "study"
@@ -201,9 +239,14 @@ def test_quick_study_end_to_end_through_slurm(slurm_cluster, test_data, tmp_path
     assert not set(sources) & tests
     assert all(g["held_out_images_found"] == 0 for g in study["data"]["groups"].values())
 
-    # stage 2 started from stage 1's export; the random baseline is the SSL run's own init
+    # stage 2 started from stage 1's export; the random baseline is built from the SSL run's own config
     s2 = (out / "runs" / "stage2_from_stage1" / "config.yaml").read_text()
     assert "runs/stage1/export/latest/dinov2.safetensors" in s2 and "dino_head.safetensors" in s2
+    from omegaconf import OmegaConf
+
+    ssl_cfg, rnd_cfg = (OmegaConf.load(Path(study["models"][k]) / "config.yaml") for k in ("ssl_dir", "random_dir"))
+    assert ssl_cfg.model == rnd_cfg.model and ssl_cfg.train.seed == rnd_cfg.train.seed == 1
+    assert study["plan"]["batch"] == ssl_cfg.data.batch_size_per_gpu and study["cluster_reason"]
     for f in ("report.md", "ssl_vs_random.png", "continual.png", "scaling.png", "loss_curves.png"):
         assert (out / f).stat().st_size > 0, f
     report = (out / "report.md").read_text()
@@ -230,3 +273,32 @@ def test_scaling_plot_draws_a_power_law_only_where_the_points_can_carry_one():
     assert no_fit_reason([57, 515], [0.6, 0.9], [0.55, 0.85], [0.65, 0.95]) == "2 sizes"
     # the largest size worse than the smallest, CIs apart: a (falling) curve is drawn too
     assert no_fit_reason(sizes, [0.9, 0.8, 0.7], [0.88, 0.7, 0.65], [0.92, 0.85, 0.75]) is None
+
+
+def test_plots_draw_a_ci_that_does_not_contain_its_estimate(tmp_path):
+    """A percentile bootstrap CI can miss its point estimate (skewed R², small test sets): the plots draw
+    the CI's own ends instead of refusing negative error offsets."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from launch import study_report
+
+    drawn = []
+    real = plt.Axes.errorbar
+
+    def spy(ax, x, y, **kw):
+        drawn.append((np.atleast_1d(x), np.atleast_1d(y), kw.get("xerr"), kw.get("yerr")))
+        return real(ax, x, y, **kw)
+
+    rows = {"jsrt_age": {"metric": "ridge/r2", "delta": 0.05, "delta_ci": [0.06, 0.2]}}  # estimate below its CI
+    scaling = [{"diversity": "cxr", "task": "jsrt_age", "metric": "ridge/r2", "images": n, "value": v, "ci": [lo, hi]}
+               for n, v, lo, hi in ((57, -0.03, -0.14, -0.05), (172, -0.02, -0.13, 0.005), (515, 0.1, 0.0, 0.2))]
+    plt.Axes.errorbar = spy
+    try:
+        assert study_report.plot_deltas(rows, "t", "x", tmp_path / "d.png").stat().st_size > 0
+        assert study_report.plot_scaling(scaling, tmp_path / "s.png").stat().st_size > 0
+    finally:
+        plt.Axes.errorbar = real
+    (mid, _, xerr, _), (_, smid, _, yerr) = drawn
+    assert np.allclose([mid[0] - xerr[0], mid[0] + xerr[0]], [0.06, 0.2])
+    assert np.allclose(smid - yerr, [-0.14, -0.13, 0.0]) and np.allclose(smid + yerr, [-0.05, 0.005, 0.2])
