@@ -111,6 +111,10 @@ def limits(study: dict) -> list[str]:
     return lines
 
 
+def _yes(v) -> str:
+    return {True: "yes", False: "no"}.get(v, str(v))
+
+
 def seeds_table(seeds: dict) -> list[str]:
     """One row per task: the difference and its CI for every seed, and whether all CIs are above 0."""
     ss = seeds["seeds"]
@@ -120,12 +124,12 @@ def seeds_table(seeds: dict) -> list[str]:
                 "|---|---|" + "---|" * len(ss) + "---|"]
         for task, row in seeds[section].items():
             cells = [f"{_f(c['delta'])}{_ci(c['delta_ci'])}" if c else "–" for c in row["per_seed"]]
-            out.append(f"| {task} | {row['metric']} | " + " | ".join(cells) + f" | {row['all_above_zero']} |")
+            out.append(f"| {task} | {row['metric']} | " + " | ".join(cells) + f" | {_yes(row['all_above_zero'])} |")
         out.append("")
     out += ["### Claims per seed", "", "| claim | " + " | ".join(f"seed {s}" for s in ss) + " |",
             "|---|" + "---|" * len(ss)]
     for claim, vals in seeds["claims"].items():
-        out.append(f"| {claim} | " + " | ".join(str(v) for v in vals) + " |")
+        out.append(f"| {claim} | " + " | ".join(_yes(v) for v in vals) + " |")
     return out + [""]
 
 
