@@ -54,7 +54,8 @@ def _claims(c: dict) -> list[str]:
         f"- Continual pretraining beats stage 2 from scratch on the CXR tasks: {yes[k['holds']]}. CI above 0 on "
         f"{', '.join(k['ci_above_zero']) or 'none'}; CI below 0 on {', '.join(k['ci_below_zero']) or 'none'}; "
         f"mean difference {_f(k['mean_delta'])} over {k['n_tasks']} tasks.",
-        f"- More data helps (largest sweep size beats the smallest on the CXR probes): {yes[sc['holds']]}: "
+        "- More data helps (largest sweep size beats the smallest on the CXR probes; needs most (diversity, "
+        f"task) pairs better, one with the CIs apart, none worse with the CIs apart): {yes[sc['holds']]}: "
         f"{sc['n_largest_better']} of {sc['n_pairs']} (diversity, task) pairs; with separated CIs: "
         f"{sum(p['cis_separate'] for p in sc['pairs'])}.",
     ]

@@ -155,6 +155,18 @@ def test_claims_are_computed_from_the_numbers():
     c = claims(study)
     assert not c["ssl_beats_random"]["holds"] and not c["ssl_beats_random"]["age_task"]
     assert not c["continual_beats_scratch"]["holds"]
+    # more data: better point estimates alone do not make the claim; one pair must have its CIs apart
+    for r in study["scaling"]:
+        r["ci"] = [r["value"] - 0.1, r["value"] + 0.1]
+    c = claims(study)
+    assert c["scaling"]["n_largest_better"] == 1 and not c["scaling"]["holds"]
+    study["scaling"] += [{"diversity": "all", "task": "t", "images": n, "value": v, "ci": [v - 0.01, v + 0.01]}
+                         for n, v in ((10, 0.6), (90, 0.7))]
+    study["scaling"] += [{"diversity": "cxr", "task": "u", "images": n, "value": v, "ci": [v - 0.01, v + 0.01]}
+                         for n, v in ((10, 0.8), (90, 0.82))]
+    assert claims(study)["scaling"]["holds"]  # 3 of 3 better, one with CIs apart
+    study["scaling"][-1]["value"], study["scaling"][-1]["ci"] = 0.7, [0.69, 0.71]  # u: worse, CIs apart
+    assert not claims(study)["scaling"]["holds"]
 
 
 def test_limits_are_computed_from_the_study_numbers():
