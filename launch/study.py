@@ -118,8 +118,9 @@ def plan(opts: StudyOptions, cfg, pool: dict[str, int], eval_images: dict[str, i
         fits = int((opts.minutes * 60 - fixed) / (n_runs(sizes) * step_s))
         steps = max(1, min(int(cfg.train.max_steps), fits))
     total = fixed + n_runs(sizes) * steps * step_s
-    batch = int(cfg.data.batch_size_per_gpu) * int(cfg.launch.nodes) * int(cfg.launch.tasks_per_node)
-    return {"sizes": sizes, "steps": steps, "batch": batch, "runs": n_runs(sizes), "seconds_per_step": round(step_s, 3),
+    from launch.study_runs import global_batch
+
+    return {"sizes": sizes, "steps": steps, "batch": global_batch(cfg), "runs": n_runs(sizes), "seconds_per_step": round(step_s, 3),
             "warmups": fitted_warmups(cfg, steps),
             "estimate_minutes": round(total / 60, 1), "estimate_parts_minutes": {
                 "shards": round(shards_s / 60, 1), "train": round(n_runs(sizes) * (steps * step_s + RUN_OVERHEAD_S) / 60, 1),

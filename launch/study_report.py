@@ -364,15 +364,16 @@ def render(out: Path, ablation: Path | None = None) -> dict[str, Path]:
         ablation = Path(study["recipe"]).with_suffix(".ablation.md")
     seeds_path = out / "seeds.json"
     seeds = json.loads(seeds_path.read_text()) if seeds_path.exists() else None
-    fresh = claims(study)  # from the tables, by this code's rules (a study.json may predate a rule)
-    if study.get("claims") != fresh:
-        study["claims"] = fresh
-        (out / "study.json").write_text(json.dumps(clean(study), indent=1, allow_nan=False) + "\n")
-    if study["plan"].get("batch") is None:  # a study written before the plan held its batch: read the run's
-        batch = _run_batch(Path(study.get("models", {}).get("ssl_dir", out / "none")))
-        if batch is not None:  # kept in study.json, so that a published copy renders the same report
-            study["plan"]["batch"] = batch
-            (out / "study.json").write_text(json.dumps(clean(study), indent=1, allow_nan=False) + "\n")
+    # a study.json may predate a claim rule or the plan's batch: bring it up to date once, so that a
+    # published copy renders the same report
+    before = json.dumps(clean(study), indent=1, allow_nan=False)
+    study["claims"] = claims(study)  # from the tables, by this code's rules
+    batch = study["plan"].get("batch") or _run_batch(Path(study.get("models", {}).get("ssl_dir", out / "none")))
+    if batch is not None:
+        study["plan"]["batch"] = batch
+    after = json.dumps(clean(study), indent=1, allow_nan=False)
+    if after != before:
+        (out / "study.json").write_text(after + "\n")
     paths = {
         "ssl_vs_random": plot_deltas(study["tasks"], "SSL − random init (paired 95% CI)", "difference in the task's metric",
                                      out / "ssl_vs_random.png"),
@@ -396,8 +397,9 @@ def _run_batch(run_dir: Path) -> int | None:
     path = run_dir / "config.yaml"
     if not path.is_file():
         return None
-    c = OmegaConf.load(path)
-    return int(c.data.batch_size_per_gpu) * int(c.launch.nodes) * int(c.launch.tasks_per_node)
+    from launch.study_runs import global_batch
+
+    return global_batch(OmegaConf.load(path))
 
 
 def _run_dirs(out: Path, study: dict) -> dict[str, Path]:

@@ -60,6 +60,11 @@ def run_config(base: str, overrides: list[str], sources: list[dict[str, Any]], o
     return cfg
 
 
+def global_batch(cfg: DictConfig) -> int:
+    """Images per optimiser step over every process of a run."""
+    return int(cfg.data.batch_size_per_gpu) * int(cfg.launch.nodes) * int(cfg.launch.tasks_per_node)
+
+
 def training_part(cfg: DictConfig) -> dict[str, Any]:
     """What decides the learned weights: the config without where/how the run is launched."""
     d = OmegaConf.to_container(cfg, resolve=True)
