@@ -224,7 +224,7 @@ def _regression(task, t: Targets, feats, model, settings) -> list[dict]:
     x, y = feats["cls"], t.y
     tr, va, te = _splits(task)
     g = task.groups[te]
-    pred, _ = ridge_probe(x[tr], y[tr], x[va], y[va], x[te])
+    pred, _ = ridge_probe(x[tr], y[tr], x[va], y[va], x[te], groups=task.groups[np.concatenate([tr, va])])
     base = mean_baseline(y[tr], y[va], len(te))
     out = []
     for name, f in metrics.regression_metrics(y[te], pred).items():
