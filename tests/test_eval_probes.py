@@ -234,3 +234,23 @@ def test_linear_head_segments_when_tokens_carry_the_mask(test_data):
     # Dice conventions
     z = np.zeros((1, 4, 4), bool)
     assert dice_per_image(z, z)[0] == 1.0 and dice_per_image(~z, z)[0] == 0.0
+
+
+def test_ridge_on_more_dimensions_than_images_is_exact_and_quiet():
+    """Frozen CLS features have more dimensions than the age tasks have images: the weakest penalty of the
+    grid must still solve exactly (the closed form on the standardised features) and raise no LinAlgWarning."""
+    import warnings
+
+    from dinotrain.eval.attributes import _fit
+
+    rng = np.random.default_rng(0)
+    # float32 as the feature cache stores them; nearly one direction, as early-training CLS features are
+    x = (rng.normal(size=(60, 1)) @ rng.normal(size=(1, 300)) + 0.05 * rng.normal(size=(60, 300))).astype(np.float32)
+    y = rng.normal(size=60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = _fit(x, y, 1e-2)
+    x = x.astype(np.float64)
+    z = (x - x.mean(0)) / x.std(0)
+    w = z.T @ np.linalg.solve(z @ z.T + 1e-2 * np.eye(60), y - y.mean())  # kernel form of ridge
+    np.testing.assert_allclose(fit.predict(x), z @ w + y.mean(), atol=1e-5)  # float32 arithmetic
