@@ -71,6 +71,43 @@ def test_linear_probe_binary_multiclass_multilabel():
     assert metrics.auroc(Y[200:], s) < 0.7
 
 
+@pytest.mark.parametrize("kind", ["binary", "multiclass", "multilabel"])
+def test_metrics_equal_scikit_learns_ties_included(kind):
+    """Our numpy AUROC / average precision / R² / MAE are scikit-learn's definitions: same values on
+    scores with many ties (rounded, as a kNN's vote fractions are), on random resamples as the
+    bootstrap draws them, float32 scores included."""
+    from sklearn.metrics import average_precision_score, mean_absolute_error, r2_score, roc_auc_score
+
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        n, k = int(rng.integers(8, 120)), {"binary": 2, "multiclass": 5, "multilabel": 4}[kind]
+        if kind == "multilabel":
+            Y = (rng.random((n, k)) < 0.3).astype(np.float32)
+        else:
+            Y = metrics.one_hot(rng.integers(0, k, n), k)
+        S = (Y * rng.random() + rng.random((n, k))).astype(np.float32 if trial % 2 else np.float64)
+        if trial % 3 == 0:
+            S = np.round(S * 4) / 4  # heavy ties
+        idx = rng.integers(0, n, n)
+        Yi, Si = Y[idx], S[idx]
+        Yc, Sc = (Yi[:, 1:], Si[:, 1:]) if kind == "binary" else (Yi, Si)
+        cols = [c for c in range(Yc.shape[1]) if 0 < Yc[:, c].sum() < len(Yc)]
+        if not cols:
+            assert np.isnan(metrics.auroc(Yi, Si))
+            continue
+        ref_auc = np.mean([roc_auc_score(Yc[:, c], Sc[:, c]) for c in cols])
+        ref_ap = np.mean([average_precision_score(Yc[:, c], Sc[:, c]) for c in cols])
+        assert metrics.auroc(Yi, Si) == pytest.approx(ref_auc, abs=1e-12)
+        assert metrics.auprc(Yi, Si) == pytest.approx(ref_ap, abs=1e-12)
+        y, pred = rng.normal(50, 10, n), rng.normal(50, 12, n)
+        if trial % 3 == 0:
+            pred = y + np.round(rng.normal(0, 3, n))
+        reg = metrics.regression_metrics(y, pred)
+        assert reg["r2"](idx) == pytest.approx(r2_score(y[idx], pred[idx]), abs=1e-12)
+        assert reg["mae"](idx) == pytest.approx(mean_absolute_error(y[idx], pred[idx]), abs=1e-12)
+    assert np.isnan(metrics.regression_metrics(np.full(5, 3.0), np.arange(5.0))["r2"](np.arange(5)))
+
+
 def test_macro_metrics_skip_absent_classes_and_bootstrap():
     Y = metrics.one_hot(np.array([0, 0, 1, 1, 0, 1]), 3)  # class 2 never occurs
     S = np.array([[.9, .1, 0], [.8, .2, 0], [.2, .8, 0], [.3, .7, 0], [.6, .4, 0], [.1, .9, 0]])
