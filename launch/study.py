@@ -65,6 +65,7 @@ class StudyOptions:
     cluster: str = "auto"
     overrides: list[str] = field(default_factory=list)
     quick: bool = False
+    reevaluate: bool = False  # evaluate runs finished by an earlier invocation again (after an eval change)
 
 
 QUICK = dict(steps=2, sizes=[6, 12, 18], tasks=["jsrt_sex", "jsrt_anatomy"], continual_tasks=["jsrt_sex"],
@@ -221,7 +222,10 @@ def run_study(opts: StudyOptions) -> dict:
     print_plan(p, opts, pool, cluster, why)
     log(t0, "data: building shard sets")
     data = study_data.prepare(opts.data_root, opts.out / "data", hold, opts.shard_size, opts.images_per_group)
+    previous = _previous_study(opts)
     runs = pretrain(opts, p, data, common_overrides(opts, p["steps"], cluster, p["warmups"]), cluster, t0)
+    if opts.reevaluate:
+        reevaluate_runs(runs["trained"], t0)
     from launch.report import write_report
 
     write_report(opts.out / "sweep", metric=_sweep_metric(opts))  # `dinotrain sweep report`'s own table and plot
@@ -232,13 +236,45 @@ def run_study(opts: StudyOptions) -> dict:
     random_dir = save_initial_teacher(load_config(runs["ssl"] / "config.yaml"), opts.out / "models" / "random_init")
     results = evaluate(opts, runs["ssl"], random_dir, runs["stage2"], runs["scratch"], t0)
     log(t0, "report")
-    study = study_report.assemble(opts, p, data, results, runs["sweep"], cluster, minutes=(time.time() - t0) / 60)
+    minutes = (time.time() - t0) / 60
+    study = study_report.assemble(opts, p, data, results, runs["sweep"], cluster,
+                                  minutes=previous["minutes"] if previous else minutes)
+    if previous:  # the study's wall clock stays the run that trained; this invocation only re-evaluated
+        study["reevaluated_minutes"] = round(minutes, 2)
     study["cluster_reason"] = why
     study["runs"] = study_report.run_summaries(runs["trained"])
     (opts.out / "study.json").write_text(json.dumps(study_report.clean(study), indent=1, allow_nan=False) + "\n")
     study_report.render(opts.out, ablation=Path(opts.config).with_suffix(".ablation.md"))
     log(t0, f"done: {opts.out / 'report.md'}")
     return study
+
+
+def _previous_study(opts: StudyOptions) -> dict | None:
+    """With --reevaluate, the study.json of the invocation that trained the runs (None if there is none)."""
+    path = opts.out / "study.json"
+    if not opts.reevaluate or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}): delete it, or rerun without --reevaluate") from e
+
+
+def reevaluate_runs(run_dirs: list[Path], since: float) -> list[Path]:
+    """Evaluate again each run that evaluates itself (launch.run_eval) and whose eval/results.json
+    predates `since`; frozen features come from eval.cache_dir when it is set."""
+    from dinotrain.config import load_config
+    from launch.task import EVAL_SUBDIR, evaluate_run, wants_eval
+
+    redone = []
+    for d in run_dirs:
+        cfg = load_config(Path(d) / "config.yaml")
+        res = Path(d) / EVAL_SUBDIR / "results.json"
+        if wants_eval(cfg) and (not res.is_file() or res.stat().st_mtime < since):
+            log(since, f"eval: again for {Path(d).name} ({', '.join(cfg.eval.tasks)})")
+            evaluate_run(Path(d), cfg)
+            redone.append(Path(d))
+    return redone
 
 
 def _pool(opts: StudyOptions):
@@ -349,6 +385,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="merge several study folders (seeds) into --out/seeds.md and seeds.json")
     parser.add_argument("--out", dest="combine_out", default=None, help="with --combine: where seeds.md and seeds.json go "
                         "(default: the first folder, whose report.md then gets the seeds table)")
+    parser.add_argument("--reevaluate", action="store_true",
+                        help="evaluate again the runs an earlier invocation finished (their own CXR probes "
+                        "too), e.g. after an eval change; training is not repeated, frozen features come from "
+                        "OUT/cache, and study.json keeps the training invocation's wall clock")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and its time estimate only")
 
 
@@ -356,7 +396,7 @@ def options_from_args(args: argparse.Namespace) -> StudyOptions:
     data = args.data or os.environ.get("DINOTRAIN_TEST_DATA") or str(REPO.parent / "shared" / "data")
     kw = dict(out=Path(args.out).absolute(), seed=args.seed, data_root=Path(data).absolute(),
               config=Path(args.config or DEFAULT_CONFIG).absolute(), minutes=args.minutes, resolution=args.resolution,
-              bootstrap=args.bootstrap, cluster=args.cluster)
+              bootstrap=args.bootstrap, cluster=args.cluster, reevaluate=args.reevaluate)
     if args.quick:
         kw.update(QUICK, quick=True)
     for name in ("steps", "sizes", "tasks"):

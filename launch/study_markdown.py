@@ -154,8 +154,12 @@ def report(study: dict, ablation: str | None, seeds: dict | None) -> str:
     groups = ", ".join(f"{g} {v['images']} ({'+'.join(v['datasets'])})" for g, v in data["groups"].items())
     lines = [
         f"# Laptop study: RAD-DINO pretraining on real medical images (seed {study['seed']})", "",
-        f"Wall clock {study['minutes']:.1f} min on this machine, this invocation (plan estimate for an idle 2-core machine: "
-        f"{plan['estimate_minutes']} min); runs launched with `launch.cluster={study['cluster']}`"
+        f"Wall clock {study['minutes']:.1f} min on this machine, "
+        + ("the invocation that trained the runs" if "reevaluated_minutes" in study else "this invocation")
+        + f" (plan estimate for an idle 2-core machine: {plan['estimate_minutes']} min)"
+        + (f"; evaluated again with `--reevaluate` in {study['reevaluated_minutes']:.1f} min"
+           if "reevaluated_minutes" in study else "")
+        + f"; runs launched with `launch.cluster={study['cluster']}`"
         + (f" ({study['cluster_reason']})" if study.get("cluster_reason") else "")
         + (" — **quick mode: a machinery check, the numbers mean nothing**" if study.get("quick") else "") + ".", "",
         "## Setup", "",

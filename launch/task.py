@@ -112,6 +112,25 @@ def check_eval_config(cfg: DictConfig) -> None:
                           "holding jsrt/, covid_cxr/ ...) or launch.run_eval=false")
 
 
+def evaluate_run(run_dir: Path, cfg: DictConfig) -> bool:
+    """Evaluate a trained run (launch.run_eval and eval.tasks) into <run>/eval/results.json.
+
+    Called at the end of the job, and by `dinotrain study --reevaluate` on finished runs.
+    """
+    if not wants_eval(cfg):
+        return False
+    try:
+        evaluate = resolve_entry(EVAL_ENTRY)
+    except (ImportError, AttributeError) as e:
+        # training succeeded: keep it, and say how to evaluate once the suite is installed
+        log.warning("evaluation skipped: %s is not available (%s); run `dinotrain eval %s --tasks ...`",
+                    EVAL_ENTRY, e, run_dir)
+        return False
+    evaluate([str(run_dir)], list(cfg.eval.tasks), str(cfg.eval.data_root),
+             Path(run_dir) / EVAL_SUBDIR, eval_cfg=cfg.eval, with_plot=False)
+    return True
+
+
 def _job_id() -> str:
     import submitit
 
@@ -162,19 +181,7 @@ class TrainTask:
         return str(self.run_dir)
 
     def _evaluate(self, cfg: DictConfig) -> bool:
-        """Evaluate the trained run (launch.run_eval and eval.tasks) into <run>/eval/results.json."""
-        if not wants_eval(cfg):
-            return False
-        try:
-            evaluate = resolve_entry(EVAL_ENTRY)
-        except (ImportError, AttributeError) as e:
-            # training succeeded: keep it, and say how to evaluate once the suite is installed
-            log.warning("evaluation skipped: %s is not available (%s); run `dinotrain eval %s --tasks ...`",
-                        EVAL_ENTRY, e, self.run_dir)
-            return False
-        evaluate([str(self.run_dir)], list(cfg.eval.tasks), str(cfg.eval.data_root),
-                 self.run_dir / EVAL_SUBDIR, eval_cfg=cfg.eval, with_plot=False)
-        return True
+        return evaluate_run(self.run_dir, cfg)
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         """Called by submitit on rank 0 when SLURM signals preemption/time-out: requeue the same task.

@@ -264,6 +264,22 @@ def test_quick_study_end_to_end_through_slurm(slurm_cluster, test_data, tmp_path
     report = (out / "report.md").read_text()
     assert "Which claims hold" in report and "Held-out policy" in report
 
+    # --reevaluate: no run trains again, every sweep run evaluates itself again, the wall clock stays the training's
+    from launch import runstate
+
+    sweep_dirs = sorted((out / "sweep" / "runs").iterdir())
+    jobs = {d.name: runstate.read_submission(d)["job_id"] for d in [*sweep_dirs, *(out / "runs").iterdir()]}
+    evals = {d.name: (d / "eval" / "results.json").stat().st_mtime_ns for d in sweep_dirs}
+    proc = subprocess.run(["bash", str(REPO / "scripts/laptop_study.sh"), str(out), "1", "--quick", "--reevaluate"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stderr.count("eval: again for") == len(sweep_dirs) == 6
+    assert {d.name: runstate.read_submission(d)["job_id"] for d in [*sweep_dirs, *(out / "runs").iterdir()]} == jobs
+    assert all((d / "eval" / "results.json").stat().st_mtime_ns > evals[d.name] for d in sweep_dirs)
+    again = json.loads((out / "study.json").read_text())
+    assert again["minutes"] == study["minutes"] and again["reevaluated_minutes"] > 0
+    assert "evaluated again with `--reevaluate`" in (out / "report.md").read_text()
+
     from dinotrain.cli import main as cli_main
 
     assert cli_main(["study", "--combine", str(out), str(out), "--out", str(out)]) == 0
