@@ -107,9 +107,26 @@ def limits(study: dict) -> list[str]:
         lines.append(f"- **Training signal.** The teacher's output entropy at the last step is {_span(ent)} of its "
                      "maximum across the runs (1 = uniform targets): the DINO targets were still close to uniform "
                      "when the runs stopped.")
+    lines += _age_limits(study)
     lines += ["", "| task | n test | ± half CI width of SSL − random | random |", "|---|---:|---:|---:|"]
     lines += [f"| {k} | {image[k].get('n_test', '')} | {h:.3f} | {_f(image[k].get('random'))} |" for k, h in half.items()]
     return lines
+
+
+def _age_limits(study: dict) -> list[str]:
+    """How often the ridge probe's cross-validation (train + val only) found no signal: the grid's
+    largest penalty, a prediction of (nearly) the training mean, whose R² on test is ~0."""
+    chosen = [(task, model, pr) for section in ("tasks", "continual") for task, v in study.get(section, {}).items()
+              for model, pr in (v.get("probe") or {}).items() if pr and "largest_alpha" in pr]
+    if not chosen:
+        return []
+    flat = [f"{t} ({m})" for t, m, pr in chosen if pr["largest_alpha"]]
+    tasks = sorted({t for t, _, _ in chosen})
+    return [f"- **Age.** The ridge probe chooses its penalty by 5-fold cross-validation on train + val (one-"
+            f"standard-error rule); it took the grid's largest, i.e. predicted the training mean, in {len(flat)} of "
+            f"{len(chosen)} fits on {', '.join(tasks)}" + (f": {', '.join(flat)}" if 0 < len(flat) < len(chosen) else "")
+            + ". Where it did, the features carried no age signal that a linear probe could find beyond noise, for "
+            "either model, and the R² difference is ~0 by construction."]
 
 
 def _yes(v) -> str:

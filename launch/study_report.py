@@ -36,6 +36,7 @@ def _comparisons(result: dict, model: str, names: tuple[str, str]) -> dict[str, 
     """task -> {metric key -> {names[0], names[1], delta, delta_ci, n_test, *_ci}} from evaluate_models."""
     ci = {(r["model"], r["task"], f"{r['kind']}/{r['metric']}"): [finite_or_none(r["ci_low"]), finite_or_none(r["ci_high"])]
           for r in result["records"]}
+    probe = {(r["model"], r["task"], f"{r['kind']}/{r['metric']}"): r["probe"] for r in result["records"] if "probe" in r}
     out: dict[str, dict] = defaultdict(dict)
     for p in result.get("paired") or []:
         if p["model"] != model:
@@ -45,7 +46,9 @@ def _comparisons(result: dict, model: str, names: tuple[str, str]) -> dict[str, 
             names[0]: p["value"], names[1]: p["reference_value"], "delta": p["delta"],
             "delta_ci": [finite_or_none(p["ci_low"]), finite_or_none(p["ci_high"])], "n_test": p["n"],
             f"{names[0]}_ci": ci.get((p["model"], p["task"], key)),
-            f"{names[1]}_ci": ci.get((p["reference"], p["task"], key))}
+            f"{names[1]}_ci": ci.get((p["reference"], p["task"], key)),
+            "probe": {names[0]: probe.get((p["model"], p["task"], key)),
+                      names[1]: probe.get((p["reference"], p["task"], key))}}
     return out
 
 
@@ -61,6 +64,7 @@ def _headline(comparisons: dict[str, dict], tasks: list[str], names: tuple[str, 
         out[task] = {"metric": metric, **{k: c[k] for k in (*names, "delta", "delta_ci")},
                      **({"n_test": c["n_test"]} if "n_test" in c else {}),
                      "kind": load_spec(task).kind, "ci": {n: c[f"{n}_ci"] for n in names},
+                     **({"probe": c["probe"]} if any(c.get("probe", {}).values()) else {}),
                      "other_metrics": {k: {kk: v[kk] for kk in (*names, "delta", "delta_ci")}
                                        for k, v in comparisons[task].items() if k != metric}}
     return out

@@ -225,6 +225,24 @@ def test_ridge_without_signal_falls_back_to_the_mean(test_data):
     assert min(r2) > -0.03, r2
 
 
+def test_age_records_carry_the_chosen_penalty(test_data):
+    """The ridge records say which penalty cross-validation chose, and whether it was the grid's largest
+    (the probe then predicts the training mean): features without age in them end there, and the
+    study's report counts those fits."""
+    from dinotrain.eval.attributes import ALPHA_GRID
+    from dinotrain.eval.tasks import evaluate
+
+    task = load_task(load_spec("jsrt_age"), test_data)
+    targets = prepare_targets(task, EvalSettings())
+    rng = np.random.default_rng(0)
+    noise = {"cls": rng.normal(size=(len(targets.y), 32)).astype(np.float32)}
+    signal = {"cls": np.c_[targets.y[:, None] + rng.normal(size=(len(targets.y), 1)), noise["cls"][:, 1:]]}
+    for feats, largest in ((noise, True), (signal, False)):
+        recs = [r for r in evaluate(task, targets, feats, "m", EvalSettings(bootstrap=20)) if r["kind"] == "ridge"]
+        assert {r["metric"] for r in recs} == {"r2", "mae"}
+        assert all(r["probe"]["largest_alpha"] is largest and r["probe"]["alpha"] in ALPHA_GRID for r in recs)
+
+
 def test_cv_folds_keep_a_patients_images_together():
     from dinotrain.eval.attributes import _folds
 

@@ -187,6 +187,10 @@ def test_limits_are_computed_from_the_study_numbers():
     assert "| c_age | 120 | 0.200 | -0.010 |" in text
     del study["plan"]["batch"]  # a study written before the plan held its batch: no compute line, no guess
     assert "steps of batch" not in "\n".join(limits(study))
+    assert "**Age.**" not in text  # no probe record (an older study.json): nothing said about the penalties
+    tasks["c_age"]["probe"] = {"ssl": {"alpha": 1e6, "largest_alpha": True}, "random": {"alpha": 1e2, "largest_alpha": False}}
+    text = "\n".join(limits(study))
+    assert "took the grid's largest, i.e. predicted the training mean, in 1 of 2 fits on c_age: c_age (ssl)." in text
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -138,6 +138,7 @@ class Scored:
     value: float | None = None
     max_boot: int | None = None
     chance: float | None = None  # the metric's value for an uninformed predictor, when it has one
+    probe: dict[str, Any] | None = None  # what the probe chose on train + val (e.g. the ridge penalty)
 
     @property
     def key(self) -> str:
@@ -157,12 +158,16 @@ def to_record(s: Scored, settings: EvalSettings) -> dict[str, Any]:
            "value": s.point(), "ci_low": lo, "ci_high": hi, "n": int(s.n)}
     if s.chance is not None:
         rec["chance"] = float(s.chance)
+    if s.probe is not None:
+        rec["probe"] = dict(s.probe)
     return rec
 
 
 def _scored(model: str, task: TaskData, kind: str, metric: str, fn, idx: np.ndarray,
-            groups: np.ndarray | None = None, max_boot: int | None = None, chance: float | None = None) -> Scored:
-    return Scored(model, task.spec.name, kind, metric, fn, int(len(idx)), groups, max_boot=max_boot, chance=chance)
+            groups: np.ndarray | None = None, max_boot: int | None = None, chance: float | None = None,
+            probe: dict[str, Any] | None = None) -> Scored:
+    return Scored(model, task.spec.name, kind, metric, fn, int(len(idx)), groups, max_boot=max_boot, chance=chance,
+                  probe=probe)
 
 
 def _splits(task: TaskData, keep: np.ndarray | None = None):
@@ -219,16 +224,19 @@ def _classification(task, t: Targets, feats, model, settings) -> list[dict]:
 
 
 def _regression(task, t: Targets, feats, model, settings) -> list[dict]:
-    from dinotrain.eval.attributes import mean_baseline, ridge_probe
+    from dinotrain.eval.attributes import ALPHA_GRID, mean_baseline, ridge_probe
 
     x, y = feats["cls"], t.y
     tr, va, te = _splits(task)
     g = task.groups[te]
-    pred, _ = ridge_probe(x[tr], y[tr], x[va], y[va], x[te], groups=task.groups[np.concatenate([tr, va])])
+    pred, alpha = ridge_probe(x[tr], y[tr], x[va], y[va], x[te], groups=task.groups[np.concatenate([tr, va])])
+    # the grid's largest penalty: cross-validation found nothing in the features beyond noise,
+    # and the probe predicts (nearly) the training mean
+    chosen = {"alpha": float(alpha), "largest_alpha": bool(alpha >= max(ALPHA_GRID))}
     base = mean_baseline(y[tr], y[va], len(te))
     out = []
     for name, f in metrics.regression_metrics(y[te], pred).items():
-        out.append(_scored(model, task, "ridge", name, f, te, g))
+        out.append(_scored(model, task, "ridge", name, f, te, g, probe=chosen))
     f = metrics.regression_metrics(y[te], base)["mae"]
     out.append(_scored(model, task, "mean_baseline", "mae", f, te, g))
     return out
