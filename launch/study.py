@@ -225,7 +225,7 @@ def run_study(opts: StudyOptions) -> dict:
     previous = _previous_study(opts)
     runs = pretrain(opts, p, data, common_overrides(opts, p["steps"], cluster, p["warmups"]), cluster, t0)
     if opts.reevaluate:
-        reevaluate_runs(runs["trained"], t0)
+        reevaluate_runs(runs["trained"], eval_overrides(opts, opts.out / "cache"), t0)
     from launch.report import write_report
 
     write_report(opts.out / "sweep", metric=_sweep_metric(opts))  # `dinotrain sweep report`'s own table and plot
@@ -260,21 +260,37 @@ def _previous_study(opts: StudyOptions) -> dict | None:
         raise ValueError(f"{path} is not valid JSON ({e}): delete it, or rerun without --reevaluate") from e
 
 
-def reevaluate_runs(run_dirs: list[Path], since: float) -> list[Path]:
-    """Evaluate again each run that evaluates itself (launch.run_eval) and whose eval/results.json
-    predates `since`; frozen features come from eval.cache_dir when it is set."""
+def reevaluate_runs(run_dirs: list[Path], settings: dict, t0: float) -> list[Path]:
+    """Evaluate again each run that evaluates itself (launch.run_eval: the sweep's), with the study's
+    eval settings; frozen features come from the study's cache (so an extraction change needs a new OUT)."""
     from dinotrain.config import load_config
-    from launch.task import EVAL_SUBDIR, evaluate_run, wants_eval
+    from launch.task import evaluate_run, wants_eval
 
     redone = []
-    for d in run_dirs:
-        cfg = load_config(Path(d) / "config.yaml")
-        res = Path(d) / EVAL_SUBDIR / "results.json"
-        if wants_eval(cfg) and (not res.is_file() or res.stat().st_mtime < since):
-            log(since, f"eval: again for {Path(d).name} ({', '.join(cfg.eval.tasks)})")
-            evaluate_run(Path(d), cfg)
-            redone.append(Path(d))
+    for d in map(Path, run_dirs):
+        cfg = load_config(d / "config.yaml")
+        if wants_eval(cfg):
+            log(t0, f"eval: again for {d.name} ({', '.join(cfg.eval.tasks)})")
+            evaluate_run(d, cfg, **settings)
+            redone.append(d)
     return redone
+
+
+def require_trained(opts: StudyOptions, spec) -> None:
+    """--reevaluate trains nothing: every run of the plan must be done already (else one line naming them)."""
+    from launch import status as run_status
+    from launch.sweep import expand
+    from launch.sweep import run_config as sweep_run_config
+
+    dirs = [Path(sweep_run_config(spec, r).output_dir) for r in expand(spec)]
+    dirs += [opts.out / "runs" / n for n in ("stage1", "stage2_from_stage1")]
+    dirs += [d for d in [opts.out / "runs" / "stage2_from_scratch"] if d.is_dir()]
+    states = {d: run_status.run_state(d, None).state for d in dirs}
+    missing = [f"{d.name} ({s})" for d, s in states.items() if s != "done"]
+    if missing:
+        raise RuntimeError(f"--reevaluate trains nothing, but these runs of {opts.out} are not done: "
+                           f"{', '.join(missing)}; rerun without --reevaluate to train them (same --steps, "
+                           "--sizes and --seed as the study that trained the others)")
 
 
 def _pool(opts: StudyOptions):
@@ -298,6 +314,8 @@ def pretrain(opts: StudyOptions, p: dict, data: dict, over: list[str], cluster: 
     echo = study_runs.LogEcho()
     log(t0, f"pretrain: sweep {p['sizes']} x {list(DIVERSITY)} ({cluster})")
     spec = sweep_spec(opts, data, p["sizes"], over)
+    if opts.reevaluate:
+        require_trained(opts, spec)
     sweep_dirs = study_runs.submit_sweep(spec, cluster, echo)
     largest = max(p["sizes"])
     ssl_dir, scratch_dir = (opts.out / "sweep" / "runs" / f"{d}-n{largest}" for d in ("all", "cxr"))
@@ -386,9 +404,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", dest="combine_out", default=None, help="with --combine: where seeds.md and seeds.json go "
                         "(default: the first folder, whose report.md then gets the seeds table)")
     parser.add_argument("--reevaluate", action="store_true",
-                        help="evaluate again the runs an earlier invocation finished (their own CXR probes "
-                        "too), e.g. after an eval change; training is not repeated, frozen features come from "
-                        "OUT/cache, and study.json keeps the training invocation's wall clock")
+                        help="evaluate again the runs an earlier invocation trained (the sweep runs' own CXR "
+                        "probes too), e.g. after a probe or metric change; trains nothing (refuses if a run is "
+                        "not done), frozen features come from OUT/cache, study.json keeps the training "
+                        "invocation's wall clock")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and its time estimate only")
 
 

@@ -114,19 +114,39 @@ def limits(study: dict) -> list[str]:
 
 
 def _age_limits(study: dict) -> list[str]:
-    """How often the ridge probe's cross-validation (train + val only) found no signal: the grid's
-    largest penalty, a prediction of (nearly) the training mean, whose R² on test is ~0."""
-    chosen = [(task, model, pr) for section in ("tasks", "continual") for task, v in study.get(section, {}).items()
-              for model, pr in (v.get("probe") or {}).items() if pr and "largest_alpha" in pr]
-    if not chosen:
+    """Which age comparisons the ridge probe's cross-validation (train + val only) resolved to the
+    training mean, for both models of the pair (difference 0 by construction) or for one."""
+    both, one, neither, no_cv = [], [], [], []
+    for section in ("tasks", "continual"):
+        for task, v in study.get(section, {}).items():
+            chosen = {m: pr for m, pr in (v.get("probe") or {}).items() if pr and "mean_predictor" in pr}
+            if len(chosen) < 2:
+                continue
+            label = f"{task} ({' vs '.join(chosen)})"
+            at_mean = [m for m, pr in chosen.items() if pr["mean_predictor"]]
+            no_cv += [f"{task} ({m})" for m, pr in chosen.items() if pr.get("chosen_by") == "too_few_groups"]
+            if len(at_mean) == len(chosen):
+                both.append(label)
+            elif at_mean:
+                one.append(f"{label}: {', '.join(at_mean)} at the mean")
+            else:
+                neither.append(label)
+    if not (both or one or neither):
         return []
-    flat = [f"{t} ({m})" for t, m, pr in chosen if pr["largest_alpha"]]
-    tasks = sorted({t for t, _, _ in chosen})
-    return [f"- **Age.** The ridge probe chooses its penalty by 5-fold cross-validation on train + val (one-"
-            f"standard-error rule); it took the grid's largest, i.e. predicted the training mean, in {len(flat)} of "
-            f"{len(chosen)} fits on {', '.join(tasks)}" + (f": {', '.join(flat)}" if 0 < len(flat) < len(chosen) else "")
-            + ". Where it did, the features carried no age signal that a linear probe could find beyond noise, for "
-            "either model, and the R² difference is ~0 by construction."]
+    parts = []
+    if both:
+        parts.append(f"for both models on {'; '.join(both)}, whose R² difference is therefore 0 by construction "
+                     "(neither model's features carried age signal a linear probe could find beyond noise)")
+    if one:
+        parts.append(f"for one model on {'; '.join(one)}")
+    if neither:
+        parts.append(f"for neither on {'; '.join(neither)}")
+    line = ("- **Age.** The ridge probe chooses its penalty by cross-validation on train + val (patient-grouped "
+            "folds, one-standard-error rule; predicting the training mean is one of the candidates). It chose "
+            "the mean " + "; ".join(parts) + ".")
+    if no_cv:
+        line += f" Too few patients for cross-validation (the mean by default): {', '.join(no_cv)}."
+    return [line]
 
 
 def _yes(v) -> str:

@@ -112,10 +112,11 @@ def check_eval_config(cfg: DictConfig) -> None:
                           "holding jsrt/, covid_cxr/ ...) or launch.run_eval=false")
 
 
-def evaluate_run(run_dir: Path, cfg: DictConfig) -> bool:
+def evaluate_run(run_dir: Path, cfg: DictConfig, **settings: Any) -> bool:
     """Evaluate a trained run (launch.run_eval and eval.tasks) into <run>/eval/results.json.
 
-    Called at the end of the job, and by `dinotrain study --reevaluate` on finished runs.
+    Called at the end of the job, and by `dinotrain study --reevaluate` on finished runs (with the
+    study's own eval `settings`, which replace the config's: one report, one set of settings).
     """
     if not wants_eval(cfg):
         return False
@@ -127,7 +128,7 @@ def evaluate_run(run_dir: Path, cfg: DictConfig) -> bool:
                     EVAL_ENTRY, e, run_dir)
         return False
     evaluate([str(run_dir)], list(cfg.eval.tasks), str(cfg.eval.data_root),
-             Path(run_dir) / EVAL_SUBDIR, eval_cfg=cfg.eval, with_plot=False)
+             Path(run_dir) / EVAL_SUBDIR, eval_cfg=cfg.eval, with_plot=False, **settings)
     return True
 
 

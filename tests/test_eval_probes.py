@@ -105,7 +105,10 @@ def test_metrics_equal_scikit_learns_ties_included(kind):
         reg = metrics.regression_metrics(y, pred)
         assert reg["r2"](idx) == pytest.approx(r2_score(y[idx], pred[idx]), abs=1e-12)
         assert reg["mae"](idx) == pytest.approx(mean_absolute_error(y[idx], pred[idx]), abs=1e-12)
-    assert np.isnan(metrics.regression_metrics(np.full(5, 3.0), np.arange(5.0))["r2"](np.arange(5)))
+    for constant in (3.0, 0.1):  # 0.1: its float mean is not 0.1, the sum of squares not 0
+        assert np.isnan(metrics.regression_metrics(np.full(7, constant), np.arange(7.0))["r2"](np.arange(7)))
+    Y, S = metrics.one_hot(np.array([0, 1, 1, 0]), 2), np.array([[0.9, 0.1], [0.5, np.nan], [0.3, 0.7], [0.8, 0.2]])
+    assert np.isnan(metrics.auroc(Y, S)) and np.isnan(metrics.auprc(Y, S))  # scikit-learn raised here
 
 
 def test_macro_metrics_skip_absent_classes_and_bootstrap():
@@ -200,11 +203,12 @@ def test_ridge_age_beats_mean_only_with_signal(test_data):
     signal[:, :4] += (y[:, None] - y.mean()) / y.std() * np.array([2.0, 1.0, -1.5, 0.8])
     tr, va, te = (task.indices(s) for s in ("train", "val", "test"))
     base = np.mean(np.abs(mean_baseline(y[tr], y[va], len(te)) - y[te]))
-    pred, alpha = ridge_probe(signal[tr], y[tr], signal[va], y[va], signal[te])
-    assert np.mean(np.abs(pred - y[te])) < 0.6 * base
-    pred, alpha = ridge_probe(noise[tr], y[tr], noise[va], y[va], noise[te])
+    pred, chosen = ridge_probe(signal[tr], y[tr], signal[va], y[va], signal[te])
+    assert np.mean(np.abs(pred - y[te])) < 0.6 * base and not chosen["mean_predictor"]
+    pred, chosen = ridge_probe(noise[tr], y[tr], noise[va], y[va], noise[te])
     assert np.mean(np.abs(pred - y[te])) > 0.9 * base  # noise cannot explain age
-    assert alpha >= 100  # and validation picks strong regularisation for it
+    assert chosen["alpha"] is None or chosen["alpha"] >= 100  # and CV picks strong regularisation for it
+    assert chosen["chosen_by"] == "cv"
 
 
 def test_ridge_without_signal_falls_back_to_the_mean(test_data):
@@ -226,10 +230,9 @@ def test_ridge_without_signal_falls_back_to_the_mean(test_data):
 
 
 def test_age_records_carry_the_chosen_penalty(test_data):
-    """The ridge records say which penalty cross-validation chose, and whether it was the grid's largest
-    (the probe then predicts the training mean): features without age in them end there, and the
-    study's report counts those fits."""
-    from dinotrain.eval.attributes import ALPHA_GRID
+    """The ridge records say which penalty cross-validation chose, and whether that was the mean
+    predictor (the grid's infinite penalty): features without age in them end there, and the study's
+    report counts those fits."""
     from dinotrain.eval.tasks import evaluate
 
     task = load_task(load_spec("jsrt_age"), test_data)
@@ -237,10 +240,43 @@ def test_age_records_carry_the_chosen_penalty(test_data):
     rng = np.random.default_rng(0)
     noise = {"cls": rng.normal(size=(len(targets.y), 32)).astype(np.float32)}
     signal = {"cls": np.c_[targets.y[:, None] + rng.normal(size=(len(targets.y), 1)), noise["cls"][:, 1:]]}
-    for feats, largest in ((noise, True), (signal, False)):
+    for feats, mean_predictor in ((noise, True), (signal, False)):
         recs = [r for r in evaluate(task, targets, feats, "m", EvalSettings(bootstrap=20)) if r["kind"] == "ridge"]
         assert {r["metric"] for r in recs} == {"r2", "mae"}
-        assert all(r["probe"]["largest_alpha"] is largest and r["probe"]["alpha"] in ALPHA_GRID for r in recs)
+        assert all(r["probe"]["mean_predictor"] is mean_predictor and r["probe"]["chosen_by"] == "cv" for r in recs)
+        assert all((r["probe"]["alpha"] is None) is mean_predictor for r in recs)
+
+
+def test_ridge_path_is_scikit_learns_ridge_for_every_penalty():
+    """One SVD per fit serves the whole grid: the predictions equal StandardScaler + Ridge (with its
+    intercept) at each finite penalty, a constant column included, and the infinite penalty predicts
+    the training mean."""
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from dinotrain.eval.attributes import ALPHA_GRID, ridge_path
+
+    rng = np.random.default_rng(0)
+    for n, d in ((40, 300), (200, 16)):  # more dimensions than images, and fewer
+        x = rng.normal(size=(n, 3)) @ rng.normal(size=(3, d)) + 0.1 * rng.normal(size=(n, d))
+        x[:, 0] = 2.5
+        y, xp = rng.normal(50, 10, n), rng.normal(size=(7, d))
+        got = ridge_path(x, y, xp, ALPHA_GRID)
+        for a, row in zip(ALPHA_GRID[:-1], got):
+            ref = make_pipeline(StandardScaler(), Ridge(alpha=a, solver="svd")).fit(x, y).predict(xp)
+            np.testing.assert_allclose(row, ref, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(got[-1], y.mean())
+
+
+def test_ridge_with_too_few_patients_for_folds_says_so():
+    from dinotrain.eval.attributes import ALPHA_GRID, choose_alpha
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(12, 5)), rng.normal(size=12)
+    assert choose_alpha(x, y, groups=np.zeros(12)) == (np.inf, "too_few_groups")  # one patient: no CV
+    alpha, how = choose_alpha(x, y, groups=np.repeat(np.arange(3), 4))  # 3 patients: 3 folds
+    assert how == "cv" and alpha in ALPHA_GRID
 
 
 def test_cv_folds_keep_a_patients_images_together():
@@ -292,20 +328,23 @@ def test_linear_head_segments_when_tokens_carry_the_mask(test_data):
 
 
 def test_ridge_on_more_dimensions_than_images_is_exact_and_quiet():
-    """Frozen CLS features have more dimensions than the age tasks have images: the weakest penalty of the
-    grid must still solve exactly (the closed form on the standardised features) and raise no LinAlgWarning."""
+    """Frozen CLS features (float32, nearly one direction early in training) have more dimensions than
+    the age tasks have images: the weakest penalty must still solve exactly (ridge's kernel form on the
+    standardised features) and raise no LinAlgWarning (scikit-learn's default Cholesky solve in float32
+    did both wrong on the laptop study's features)."""
     import warnings
 
-    from dinotrain.eval.attributes import _fit
+    from scipy.linalg import LinAlgWarning
+
+    from dinotrain.eval.attributes import ridge_path
 
     rng = np.random.default_rng(0)
-    # float32 as the feature cache stores them; nearly one direction, as early-training CLS features are
     x = (rng.normal(size=(60, 1)) @ rng.normal(size=(1, 300)) + 0.05 * rng.normal(size=(60, 300))).astype(np.float32)
     y = rng.normal(size=60)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        fit = _fit(x, y, 1e-2)
+        warnings.simplefilter("error", LinAlgWarning)
+        got = ridge_path(x, y, x, [1e-2])[0]
     x = x.astype(np.float64)
     z = (x - x.mean(0)) / x.std(0)
     w = z.T @ np.linalg.solve(z @ z.T + 1e-2 * np.eye(60), y - y.mean())  # kernel form of ridge
-    np.testing.assert_allclose(fit.predict(x), z @ w + y.mean(), atol=1e-5)  # float32 arithmetic
+    np.testing.assert_allclose(got, z @ w + y.mean(), atol=1e-8)

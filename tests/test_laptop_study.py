@@ -188,9 +188,37 @@ def test_limits_are_computed_from_the_study_numbers():
     del study["plan"]["batch"]  # a study written before the plan held its batch: no compute line, no guess
     assert "steps of batch" not in "\n".join(limits(study))
     assert "**Age.**" not in text  # no probe record (an older study.json): nothing said about the penalties
-    tasks["c_age"]["probe"] = {"ssl": {"alpha": 1e6, "largest_alpha": True}, "random": {"alpha": 1e2, "largest_alpha": False}}
+    at_mean = {"alpha": None, "mean_predictor": True, "chosen_by": "cv"}
+    tasks["c_age"]["probe"] = {"ssl": at_mean, "random": {"alpha": 100.0, "mean_predictor": False, "chosen_by": "cv"}}
+    study["continual"] = {"d_age": {**_row(0.0, 0.0, 0.0), "metric": "ridge/r2",
+                                    "probe": {"from_stage1": at_mean, "from_scratch": at_mean}}}
     text = "\n".join(limits(study))
-    assert "took the grid's largest, i.e. predicted the training mean, in 1 of 2 fits on c_age: c_age (ssl)." in text
+    assert ("It chose the mean for both models on d_age (from_stage1 vs from_scratch), whose R² difference is "
+            "therefore 0 by construction") in text
+    assert "; for one model on c_age (ssl vs random): ssl at the mean." in text and "Too few" not in text
+
+
+def test_reevaluate_refuses_to_train(tmp_path, test_data):
+    """--reevaluate trains nothing: runs of the plan that are not done are named, with the fix, before
+    anything is submitted (an eval that failed in its job leaves the run 'failed', not done)."""
+    from launch import runstate
+    from launch.study import DIVERSITY, StudyOptions, require_trained, sweep_spec
+
+    opts = StudyOptions(out=tmp_path / "study", data_root=test_data, reevaluate=True)
+    opts.out.mkdir()
+    data = {"groups": {g: {"path": str(tmp_path / g)} for g in sorted({g for v in DIVERSITY.values() for g in v})}}
+    spec = sweep_spec(opts, data, [6, 12], [])
+    with pytest.raises(RuntimeError) as e:
+        require_trained(opts, spec)
+    for name in ("cxr-n6", "all-n12", "stage1", "stage2_from_stage1", "rerun without --reevaluate"):
+        assert name in str(e.value)
+    for d in [*(opts.out / "sweep" / "runs" / f"{v}-n{n}" for v in DIVERSITY for n in (6, 12)),
+              *(opts.out / "runs" / n for n in ("stage1", "stage2_from_stage1"))]:
+        runstate.write_status(d, "done")
+    require_trained(opts, spec)  # all done: nothing to say
+    runstate.write_status(opts.out / "runs" / "stage1", "failed", error="eval crashed")
+    with pytest.raises(RuntimeError, match=r"are not done: stage1 \("):
+        require_trained(opts, spec)
 
 
 # ----------------------------------------------------------------------------- end to end

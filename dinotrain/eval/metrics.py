@@ -56,7 +56,7 @@ def binary_average_precision(y: np.ndarray, s: np.ndarray) -> float:
 def _macro(fn, Y: np.ndarray, S: np.ndarray) -> float:
     pos = Y.sum(0)
     cols = np.flatnonzero((pos > 0) & (pos < len(Y)))
-    if not len(cols):
+    if not len(cols) or not np.all(np.isfinite(S[:, cols])):  # a broken probe must not rank its NaNs
         return float("nan")
     return float(np.mean([fn(Y[:, c], S[:, c]) for c in cols]))
 
@@ -109,8 +109,9 @@ def chance_levels(Y: np.ndarray, multilabel: bool) -> dict[str, float]:
 
 def r2(y: np.ndarray, pred: np.ndarray) -> float:
     """Coefficient of determination; undefined (nan) when y does not vary."""
-    total = np.sum((y - y.mean()) ** 2)
-    return float(1.0 - np.sum((y - pred) ** 2) / total) if total > 0 else float("nan")
+    if np.ptp(y) == 0:  # not a sum-of-squares test: the mean of a constant 0.1 is not exactly 0.1
+        return float("nan")
+    return float(1.0 - np.sum((y - pred) ** 2) / np.sum((y - y.mean()) ** 2))
 
 
 def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, Callable]:

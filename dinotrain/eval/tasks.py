@@ -224,15 +224,12 @@ def _classification(task, t: Targets, feats, model, settings) -> list[dict]:
 
 
 def _regression(task, t: Targets, feats, model, settings) -> list[dict]:
-    from dinotrain.eval.attributes import ALPHA_GRID, mean_baseline, ridge_probe
+    from dinotrain.eval.attributes import mean_baseline, ridge_probe
 
     x, y = feats["cls"], t.y
     tr, va, te = _splits(task)
     g = task.groups[te]
-    pred, alpha = ridge_probe(x[tr], y[tr], x[va], y[va], x[te], groups=task.groups[np.concatenate([tr, va])])
-    # the grid's largest penalty: cross-validation found nothing in the features beyond noise,
-    # and the probe predicts (nearly) the training mean
-    chosen = {"alpha": float(alpha), "largest_alpha": bool(alpha >= max(ALPHA_GRID))}
+    pred, chosen = ridge_probe(x[tr], y[tr], x[va], y[va], x[te], groups=task.groups[np.concatenate([tr, va])])
     base = mean_baseline(y[tr], y[va], len(te))
     out = []
     for name, f in metrics.regression_metrics(y[te], pred).items():
