@@ -81,8 +81,10 @@ def limits(study: dict) -> list[str]:
     difference the test sets can resolve, how strong the random baseline is, how much training
     each run got, and how far from uniform the teacher's targets moved."""
     image = {k: v for k, v in study["tasks"].items() if v.get("kind") != "segmentation"}
+    # an age task whose probe predicted the training mean for both models has a [0, 0] CI: it says
+    # nothing about what the test set can resolve
     half = {k: (v["delta_ci"][1] - v["delta_ci"][0]) / 2 for k, v in image.items()
-            if v.get("delta_ci") and None not in v["delta_ci"]}
+            if v.get("delta_ci") and None not in v["delta_ci"] and not _both_at_mean(v)}
     if not half:
         return ["_No image-level task with a CI: nothing to say about limits._"]
     n = [v["n_test"] for v in image.values() if v.get("n_test")]
@@ -111,6 +113,11 @@ def limits(study: dict) -> list[str]:
     lines += ["", "| task | n test | ± half CI width of SSL − random | random |", "|---|---:|---:|---:|"]
     lines += [f"| {k} | {image[k].get('n_test', '')} | {h:.3f} | {_f(image[k].get('random'))} |" for k, h in half.items()]
     return lines
+
+
+def _both_at_mean(row: dict) -> bool:
+    chosen = [pr for pr in (row.get("probe") or {}).values() if pr]
+    return len(chosen) >= 2 and all(pr.get("mean_predictor") for pr in chosen)
 
 
 def _age_limits(study: dict) -> list[str]:

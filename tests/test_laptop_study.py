@@ -196,6 +196,9 @@ def test_limits_are_computed_from_the_study_numbers():
     assert ("It chose the mean for both models on d_age (from_stage1 vs from_scratch), whose R² difference is "
             "therefore 0 by construction") in text
     assert "; for one model on c_age (ssl vs random): ssl at the mean." in text and "Too few" not in text
+    tasks["c_age"]["probe"]["random"] = at_mean  # both at the mean: a [0, 0] CI, left out of the widths
+    assert "The 3 image-level tasks have 50-150 test images; half the width of the paired 95% CI of SSL − random is " \
+        "0.030-0.100" in "\n".join(limits(study))
 
 
 def test_reevaluate_refuses_to_train(tmp_path, test_data):
