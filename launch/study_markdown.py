@@ -84,7 +84,7 @@ def limits(study: dict) -> list[str]:
     # an age task whose probe predicted the training mean for both models has a [0, 0] CI: it says
     # nothing about what the test set can resolve
     half = {k: (v["delta_ci"][1] - v["delta_ci"][0]) / 2 for k, v in image.items()
-            if v.get("delta_ci") and None not in v["delta_ci"] and not _both_at_mean(v)}
+            if v.get("delta_ci") and None not in v["delta_ci"] and not both_at_mean(v)}
     if not half:
         return ["_No image-level task with a CI: nothing to say about limits._"]
     n = [v["n_test"] for v in image.values() if v.get("n_test")]
@@ -115,7 +115,8 @@ def limits(study: dict) -> list[str]:
     return lines
 
 
-def _both_at_mean(row: dict) -> bool:
+def both_at_mean(row: dict) -> bool:
+    """Both models' age probes predicted the training mean (the difference is 0 by construction)."""
     chosen = [pr for pr in (row.get("probe") or {}).values() if pr]
     return len(chosen) >= 2 and all(pr.get("mean_predictor") for pr in chosen)
 
@@ -168,9 +169,14 @@ def seeds_table(seeds: dict) -> list[str]:
         out += [f"### {title}", "", "| task | metric | " + " | ".join(f"seed {s}" for s in ss) + " | CI > 0 in all |",
                 "|---|---|" + "---|" * len(ss) + "---|"]
         for task, row in seeds[section].items():
-            cells = [f"{_f(c['delta'])}{_ci(c['delta_ci'])}" if c else "–" for c in row["per_seed"]]
+            cells = ["0 (both: training mean)" if c and c.get("both_at_mean") else
+                     f"{_f(c['delta'])}{_ci(c['delta_ci'])}" if c else "–" for c in row["per_seed"]]
             out.append(f"| {task} | {row['metric']} | " + " | ".join(cells) + f" | {_yes(row['all_above_zero'])} |")
         out.append("")
+    if any(c and c.get("both_at_mean") for sec in ("tasks", "continual") for r in seeds[sec].values()
+           for c in r["per_seed"]):
+        out += ["\"both: training mean\": the age probe's cross-validation (train + val) chose to predict the "
+                "training mean for both models, so the difference is 0 by construction.", ""]
     out += ["### Claims per seed", "", "| claim | " + " | ".join(f"seed {s}" for s in ss) + " |",
             "|---|" + "---|" * len(ss)]
     for claim, vals in seeds["claims"].items():

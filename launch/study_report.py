@@ -414,7 +414,7 @@ def _run_dirs(out: Path, study: dict) -> dict[str, Path]:
 
 def combine(folders: list[Path], out: Path) -> list[Path]:
     """seeds.json + seeds.md from several study folders; refreshes OUT/report.md when OUT is a study."""
-    from launch.study_markdown import seeds_table
+    from launch.study_markdown import both_at_mean, seeds_table
 
     studies = []
     for f in folders:
@@ -430,7 +430,9 @@ def combine(folders: list[Path], out: Path) -> list[Path]:
             per = [s[section].get(t) for s in studies]
             metric = next(p["metric"] for p in per if p)
             seeds[section][t] = {"metric": metric,
-                                 "per_seed": [{"delta": p["delta"], "delta_ci": p["delta_ci"]} if p else None for p in per],
+                                 "per_seed": [{"delta": p["delta"], "delta_ci": p["delta_ci"],
+                                               **({"both_at_mean": True} if both_at_mean(p) else {})}
+                                              if p else None for p in per],
                                  "all_above_zero": all(p and (_lo(p) or -1) > 0 for p in per)}
     seeds["claims"] = {name: [claims(s)[key]["holds"] for s in studies]
                        for name, key in (("SSL beats random", "ssl_beats_random"),

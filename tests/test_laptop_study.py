@@ -80,6 +80,22 @@ def test_dry_run_warns_when_the_budget_cannot_hold_the_study(test_data, tmp_path
     assert not (tmp_path / "s").exists()  # a dry run writes nothing
 
 
+def test_seeds_table_says_when_both_age_probes_predicted_the_mean(tmp_path):
+    from launch.study_report import combine
+
+    mean = {"alpha": None, "mean_predictor": True, "chosen_by": "cv"}
+    for seed, probe_random in ((0, mean), (1, {"alpha": 10.0, "mean_predictor": False, "chosen_by": "cv"})):
+        age = {**_row(0.0 if seed == 0 else -0.02, 0.0 if seed == 0 else -0.05, 0.0 if seed == 0 else 0.01),
+               "metric": "ridge/r2", "probe": {"ssl": mean, "random": probe_random}}
+        study = {"seed": seed, "tasks": {"x_age": age, "t": _row(0.1, 0.02, 0.2)}, "continual": {}, "scaling": []}
+        (tmp_path / f"s{seed}").mkdir()
+        (tmp_path / f"s{seed}" / "study.json").write_text(json.dumps(study))
+    combine([tmp_path / "s0", tmp_path / "s1"], tmp_path / "out")
+    table = (tmp_path / "out" / "seeds.md").read_text()
+    assert "| x_age | ridge/r2 | 0 (both: training mean) | -0.020 [-0.050, 0.010] | no |" in table
+    assert "chose to predict the training mean for both models" in table
+
+
 def test_combine_names_a_folder_without_study_json(tmp_path, capsys):
     from dinotrain.cli import main as cli_main
 
