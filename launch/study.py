@@ -12,6 +12,7 @@ Phases (each prints one line with the elapsed minutes; the jobs' own progress ba
   4. report    study.json, report.md, ssl_vs_random.png, continual.png, scaling.png, loss_curves.png
 
 `dinotrain study --combine OUT0 OUT1 OUT2 --out DIR` merges several seeds into DIR/seeds.md.
+`dinotrain study OUT --reevaluate` evaluates a finished study again (after a probe or metric change).
 """
 
 from __future__ import annotations
