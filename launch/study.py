@@ -261,20 +261,17 @@ def _previous_study(opts: StudyOptions) -> dict | None:
         raise ValueError(f"{path} is not valid JSON ({e}): delete it, or rerun without --reevaluate") from e
 
 
-def reevaluate_runs(run_dirs: list[Path], settings: dict, t0: float) -> list[Path]:
+def reevaluate_runs(run_dirs: list[Path], settings: dict, t0: float) -> None:
     """Evaluate again each run that evaluates itself (launch.run_eval: the sweep's), with the study's
     eval settings; frozen features come from the study's cache (so an extraction change needs a new OUT)."""
     from dinotrain.config import load_config
     from launch.task import evaluate_run, wants_eval
 
-    redone = []
     for d in map(Path, run_dirs):
         cfg = load_config(d / "config.yaml")
         if wants_eval(cfg):
             log(t0, f"eval: again for {d.name} ({', '.join(cfg.eval.tasks)})")
             evaluate_run(d, cfg, **settings)
-            redone.append(d)
-    return redone
 
 
 def require_trained(opts: StudyOptions, spec) -> None:

@@ -115,10 +115,15 @@ def limits(study: dict) -> list[str]:
     return lines
 
 
+def _age_choices(row: dict) -> dict[str, dict]:
+    """model -> what its age probe chose, for the models of a comparison row that recorded it."""
+    return {m: pr for m, pr in (row.get("probe") or {}).items() if pr and "mean_predictor" in pr}
+
+
 def both_at_mean(row: dict) -> bool:
     """Both models' age probes predicted the training mean (the difference is 0 by construction)."""
-    chosen = [pr for pr in (row.get("probe") or {}).values() if pr]
-    return len(chosen) >= 2 and all(pr.get("mean_predictor") for pr in chosen)
+    chosen = _age_choices(row)
+    return len(chosen) >= 2 and all(pr["mean_predictor"] for pr in chosen.values())
 
 
 def _age_limits(study: dict) -> list[str]:
@@ -127,13 +132,13 @@ def _age_limits(study: dict) -> list[str]:
     both, one, neither, no_cv = [], [], [], []
     for section in ("tasks", "continual"):
         for task, v in study.get(section, {}).items():
-            chosen = {m: pr for m, pr in (v.get("probe") or {}).items() if pr and "mean_predictor" in pr}
+            chosen = _age_choices(v)
             if len(chosen) < 2:
                 continue
             label = f"{task} ({' vs '.join(chosen)})"
             at_mean = [m for m, pr in chosen.items() if pr["mean_predictor"]]
             no_cv += [f"{task} ({m})" for m, pr in chosen.items() if pr.get("chosen_by") == "too_few_groups"]
-            if len(at_mean) == len(chosen):
+            if both_at_mean(v):
                 both.append(label)
             elif at_mean:
                 one.append(f"{label}: {', '.join(at_mean)} at the mean")
@@ -202,13 +207,13 @@ def _headline_metrics(study: dict) -> str:
 def report(study: dict, ablation: str | None, seeds: dict | None) -> str:
     data, ev, plan = study["data"], study["eval"], study["plan"]
     groups = ", ".join(f"{g} {v['images']} ({'+'.join(v['datasets'])})" for g, v in data["groups"].items())
+    reevaluated = study.get("reevaluated_minutes")
     lines = [
         f"# Laptop study: RAD-DINO pretraining on real medical images (seed {study['seed']})", "",
         f"Wall clock {study['minutes']:.1f} min on this machine, "
-        + ("the invocation that trained the runs" if "reevaluated_minutes" in study else "this invocation")
+        + ("this invocation" if reevaluated is None else "the invocation that trained the runs")
         + f" (plan estimate for an idle 2-core machine: {plan['estimate_minutes']} min)"
-        + (f"; evaluated again with `--reevaluate` in {study['reevaluated_minutes']:.1f} min"
-           if "reevaluated_minutes" in study else "")
+        + ("" if reevaluated is None else f"; evaluated again with `--reevaluate` in {reevaluated:.1f} min")
         + f"; runs launched with `launch.cluster={study['cluster']}`"
         + (f" ({study['cluster_reason']})" if study.get("cluster_reason") else "")
         + (" — **quick mode: a machinery check, the numbers mean nothing**" if study.get("quick") else "") + ".", "",

@@ -34,9 +34,15 @@ def primary_metric(task: str) -> str:
 
 def _comparisons(result: dict, model: str, names: tuple[str, str]) -> dict[str, dict]:
     """task -> {metric key -> {names[0], names[1], delta, delta_ci, n_test, *_ci}} from evaluate_models."""
-    ci = {(r["model"], r["task"], f"{r['kind']}/{r['metric']}"): [finite_or_none(r["ci_low"]), finite_or_none(r["ci_high"])]
-          for r in result["records"]}
-    probe = {(r["model"], r["task"], f"{r['kind']}/{r['metric']}"): r["probe"] for r in result["records"] if "probe" in r}
+    records = {(r["model"], r["task"], f"{r['kind']}/{r['metric']}"): r for r in result["records"]}
+
+    def ci(k: tuple) -> list | None:
+        r = records.get(k)
+        return None if r is None else [finite_or_none(r["ci_low"]), finite_or_none(r["ci_high"])]
+
+    def probe(k: tuple) -> dict | None:
+        return records.get(k, {}).get("probe")
+
     out: dict[str, dict] = defaultdict(dict)
     for p in result.get("paired") or []:
         if p["model"] != model:
@@ -45,10 +51,9 @@ def _comparisons(result: dict, model: str, names: tuple[str, str]) -> dict[str, 
         out[p["task"]][key] = {
             names[0]: p["value"], names[1]: p["reference_value"], "delta": p["delta"],
             "delta_ci": [finite_or_none(p["ci_low"]), finite_or_none(p["ci_high"])], "n_test": p["n"],
-            f"{names[0]}_ci": ci.get((p["model"], p["task"], key)),
-            f"{names[1]}_ci": ci.get((p["reference"], p["task"], key)),
-            "probe": {names[0]: probe.get((p["model"], p["task"], key)),
-                      names[1]: probe.get((p["reference"], p["task"], key))}}
+            f"{names[0]}_ci": ci((p["model"], p["task"], key)),
+            f"{names[1]}_ci": ci((p["reference"], p["task"], key)),
+            "probe": {names[0]: probe((p["model"], p["task"], key)), names[1]: probe((p["reference"], p["task"], key))}}
     return out
 
 

@@ -61,10 +61,13 @@ def _macro(fn, Y: np.ndarray, S: np.ndarray) -> float:
     return float(np.mean([fn(Y[:, c], S[:, c]) for c in cols]))
 
 
+def _binary(Y: np.ndarray) -> bool:
+    """A single-label two-class task: scored on its positive class (column 1) alone."""
+    return Y.shape[1] == 2 and bool(np.all(Y.sum(1) == 1))
+
+
 def _positive_column(Y: np.ndarray, S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if Y.shape[1] == 2 and np.all(Y.sum(1) == 1):
-        return Y[:, 1:], S[:, 1:]
-    return Y, S
+    return (Y[:, 1:], S[:, 1:]) if _binary(Y) else (Y, S)
 
 
 def auroc(Y: np.ndarray, S: np.ndarray) -> float:
@@ -98,7 +101,7 @@ def chance_levels(Y: np.ndarray, multilabel: bool) -> dict[str, float]:
     AUROC 0.5; AUPRC the prevalence (macro over the classes `auprc` averages); accuracy that of
     always answering the most frequent class (per label for multi-label)."""
     pos = Y.mean(0)
-    if Y.shape[1] == 2 and np.all(Y.sum(1) == 1):
+    if _binary(Y):
         prevalence = pos[1:]
     else:
         counts = Y.sum(0)
