@@ -175,11 +175,12 @@ def test_a_12000px_16bit_png_is_rejected_from_its_header_under_the_default_cap(t
     # a real 16-bit PNG, which Pillow on its own only warns about (it fails above 2 x 89 Mpx)
     with pytest.warns(Image.DecompressionBombWarning), Image.open(src / "huge.png") as im:
         assert (im.size, im.mode) == ((12000, 12000), "I;16")
-    # in a fresh process, to measure its own peak memory: decoding the image alone would need > 1 GB
-    code = ("import json, resource, sys; from shards.build import build_shards; "
+    # in a fresh process, to measure its own peak memory (VmHWM: ru_maxrss would start from this
+    # process's, inherited through fork and exec): decoding the image alone would need > 1 GB
+    code = ("import json, sys; from shards.build import build_shards; "
             "m = build_shards([sys.argv[1]], sys.argv[2], name='big', size=64, workers=1, progress=False); "
-            "print(json.dumps([m['totals'], m['reject_reasons'], "
-            "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20]))")
+            "hwm = next(int(x.split()[1]) for x in open('/proc/self/status') if x.startswith('VmHWM')); "
+            "print(json.dumps([m['totals'], m['reject_reasons'], hwm / 2**20]))")
     res = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "out")], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
     assert res.returncode == 0, res.stderr
