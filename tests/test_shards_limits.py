@@ -107,6 +107,20 @@ def test_listing_rows_outside_its_root_are_rejected_without_being_opened(tmp_pat
         build_shards([str(listing["csv"])], str(tmp_path / "o"), name="c", root=str(tmp_path / "nope"), **KW)
 
 
+def test_outside_root_compares_resolved_paths_not_prefixes(tmp_path):
+    from shards.sources import outside_root
+
+    (tmp_path / "ds").mkdir()
+    assert outside_root(str(tmp_path / "ds" / "a" / "x.png"), str(tmp_path / "ds")) is None
+    assert outside_root(str(tmp_path / "ds2" / "x.png"), str(tmp_path / "ds")) is not None  # a prefix, not inside
+    os.symlink(tmp_path / "ds", tmp_path / "alias")  # a root reached through a symlink is still the root
+    assert outside_root(str(tmp_path / "ds" / "x.png"), str(tmp_path / "alias")) is None
+    assert outside_root("s3://b/ds/sub/x.png", "s3://b/ds") is None
+    for url in ("s3://b/dsx/x.png", "s3://b/ds/../other/x.png", "gs://b/ds/x.png", str(tmp_path / "ds" / "x.png")):
+        assert "outside the listing's root s3://b/ds" in outside_root(url, "s3://b/ds"), url
+    assert outside_root("s3://b/ds/x.png", str(tmp_path / "ds")) is not None
+
+
 def test_allow_outside_root_reads_every_row_and_the_summary_names_the_rejects(tmp_path, listing):
     out = tmp_path / "out"
     res = cli("build", str(listing["csv"]), "--out", str(out), "--name", "c", "--size", "32", "--workers", "1",
@@ -132,6 +146,28 @@ def test_allow_outside_root_reads_every_row_and_the_summary_names_the_rejects(tm
     res = cli("build", str(listing["inside"]), "--out", str(clean), "--name", "c", "--size", "32", "--workers", "1",
               "--no-progress")
     assert res.stdout.strip().splitlines() == ["written 1 (1 samples in 1 shards), rejected 0, duplicates 0"]
+
+
+@pytest.mark.s3
+def test_an_s3_listing_is_confined_to_its_prefix_and_the_summary_names_the_s3_rejects(s3_env, test_data, tmp_path):
+    fs, bucket = s3_env.filesystem(), s3_env.bucket
+    for name, key in (("JPCLN001.png", "ds/img/a.png"), ("JPCLN004.png", "other/b.png")):
+        fs.put_file(str(test_data / "jsrt" / "images" / name), f"{bucket}/{key}")
+    fs.pipe_file(f"{bucket}/ds/list.csv", b"path\nimg/a.png\n../other/b.png\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = f"s3://{bucket}/shards/confined"
+    res = subprocess.run([sys.executable, "-m", "dinotrain", "shards", "build", f"s3://{bucket}/ds/list.csv", "--out",
+                          out, "--name", "s", "--size", "32", "--workers", "1", "--no-progress"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-2:] == [
+        f"1 rejected inputs, each with its reason, are listed in {out}/rejects.jsonl",
+        "written 1 (1 samples in 1 shards), rejected 1 (outside_root 1), duplicates 0"]
+    rej = [json.loads(x) for x in fs.cat_file(f"{bucket}/shards/confined/rejects.jsonl").decode().splitlines()]
+    assert rej == [{"source": f"s3://{bucket}/other/b.png", "reason": "outside_root",
+                    "error": rej[0]["error"]}] and f"root s3://{bucket}/ds" in rej[0]["error"]
+    man = build_shards([f"s3://{bucket}/ds/list.csv"], str(tmp_path / "wide"), name="s", root=f"s3://{bucket}", **KW)
+    assert man["totals"]["written"] == 2 and man["totals"]["rejected"] == 0
 
 
 def test_build_help_examples_parse_with_the_real_parser():
