@@ -98,7 +98,7 @@ class BuildOptions:
         "reject files larger than this many MB before reading them (default: no cap)", type=float, metavar="MB"))
     max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata=_opt(
         f"reject inputs with more pixels than this (width x height x frames or slices), read from the header "
-        f"before decoding (too_many_pixels; default {DEFAULT_MAX_PIXELS:_}; 0 = no cap)", type=int,
+        f"before decoding (too_many_pixels; default {DEFAULT_MAX_PIXELS:,}; 0 = no cap)", type=int,
         metavar="PIXELS"))
     resample: str = field(default="bicubic", metadata=_opt("resampling filter", choices=RESAMPLE))
     upscale: bool = field(default=False, metadata=_opt("also enlarge images smaller than --size"))

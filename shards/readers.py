@@ -69,7 +69,7 @@ def check_pixels(n: int, what: str, max_pixels: int | None) -> None:
     """Raise Reject('too_many_pixels') when `n` pixels (what the header declares) exceed the cap:
     before decoding, so a 12000x12000 image or a gzip bomb never reaches the memory."""
     if max_pixels and n > max_pixels:
-        raise Reject("too_many_pixels", f"{what} = {n:_} pixels, over --max-pixels {max_pixels:_}: raise "
+        raise Reject("too_many_pixels", f"{what} = {n:,} pixels, over --max-pixels {max_pixels:,}: raise "
                      "--max-pixels to build this file (memory per worker grows with it)")
 
 
