@@ -110,11 +110,14 @@ def write_listing(rows: list[dict[str, str]], path: Path) -> Path:
     return path
 
 
-def build_group(listing: Path, out: Path, group: str, size: int, workers: int | None, progress: bool) -> int:
-    """Shards of one group (8-bit grayscale, shorter side `size`); returns the samples written."""
+def build_group(listing: Path, out: Path, group: str, size: int, workers: int | None, progress: bool,
+                root: str | Path) -> int:
+    """Shards of one group (8-bit grayscale, shorter side `size`) from a listing of paths under `root`
+    (the data folder: the listing lives in the study's output); returns the samples written."""
     from shards.build import BuildOptions, build_shards
 
-    opts = BuildOptions(name=group, size=size, bits=8, channels=1, workers=workers, progress=progress)
+    opts = BuildOptions(name=group, size=size, bits=8, channels=1, workers=workers, progress=progress,
+                        root=str(Path(root).resolve()))
     man = build_shards([str(listing)], str(out), opts)
     return int(man["totals"]["written"])
 
@@ -145,7 +148,7 @@ def prepare(data_root: str | Path, out: Path, hold: HeldOut, size: int, limit: i
             raise RuntimeError(f"group '{group}': no pretraining images left under {data_root} after holding out "
                                "the eval test splits")
         listing = write_listing(rows, out / "lists" / f"{group}.csv")
-        n = build_group(listing, out / "shards" / group, group, size, workers, progress)
+        n = build_group(listing, out / "shards" / group, group, size, workers, progress, data_root)
         leaked = sorted(set(shard_sources(out / "shards" / group)) & hold.images)
         if leaked:
             raise RuntimeError(f"group '{group}': {len(leaked)} eval test image(s) in the pretraining shards "

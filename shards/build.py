@@ -182,7 +182,8 @@ def _sample_options(opts: BuildOptions) -> SampleOptions:
     return SampleOptions(
         name=opts.name,
         read=ReadOptions(dicom_window=opts.dicom_window, frames=opts.frames, axis=opts.axis,
-                         slice_stride=opts.slice_stride, ct_window=tuple(opts.ct_window) if opts.ct_window else None),
+                         slice_stride=opts.slice_stride, ct_window=tuple(opts.ct_window) if opts.ct_window else None,
+                         max_pixels=opts.max_pixels or None),
         process=ProcessOptions(size=opts.size, resample=opts.resample, upscale=opts.upscale, bits=opts.bits,
                                channels=opts.channels, compress_level=opts.compress_level, codec=opts.codec),
         modality=opts.modality, patient_column=opts.patient_column, split_salt=opts.split_salt,
@@ -268,7 +269,7 @@ def build_shards(sources: list[str], out: str, options: BuildOptions | None = No
     opts.check()
     _refuse_out_inside_sources(out, sources)
     try:
-        inputs = expand(sources, opts.storage_options, opts.duplicate_rows)
+        inputs = expand(sources, opts.storage_options, opts.duplicate_rows, opts.root, opts.allow_outside_root)
         table = load_metadata(opts.metadata, opts.id_column, opts.storage_options,
                               opts.duplicate_rows) if opts.metadata else None
     except SourceError as e:
@@ -288,7 +289,7 @@ def build_shards(sources: list[str], out: str, options: BuildOptions | None = No
     if done is not None:
         return done
     rows = [_row_of(f, table, inputs, opts.metadata, sources) for f in files]
-    outcomes, shards = _run(opts, outp, files, rows, fingerprint)
+    outcomes, shards = _run(opts, outp, files, rows, fingerprint, inputs.refused)
     man = mf.make_manifest(name=opts.name, options=identity, fingerprint=fingerprint, outcomes=outcomes,
                            shards=shards, files=files)
     man["totals"]["skipped_hidden"] = inputs.skipped.hidden
@@ -304,8 +305,13 @@ def build_shards(sources: list[str], out: str, options: BuildOptions | None = No
     if opts.progress:
         for line in mf.warnings(man):
             print(f"warning: {line}", file=sys.stderr)
-        print(mf.final_line(man))
+        print("\n".join(mf.summary_lines(man, rejects_location(outp))))
     return man
+
+
+def rejects_location(outp: Output) -> str:
+    """Where a build's rejects.jsonl is, as the user would open it (path, or URL on object stores)."""
+    return outp.url_of("rejects.jsonl") if outp.remote else outp.path("rejects.jsonl")
 
 
 def _row_of(src: str, table: MetadataTable | None, inputs: Inputs, metadata: str | None,
@@ -318,8 +324,10 @@ def _row_of(src: str, table: MetadataTable | None, inputs: Inputs, metadata: str
     return row, None if row is None else _listing_csv(sources)
 
 
-def _run(opts: BuildOptions, outp: Output, files: list[str], rows: list, fingerprint: str) -> tuple[list, list]:
-    """Decode (in parallel), place and write every input; resumes from OUT's checkpoints."""
+def _run(opts: BuildOptions, outp: Output, files: list[str], rows: list, fingerprint: str,
+         refused: dict[str, str]) -> tuple[list, list]:
+    """Decode (in parallel), place and write every input; resumes from OUT's checkpoints. The
+    `refused` inputs (listing rows outside their root) are rejected here: no worker opens them."""
     finished, replayed, seq = _load_checkpoints(outp, fingerprint)
     if not finished and not replayed:
         stale = [n for n in _own_files(outp, opts.name) if n != STATE_DIR]
@@ -330,14 +338,8 @@ def _run(opts: BuildOptions, outp: Output, files: list[str], rows: list, fingerp
         outp.remove(f"{STATE_DIR}/partial")  # shards being written when the last run died
     replayed_by_i = {o.i: o for o in replayed}
     redo = _needs_redo(replayed, finished, opts)
-    sopts = _sample_options(opts)
-    todo = [i for i in range(len(files)) if i not in replayed_by_i or i in redo]
-    tasks = ((i, files[i], *rows[i], sopts) for i in todo)
-    workers = max(1, opts.workers if opts.workers is not None else (os.cpu_count() or 1))
-    if workers > 1 and len(todo) > 1:
-        results = ordered_map(make_samples, tasks, workers, _crashed, preload=WORKER_MODULES, chunk=TASKS_PER_CHUNK)
-    else:
-        results = map(make_samples, tasks)
+    todo = [i for i in range(len(files)) if (i not in replayed_by_i or i in redo) and files[i] not in refused]
+    results = _decode_all(opts, todo, files, rows)
     bar = _progress_bar(total=len(files), unit="img", desc=f"shards {opts.name}", disable=not opts.progress,
                         dynamic_ncols=True, smoothing=0.1)
     plan = Placement(opts.name, opts.samples_per_shard, opts.dedup)
@@ -346,8 +348,12 @@ def _run(opts: BuildOptions, outp: Output, files: list[str], rows: list, fingerp
     try:
         with _Assembler(outp, opts.samples_per_shard, finished, fingerprint, seq) as asm:
             for i in range(len(files)):
-                fresh = i in replayed_by_i and i not in redo
-                res = replayed_by_i[i] if fresh else next(results)
+                if i in replayed_by_i and i not in redo:
+                    res = replayed_by_i[i]
+                elif files[i] in refused:
+                    res = Result.rejected(i, files[i], "outside_root", refused[files[i]])
+                else:
+                    res = next(results)
                 if res.i != i:
                     raise RuntimeError(f"internal: result for input {res.i} arrived at position {i}")
                 placed = 0
@@ -373,6 +379,17 @@ def _run(opts: BuildOptions, outp: Output, files: list[str], rows: list, fingerp
         if close is not None:
             close()  # shuts the worker pool down
     return outcomes, list(asm.finished.values())
+
+
+def _decode_all(opts: BuildOptions, todo: list[int], files: list[str], rows: list):
+    """make_samples of the inputs `todo`, in order: on worker processes (started now, before any
+    thread of this process) or, for one worker or one input, here."""
+    sopts = _sample_options(opts)
+    tasks = ((i, files[i], *rows[i], sopts) for i in todo)
+    workers = max(1, opts.workers if opts.workers is not None else (os.cpu_count() or 1))
+    if workers > 1 and len(todo) > 1:
+        return ordered_map(make_samples, tasks, workers, _crashed, preload=WORKER_MODULES, chunk=TASKS_PER_CHUNK)
+    return map(make_samples, tasks)
 
 
 def _coverage(files: list[str], rows: list, table: MetadataTable | None, inputs: Inputs,

@@ -19,13 +19,27 @@ def _print(text: str) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+BUILD_EXAMPLES = """examples:
+  # a folder (recursive) of DICOM/PNG/JPEG/NIfTI files; 5% of the patients in split val
+  dinotrain shards build /archive/cxr --name cxr --val-fraction 0.05 --out /data/shards/cxr
+
+  # a CSV listing: a `path` column (relative to the CSV; rows may not leave its folder unless
+  # --root/--allow-outside-root) and per-image metadata columns (age, sex, labels, patient_id ...),
+  # written to S3 (credentials and endpoint as for any fsspec/s3fs client)
+  dinotrain shards build /archive/cxr/listing.csv --name cxr --out s3://bucket/shards/cxr \\
+      --storage-options '{"client_kwargs": {"endpoint_url": "https://s3.example.org"}}'
+
+A summary ends the build: where rejects.jsonl is (and how many rejects), then the totals."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="shards_command", metavar="ACTION", title="actions")
     sub.required = True
 
     b = sub.add_parser("build", help="turn a corpus into WebDataset shards + manifest.json + rejects.jsonl",
                        description="Turn files, folders, globs or a CSV listing (path column) into verified "
-                       "WebDataset shards, locally or on s3://.")
+                       "WebDataset shards, locally or on s3://.", epilog=BUILD_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("sources", nargs="+", metavar="SOURCE", help="files, folders (recursive), globs, CSV listing, s3:// URLs")
     b.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")
     build_options.add_arguments(b)
@@ -68,8 +82,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from shards.build import BuildError, build_shards
-    from shards.manifest import final_line, warnings
+    from shards.build import BuildError, build_shards, rejects_location
+    from shards.manifest import summary_lines, warnings
+    from shards.storage import Output
 
     opts = build_options.BuildOptions.from_args(args)
     try:
@@ -80,7 +95,7 @@ def _build(args: argparse.Namespace) -> int:
     if not opts.progress:  # with the bar, build_shards prints the warnings and the final line itself
         for line in warnings(man):
             print(f"warning: {line}", file=sys.stderr)
-        print(final_line(man))
+        print("\n".join(summary_lines(man, rejects_location(Output(args.out, opts.storage_options)))))
     if man["totals"]["written"] == 0:
         print(f"dinotrain shards build: error: nothing was written to {args.out}: every input was rejected "
               "(reasons in rejects.jsonl); fix the inputs or the options", file=sys.stderr)

@@ -131,6 +131,30 @@ def final_line(man: dict) -> str:
             f"duplicates {t['duplicates']}{hidden}")
 
 
+def rejects_line(man: dict, rejects_path: str) -> str | None:
+    """Where the rejects are listed, and how many (None when there are none)."""
+    inputs = man["totals"]["rejected"]
+    frames = sum(man.get("frame_reject_reasons", {}).values())
+    if not inputs and not frames:
+        return None
+    what = " and ".join(x for x in (f"{inputs} rejected inputs" if inputs else "",
+                                    f"{frames} rejected frames" if frames else "") if x)
+    return f"{what}, each with its reason, are listed in {rejects_path}"
+
+
+def summary_lines(man: dict, rejects_path: str) -> list[str]:
+    """What a build prints on stdout at its end: where the rejects are, then the totals line."""
+    return [x for x in (rejects_line(man, rejects_path), final_line(man)) if x is not None]
+
+
+# reject reasons a user can act on by an option: (what happened, the fix)
+_REASON_FIX = {
+    "outside_root": ("listing rows name files outside the listing's root and were not read",
+                     "pass --root FOLDER (or --allow-outside-root) if they are meant"),
+    "too_many_pixels": ("inputs have more pixels than --max-pixels and were not decoded",
+                        "raise --max-pixels to build them"),
+}
+
 _ISSUE_TEXT = {"age_unparsed": "ages not understood", "age_implausible": "implausible ages (below 0 or above 125)",
                "sex_unknown_code": "sex codes not understood"}
 
@@ -151,6 +175,9 @@ def warnings(man: dict) -> list[str]:
     if meta.get("inputs_without_row"):
         out.append(f"{meta['inputs_without_row']} input files have no metadata row "
                    f"(e.g. {meta['inputs_without_row_examples'][0]})")
+    for reason, (what, fix) in _REASON_FIX.items():
+        if man.get("reject_reasons", {}).get(reason):
+            out.append(f"{man['reject_reasons'][reason]} {what} ({reason}): {fix}")
     for kind, entry in meta.get("issues", {}).items():
         values = ", ".join(f"{v!r} x{n}" for v, n in list(entry["values"].items())[:5])
         hint = ": map codes with --sex-map, e.g. --sex-map 1=M,2=F" if kind == "sex_unknown_code" else ""

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from shards.codecs import CODECS
 from shards.process import RESAMPLE
+from shards.readers import DEFAULT_MAX_PIXELS
 from shards.samples import MIN_SIZE
+from shards.storage import is_remote, strip_file
 
 DEFAULT_SAMPLES_PER_SHARD = 1000
 SEX_CODES = ("M", "F", "O", "U")  # targets of --sex-map (U: unknown, stored as null)
@@ -69,6 +72,12 @@ class BuildOptions:
     name: str = field(default="", metadata=_opt("dataset name: shards are NAME-SPLIT-000000.tar", required=True))
     metadata: str | None = field(default=None, metadata=_opt(
         "CSV joined by `path` (relative to the CSV) or --id-column; its content is part of the build's identity"))
+    root: str | None = field(default=None, metadata=_opt(
+        "folder the paths of a CSV listing must stay inside (default: the CSV's folder; rows still resolve "
+        "relative to the CSV); rows outside it, also through a symlink, are rejected unread (outside_root)",
+        metavar="FOLDER"))
+    allow_outside_root: bool = field(default=False, metadata=_opt(
+        "read every path a CSV listing names, also absolute ones, ../ and symlinks leading out of its root"))
     id_column: str | None = field(default=None, metadata=_opt(
         "metadata column matched against file names without extension"))
     patient_column: str = field(default="patient_id", metadata=_opt(
@@ -87,6 +96,10 @@ class BuildOptions:
         metavar="PIXELS"))
     max_file_mb: float | None = field(default=None, metadata=_opt(
         "reject files larger than this many MB before reading them (default: no cap)", type=float, metavar="MB"))
+    max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata=_opt(
+        f"reject inputs with more pixels than this (width x height x frames or slices), read from the header "
+        f"before decoding (too_many_pixels; default {DEFAULT_MAX_PIXELS:,}; 0 = no cap)", type=int,
+        metavar="PIXELS"))
     resample: str = field(default="bicubic", metadata=_opt("resampling filter", choices=RESAMPLE))
     upscale: bool = field(default=False, metadata=_opt("also enlarge images smaller than --size"))
     bits: int | None = field(default=None, metadata=_opt(
@@ -131,7 +144,7 @@ class BuildOptions:
             if choices is not None and v is not None and v not in choices:
                 allowed = ", ".join(str(c) for c in choices)
                 raise BuildError(f"--{f.name.replace('_', '-')} {v!r}: allowed values are {allowed}")
-        for key in ("size", "min_size"):
+        for key in ("size", "min_size", "max_pixels"):
             if getattr(self, key) < 0:
                 raise BuildError(f"--{key.replace('_', '-')} {getattr(self, key)}: must be >= 0 (0 turns it off)")
         if self.max_file_mb is not None and self.max_file_mb <= 0:
@@ -145,6 +158,8 @@ class BuildOptions:
         if self.codec == "j2k" and self.channels == 3 and self.bits == 16:
             raise BuildError("--codec j2k --channels 3 --bits 16: 16-bit colour cannot be written as J2K; "
                              "use --codec png, or --bits 8")
+        if self.root is not None and not is_remote(self.root) and not os.path.isdir(strip_file(self.root)):
+            raise BuildError(f"--root {self.root}: not a folder; name the folder the CSV listing's paths lie in")
         if self.sex_map:
             bad = [v for v in self.sex_map.values() if v not in SEX_CODES]
             if bad:

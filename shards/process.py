@@ -43,8 +43,14 @@ def target_shape(h: int, w: int, size: int, upscale: bool) -> tuple[int, int]:
 
 def luma(rgb: np.ndarray) -> np.ndarray:
     """ITU-R BT.601 luma (what PIL's convert('L') computes), in float."""
-    rgb = rgb.astype(np.float64)
-    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+    # in place, channel by channel: the same operations in the same order (bit-identical) as
+    # r * 0.299 + g * 0.587 + b * 0.114 in float64, without a float64 copy of all three channels
+    out = np.multiply(rgb[..., 0], 0.299, dtype=np.float64)
+    tmp = np.empty_like(out)
+    for c, w in ((1, 0.587), (2, 0.114)):
+        np.multiply(rgb[..., c], w, out=tmp, dtype=np.float64)
+        out += tmp
+    return out
 
 
 def _resize_plane(plane: np.ndarray, shape: tuple[int, int], resample: str) -> np.ndarray:
@@ -70,7 +76,12 @@ def render(frame: Frame, opts: ProcessOptions, bits: int) -> np.ndarray:
     maxv = float(2**bits - 1)
     span = frame.hi - frame.lo
     # float64 so that a native 16-bit frame maps back onto the same integers (bit-exact round trip)
-    x = (a.astype(np.float64) - frame.lo) * (maxv / span) if span > 0 else np.zeros(a.shape, np.float64)
+    if span > 0:
+        x = a.astype(np.float64)  # then in place: one float64 image in memory, not three
+        x -= frame.lo
+        x *= maxv / span
+    else:
+        x = np.zeros(a.shape, np.float64)
     np.clip(x, 0.0, maxv, out=x)
     shape = target_shape(x.shape[0], x.shape[1], opts.size, opts.upscale)
     if shape != x.shape[:2]:

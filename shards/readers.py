@@ -8,6 +8,7 @@ short machine-readable reason; the build records it and carries on.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import warnings
@@ -18,6 +19,9 @@ import numpy as np
 
 from shards.demographics import parse_age
 
+# --max-pixels default: 64 Mpx (e.g. 8000x8000), about 16x the largest radiographs (~4k x 4k); a
+# worker decoding an image at the cap peaks near 1 GB (README, "Shard format")
+DEFAULT_MAX_PIXELS = 64_000_000
 
 class Reject(Exception):
     """An input (or one of its frames) that cannot become a sample: `reason` is a short tag."""
@@ -58,6 +62,15 @@ class ReadOptions:
     axis: int = 2  # NIfTI slicing axis
     slice_stride: int = 1
     ct_window: tuple[float, float] | None = None  # (center, width) for NIfTI volumes; None = min-max
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # width x height x frames cap, read from the header; None/0 = none
+
+
+def check_pixels(n: int, what: str, max_pixels: int | None) -> None:
+    """Raise Reject('too_many_pixels') when `n` pixels (what the header declares) exceed the cap:
+    before decoding, so a 12000x12000 image or a gzip bomb never reaches the memory."""
+    if max_pixels and n > max_pixels:
+        raise Reject("too_many_pixels", f"{what} = {n:,} pixels, over --max-pixels {max_pixels:,}: raise "
+                     "--max-pixels to build this file (memory per worker grows with it)")
 
 
 # ----------------------------------------------------------------------------- sniffing
@@ -144,15 +157,36 @@ def _pil_frame(im, index: int) -> tuple[Frame, int]:
     return _minmax_frame(a, index, "minmax"), 32
 
 
+@contextlib.contextmanager
+def _pillow_check_off():
+    """Pillow's own bomb check (at open: a warning above its MAX_IMAGE_PIXELS, 89 Mpx, an error
+    above twice that) is off while the header is read: check_pixels, right after the lazy open and
+    before anything is decoded, applies --max-pixels instead, so that one number and one reject
+    reason govern every image, also with a cap above Pillow's. Pillow keeps the limit in a module
+    attribute; it is restored on the way out."""
+    from PIL import Image
+
+    before = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
+
+
 def _read_pil(data: bytes, kind: str, opts: ReadOptions) -> Decoded:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        im = Image.open(io.BytesIO(data))
+        with _pillow_check_off():
+            im = Image.open(io.BytesIO(data))  # lazy: reads the header, decodes nothing
         n = getattr(im, "n_frames", 1)
+        w, h = im.size
+        check_pixels(w * h * n, f"{w}x{h}" + (f"x{n} frames" if n > 1 else ""), opts.max_pixels)
         frames, bits = [], 8
         for idx in _select(n, opts):
             im.seek(idx)  # multi-page TIFF: one sample per page
+            check_pixels(im.size[0] * im.size[1], f"page {idx}: {im.size[0]}x{im.size[1]}", opts.max_pixels)
             im.load()
             fr, b = _pil_frame(im, idx)
             fr.pixels = np.array(fr.pixels)  # own the pixels: the next seek reuses PIL's buffer
@@ -221,6 +255,7 @@ def _read_dicom(data: bytes, opts: ReadOptions) -> Decoded:
             raise Reject("unsupported_format", "not a DICOM file (pydicom found no elements)")
         raise Reject("no_pixel_data", "the DICOM dataset has no Pixel Data element")
     tags = _dicom_tags(ds)
+    _check_dicom_pixels(ds, opts.max_pixels)
     try:
         if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
             # no file meta (raw dataset): pydicom guessed the encoding while reading; tell the decoder
@@ -268,6 +303,17 @@ def _read_dicom(data: bytes, opts: ReadOptions) -> Decoded:
     return Decoded("dicom", frames, src_bits, tags, frame_count=stack.shape[0])
 
 
+def _check_dicom_pixels(ds, max_pixels: int | None) -> None:
+    """Rows x Columns x NumberOfFrames from the header, before the pixel data is decoded (a header
+    too broken to say leaves the verdict to the decoder)."""
+    try:
+        rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+        n = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return
+    check_pixels(rows * cols * max(n, 1), f"{rows}x{cols}" + (f"x{n} frames" if n > 1 else ""), max_pixels)
+
+
 def _dicom_frame(ds, a: np.ndarray, idx: int, bits_stored: int, photometric: str, opts: ReadOptions) -> Frame:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
@@ -312,7 +358,7 @@ def _read_nifti(data: bytes, gz: bool, opts: ReadOptions) -> Decoded:
     import nibabel as nib
 
     try:
-        raw = gzip.decompress(data) if gz else data
+        raw = _nifti_bytes(data, gz, opts.max_pixels)
         try:
             img = nib.Nifti1Image.from_bytes(raw)
         except Exception:  # noqa: BLE001 - try NIfTI-2 before giving up
@@ -355,6 +401,30 @@ def _read_nifti(data: bytes, gz: bool, opts: ReadOptions) -> Decoded:
     return Decoded("nifti", frames, 16, {"spacing": sp[::-1]}, frame_count=total)
 
 
+def _nifti_bytes(data: bytes, gz: bool, max_pixels: int | None) -> bytes:
+    """The NIfTI file's bytes once its header's shape passed the pixel cap; a .nii.gz is inflated
+    only up to the extent its header declares (a gzip bomb stops there, not in the memory)."""
+    import nibabel as nib
+
+    stream = gzip.GzipFile(fileobj=io.BytesIO(data)) if gz else io.BytesIO(data)
+    head = stream.read(540)  # NIfTI-2's header size (NIfTI-1: 348)
+    sizeof_hdr = {int.from_bytes(head[:4], order) for order in ("little", "big")}
+    cls = nib.Nifti1Header if 348 in sizeof_hdr else nib.Nifti2Header if 540 in sizeof_hdr else None
+    try:
+        hdr = cls.from_fileobj(io.BytesIO(head), check=False) if cls is not None else None
+    except Exception:  # noqa: BLE001 - a header nibabel cannot parse: it names the problem below
+        hdr = None
+    if hdr is None:
+        return head + stream.read() if gz else data
+    shape = tuple(int(x) for x in hdr.get_data_shape())
+    n = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    check_pixels(n, "x".join(map(str, shape)) + " voxels", max_pixels)
+    if not gz:
+        return data
+    extent = int(hdr.get_data_offset()) + n * hdr.get_data_dtype().itemsize
+    return head + stream.read(max(0, extent - len(head)))
+
+
 # ----------------------------------------------------------------------------- NumPy
 def _array_frames(a: np.ndarray, opts: ReadOptions, start: int = 0) -> tuple[list[Frame], int, int]:
     """(frames, bits, frame_count) of one array: (H,W), (H,W,3|4) colour, or a (N,H,W[,3]) stack."""
@@ -387,7 +457,25 @@ def _array_frames(a: np.ndarray, opts: ReadOptions, start: int = 0) -> tuple[lis
     return frames, bits, stack.shape[0]
 
 
+def _npy_shape(f) -> tuple[int, ...] | None:
+    """The array shape an .npy header declares (None for a header this reads no verdict from)."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        reader = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+        return tuple(reader(f)[0]) if reader is not None else None
+    except ValueError:
+        return None  # np.load names the problem
+
+
+def _check_array_pixels(shapes: list[tuple[int, ...] | None], max_pixels: int | None) -> None:
+    known = [s for s in shapes if s is not None]
+    n = sum(int(np.prod(s, dtype=np.int64)) for s in known)
+    check_pixels(n, " + ".join("x".join(map(str, s)) for s in known) + " array elements", max_pixels)
+
+
 def _read_npy(data: bytes, opts: ReadOptions) -> Decoded:
+    _check_array_pixels([_npy_shape(io.BytesIO(data))], opts.max_pixels)
     try:
         a = np.load(io.BytesIO(data), allow_pickle=False)  # never unpickle
     except ValueError as e:
@@ -412,6 +500,9 @@ def _read_npz(data: bytes, opts: ReadOptions) -> Decoded:
     try:
         z = np.load(io.BytesIO(data), allow_pickle=False)
         names = sorted(z.files)
+        # the members' headers first: a compressed archive can inflate far beyond its size
+        _check_array_pixels([_npy_shape(z.zip.open(m)) for m in z.zip.namelist() if m.endswith(".npy")],
+                            opts.max_pixels)
         arrays = [(n, z[n]) for n in names]
     except (ValueError, zipfile.BadZipFile, OSError, EOFError) as e:
         raise Reject("decode_error", f"NPZ: {type(e).__name__}: {e}") from None

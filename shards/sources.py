@@ -4,6 +4,12 @@ A SOURCE is a file, a folder (searched recursively), a glob pattern, or a CSV li
 `path` column (its rows are also the metadata of those files). Paths are local or any fsspec
 URL (s3://...). The list is sorted and de-duplicated so that the build is a function of the
 set of inputs, not of the order they were named in.
+
+A listing's rows are confined to its root (the CSV's folder, or --root): a row that names a file
+outside it (`../x.png`, `/etc/passwd`, a symlink whose target lies outside) is an input refused
+before anything opens it (`Inputs.refused`, reject reason `outside_root`), unless
+--allow-outside-root. A CSV is data that may come from elsewhere; the files and folders named
+on the command line are the user's own choice and are not confined.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ class Inputs:
     metadata: dict[str, dict] = field(default_factory=dict)  # source -> CSV row
     skipped: Skipped = field(default_factory=Skipped)
     csv_sha256: dict[str, str] = field(default_factory=dict)  # listing CSV -> sha256 of its bytes
+    refused: dict[str, str] = field(default_factory=dict)  # listing row outside its root -> why (never read)
 
 
 def _is_glob(s: str) -> bool:
@@ -140,6 +147,33 @@ def join_relative(base: str, rel: str) -> str:
     return os.path.abspath(os.path.join(os.path.dirname(base), rel))
 
 
+def _resolved(url: str) -> tuple[str, str]:
+    """(protocol or "", path with `..` collapsed and, locally, every symlink resolved)."""
+    if is_remote(url):
+        protocol, path = url.split("://", 1)
+        return protocol, posixpath.normpath("/" + path)
+    return "", os.path.realpath(strip_file(url))
+
+
+def outside_root(path: str, root: str) -> str | None:
+    """Why `path` (an absolute path or URL) is not inside the folder `root`, or None when it is.
+    Locally both are compared after resolving symlinks: what counts is the file that would be read."""
+    (p_proto, p), (r_proto, r) = _resolved(path), _resolved(root)
+    sep = "/" if r_proto else os.sep
+    if p_proto == r_proto and (p == r or p.startswith(r.rstrip(sep) + sep)):
+        return None
+    shown = f"{p_proto}://{p.lstrip('/')}" if p_proto else p
+    via = f" (through a symlink: {path} -> {shown})" if not p_proto and shown != os.path.abspath(path) else ""
+    return (f"outside the listing's root {root}{via}: pass --root FOLDER to widen the root, or "
+            "--allow-outside-root to read any path the CSV names")
+
+
+def _listing_root(csv_url: str, root: str | None) -> str:
+    if root is not None:
+        return root if is_remote(root) else _norm(root)
+    return csv_url.rsplit("/", 1)[0] if is_remote(csv_url) else os.path.dirname(csv_url)
+
+
 def index_rows(table: Csv, key_of, what: str, policy: str) -> dict[str, dict]:
     """key -> row for the rows of `table` with a key; several different rows for one key raise
     SourceError naming their lines (policy 'error'), else the first or last is kept."""
@@ -165,12 +199,15 @@ def index_rows(table: Csv, key_of, what: str, policy: str) -> dict[str, dict]:
     return out
 
 
-def expand(sources: list[str], storage_options: dict | None = None, duplicate_rows: str = "error") -> Inputs:
-    """All input files named by SOURCE arguments (sorted, unique) and the rows of CSV listings."""
+def expand(sources: list[str], storage_options: dict | None = None, duplicate_rows: str = "error",
+           root: str | None = None, allow_outside_root: bool = False) -> Inputs:
+    """All input files named by SOURCE arguments (sorted, unique) and the rows of CSV listings;
+    listing rows outside their root (the CSV's folder, or `root`) in `refused` unless allowed."""
     if not sources:
         raise SourceError("no SOURCE given: name files, folders, glob patterns or a CSV with a `path` column")
     files: set[str] = set()
     inputs = Inputs([])
+    named: set[str] = set()  # named by a SOURCE that is not a listing: never refused
     for src in sources:
         if src.lower().endswith(".csv"):
             base = src if is_remote(src) else _norm(src)
@@ -182,22 +219,33 @@ def expand(sources: list[str], storage_options: dict | None = None, duplicate_ro
                               "path", duplicate_rows)
             files.update(rows)
             inputs.metadata.update(rows)
+            if not allow_outside_root:
+                top = _listing_root(base, root)
+                inputs.refused.update((p, why) for p in rows if (why := outside_root(p, top)) is not None)
             continue
-        if is_remote(src):
-            files.update(_expand_remote(src, storage_options, inputs.skipped))
-            continue
-        local = _norm(src)
-        if _is_glob(src):
-            for m in glob.glob(local, recursive=True):
-                files.update(_walk_local(m, inputs.skipped) if os.path.isdir(m) else [m])
-        elif os.path.isdir(local):
-            files.update(_walk_local(local, inputs.skipped))
-        elif os.path.exists(local) or os.path.islink(local):
-            files.add(local)
-        else:
-            raise SourceError(f"source {src} does not exist (give a file, a folder, a glob or a CSV listing)")
+        named.update(_expand_one(src, storage_options, inputs.skipped))
+    files |= named
+    for p in named & set(inputs.refused):
+        del inputs.refused[p]
     inputs.files = sorted(files, key=_sort_key)
     return inputs
+
+
+def _expand_one(src: str, storage_options: dict | None, skipped: Skipped) -> list[str]:
+    """The files one SOURCE that is not a CSV listing names."""
+    if is_remote(src):
+        return _expand_remote(src, storage_options, skipped)
+    local = _norm(src)
+    if _is_glob(src):
+        out = []
+        for m in glob.glob(local, recursive=True):
+            out.extend(_walk_local(m, skipped) if os.path.isdir(m) else [m])
+        return out
+    if os.path.isdir(local):
+        return _walk_local(local, skipped)
+    if os.path.exists(local) or os.path.islink(local):
+        return [local]
+    raise SourceError(f"source {src} does not exist (give a file, a folder, a glob or a CSV listing)")
 
 
 def _sort_key(path: str) -> bytes:

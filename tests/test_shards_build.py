@@ -167,9 +167,10 @@ def test_covid_patient_splits_and_metadata(tmp_path, test_data):
     assert verify_shards(str(tmp_path / "covid")).ok
 
 
-def _kill_build_cmd(files_csv: Path, out: Path) -> list[str]:
+def _kill_build_cmd(files_csv: Path, out: Path, root: Path) -> list[str]:
     return [sys.executable, "-m", "dinotrain", "shards", "build", str(files_csv), "--out", str(out),
-            "--name", "k", "--size", "160", "--samples-per-shard", "6", "--workers", "1", "--no-progress"]
+            "--name", "k", "--root", str(root), "--size", "160", "--samples-per-shard", "6", "--workers", "1",
+            "--no-progress"]
 
 
 def test_kill9_then_resume_gives_the_uninterrupted_build(tmp_path, test_data):
@@ -179,7 +180,9 @@ def test_kill9_then_resume_gives_the_uninterrupted_build(tmp_path, test_data):
     listing.write_text("\n".join(rows) + "\n")
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(_kill_build_cmd(listing, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # the listing names absolute paths under the data folder: --root confines its rows there
+    proc = subprocess.Popen(_kill_build_cmd(listing, out, root), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while not (out / ".build" / "ckpt-000002.json").exists():
         assert proc.poll() is None, proc.communicate()
@@ -191,14 +194,15 @@ def test_kill9_then_resume_gives_the_uninterrupted_build(tmp_path, test_data):
     done = {p.name: p.stat().st_ino for p in out.glob("*.tar")}
     assert len(done) >= 3
     # rerun the same command (here with 2 workers): finishes without redoing finished shards
-    res = subprocess.run(_kill_build_cmd(listing, out)[:-3] + ["--workers", "2", "--no-progress"], env=env,
+    res = subprocess.run(_kill_build_cmd(listing, out, root)[:-3] + ["--workers", "2", "--no-progress"], env=env,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1].startswith("written 72 (72 samples in 12 shards)")
     assert {n: (out / n).stat().st_ino for n in done} == done
     assert not (out / ".build").exists()
     ref = tmp_path / "ref"
-    build_shards([str(listing)], str(ref), name="k", size=160, samples_per_shard=6, workers=1, progress=False)
+    build_shards([str(listing)], str(ref), name="k", size=160, samples_per_shard=6, workers=1, progress=False,
+                 root=str(root))
     assert (out / "manifest.json").read_bytes() == (ref / "manifest.json").read_bytes()
     for tar in ref.glob("*.tar"):
         assert (out / tar.name).read_bytes() == tar.read_bytes()

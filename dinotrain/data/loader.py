@@ -153,10 +153,9 @@ class TrainLoader:
             raise DataError(f"every sample of a batch is corrupt ({bad}); rebuild them with `dinotrain shards build`")
         for i, it in enumerate(items):
             if it[4] is None:
-                self._skipped += 1
                 warnings.warn(
                     f"shard {it[1].shard}: sample '{it[1].key}' is corrupt (image or json unreadable); "
-                    f"skipped, {self._skipped} so far on rank {self.rank}",
+                    f"skipped on rank {self.rank}",
                     RuntimeWarning,
                     stacklevel=2,
                 )
@@ -173,6 +172,9 @@ class TrainLoader:
         names = [s.name for s in self.stream.sources]
         self._pending.append({
             "state": state_after,
+            # counted when the batch is handed out, not when DALI prefetches it: a prefetched batch is
+            # drawn again after a stop or resume, and its skips must count once
+            "skipped": len(items) - len(good),
             "keys": [it[1].key for it in items],
             "source": [names[it[0]] for it in items],
             "dataset": [str(it[3].get("dataset", names[it[0]])) for it in items],
@@ -213,6 +215,7 @@ class TrainLoader:
             raise
         meta = self._pending.popleft()
         self._consumed = meta["state"]
+        self._skipped += meta["skipped"]
         ng, nl = self.spec.n_global, self.spec.n_local
         m = meta["masks"]
         return {

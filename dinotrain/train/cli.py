@@ -29,5 +29,8 @@ def main(args: argparse.Namespace) -> int:
     except NonFiniteLossError as e:
         print(f"dinotrain train: stopped: {e}", file=sys.stderr)
         return 3
-    print(f"dinotrain train: done at step {summary['final_step']} -> {summary['output_dir']}", file=sys.stderr)
+    skipped = summary.get("skipped_samples") or 0
+    note = (f"; {skipped} corrupt samples skipped and replaced by others of their batch (`dinotrain shards "
+            "verify` on the data sources names them)") if skipped else ""
+    print(f"dinotrain train: done at step {summary['final_step']} -> {summary['output_dir']}{note}", file=sys.stderr)
     return 0

@@ -215,6 +215,7 @@ class Trainer:
             "resumed_from": start if self.resumed_from is not None else None,
             "losses": self.last_losses,
             "nonfinite_steps": self.state.nonfinite,
+            "skipped_samples": self._skipped_samples(),
             "checkpoint": str(self.last_ckpt) if self.last_ckpt else None,
             "export": str(self.last_export) if self.last_export else None,
             "world_size": self.env.world_size,
@@ -348,7 +349,7 @@ class Trainer:
                   "images_per_s": self._images / elapsed, "step_time_s": step_time,
                   **{f"time_{k}_s": v for k, v in self.timer.phases.items()},
                   "peak_memory_gb": peak_memory_gb(self.device), "nonfinite_steps": self.state.nonfinite,
-                  "world_size": self.env.world_size}
+                  "skipped_samples": self._skipped_samples(), "world_size": self.env.world_size}
         if self.peak:
             record["mfu"] = self.flops / max(step_time, 1e-9) / self.peak
         if hasattr(self.loader, "stats"):
@@ -358,6 +359,12 @@ class Trainer:
         self._images, self._t_window = 0, now
         if bar is not None:
             bar.set_postfix(loss=f"{out.losses['total_loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
+
+    def _skipped_samples(self) -> int:
+        """Corrupt samples the loaders skipped since the run began (resumes included), summed over
+        ranks: a collective, called by every rank at the same steps (log steps, the end)."""
+        n = self.loader.stats().get("skipped_corrupt", 0) if hasattr(self.loader, "stats") else 0
+        return int(all_reduce_sum(torch.tensor([float(n)], device=self.device)).item())
 
     def _save(self, n: int) -> None:
         """Checkpoint and export on schedule (also after a skipped step: the state is still good)."""
