@@ -486,6 +486,12 @@ def hf_preprocessor_config(resolution: int, mean: float, std: float, channels: i
     }
 
 
+def run_preprocessor(data: Any, channels: int = 3) -> dict[str, Any]:
+    """The preprocessor config of a training run (`data`: its config's data section): its global
+    crop size, what it trained at and what `dinotrain eval` runs it at, and its normalisation."""
+    return hf_preprocessor_config(int(data.global_crops_size), float(data.mean), float(data.std), channels)
+
+
 def to_hf(model: VisionTransformer, out_dir: str | Path, preprocessor: Mapping[str, Any] | None = None) -> Path:
     """Write `config.json` + `model.safetensors` loadable by `transformers.AutoModel`, and
     `preprocessor_config.json` for `AutoImageProcessor` (`preprocessor`, default RAD-DINO's:

@@ -64,10 +64,10 @@ def source_preprocessor(src: Path, model) -> dict | None:
         from omegaconf import OmegaConf
 
         from dinotrain.config import DataConfig
-        from dinotrain.train.export import run_preprocessor
+        from dinotrain.models.convert import run_preprocessor
 
         data = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(src / "config.yaml").get("data") or {})
-        return run_preprocessor(data, model)
+        return run_preprocessor(data, model.in_chans)
     own = src / "preprocessor_config.json"
     return json.loads(own.read_text()) if src.is_dir() and own.is_file() else None
 

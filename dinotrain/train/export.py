@@ -16,18 +16,9 @@ from dinotrain.train.distributed import DistEnv, barrier
 from dinotrain.train.meta_arch import SSLNetwork
 
 
-def run_preprocessor(data, model) -> dict:
-    """The HF preprocessor config of a run: its global crop size (what it trained at and what
-    `dinotrain eval` runs it at) and its normalisation; `data`, `model`: config sections."""
-    from dinotrain.models.convert import hf_preprocessor_config
-
-    return hf_preprocessor_config(int(data.global_crops_size), float(data.mean), float(data.std),
-                                  int(model.in_chans))
-
-
 def _write_export(sd: dict, model, ssl, folder: Path, data=None) -> None:
     from dinotrain.models import build_backbone, build_head
-    from dinotrain.models.convert import save_dino_head, save_dinov2, sub_state_dict, to_hf
+    from dinotrain.models.convert import run_preprocessor, save_dino_head, save_dinov2, sub_state_dict, to_hf
 
     # building the export's modules draws initial weights from the global RNG: do it on a fork, so
     # the steps after an export draw (drop path) as a run resumed from that step's checkpoint does
@@ -37,7 +28,7 @@ def _write_export(sd: dict, model, ssl, folder: Path, data=None) -> None:
         backbone.load_state_dict(sub_state_dict(sd, "backbone."))
         head = build_head(backbone.embed_dim, ssl, device="cpu")
         head.load_state_dict(sub_state_dict(sd, "dino_head."))
-        to_hf(backbone, folder / "hf", None if data is None else run_preprocessor(data, model))
+        to_hf(backbone, folder / "hf", None if data is None else run_preprocessor(data, int(model.in_chans)))
     save_dinov2(backbone, folder)
     save_dino_head(head, folder / "dino_head.safetensors")
 
