@@ -341,8 +341,10 @@ def yaml_problem(e: Exception, override: str | None = None) -> str:
 
 
 def _paths_as_sources(value: Any) -> Any:
-    """`data.sources` given as bare paths ([/x, /y]) as the source list it means: each path a
-    source named after its folder (made unique with its position when two folders share a name)."""
+    """`data.sources` given as bare paths ([/x, /y], or one: /x) as the source list it means: each
+    path a source named after its folder (made unique with its position when two folders share a name)."""
+    if isinstance(value, str):
+        value = [value]
     if not isinstance(value, (list, ListConfig)) or not value or not all(isinstance(v, str) for v in value):
         return value
     names = [Path(str(v).rstrip("/")).name or f"source{i}" for i, v in enumerate(value)]
@@ -368,7 +370,7 @@ def _load_delta(path: Path) -> DictConfig:
 
 def _make_room_for_source(cfg: DictConfig, item: str, key: str) -> None:
     """`data.sources.N.field=...` with N the next free index: add an empty source N for it (its
-    name then defaults to its folder's); a gap or a list given whole is refused in one line."""
+    name then defaults to its folder's); an index past that is refused in one line."""
     m = re.match(r"data\.sources\.(\d+)\.", key)
     have = len(cfg.data.sources)
     if not m or int(m.group(1)) < have:
@@ -408,9 +410,9 @@ def _apply_override(cfg: DictConfig, item: str) -> None:
                           "list items must exist before they are overridden") from e
 
 
-def _name_sources_after_folders(cfg: DictConfig) -> None:
-    """A source added by `data.sources.N.path=...` alone is named after its folder."""
-    for src in cfg.data.sources:
+def _name_sources_after_folders(cfg: DictConfig, first: int) -> None:
+    """Sources from index `first` on (added by overrides) without a name are named after their folder."""
+    for src in list(cfg.data.sources)[first:]:
         if OmegaConf.is_missing(src, "name") and not OmegaConf.is_missing(src, "path"):
             src.name = Path(str(src.path).rstrip("/")).name or "source"
 
@@ -429,11 +431,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             cfg = OmegaConf.merge(cfg, delta)
         except OmegaConfBaseException as e:
             raise ConfigError(_omegaconf_message(e, str(path))) from e
-    n_sources = len(cfg.data.sources)
+    first_new = len(cfg.data.sources)  # sources from here on come from the overrides
     for item in overrides or []:
         _apply_override(cfg, item)
-    if len(cfg.data.sources) > n_sources:
-        _name_sources_after_folders(cfg)
+        if item.split("=", 1)[0].lstrip("+") == "data.sources":
+            first_new = 0
+    _name_sources_after_folders(cfg, first_new)
     validate(cfg)
     return cfg
 

@@ -156,5 +156,9 @@ def test_override_inside_a_list_item():
     assert [(s.name, s.path) for s in cfg.data.sources] == [("cxr", "/x/cxr")]
     cfg = load_config(None, ["data.sources.0.path=/x/cxr", "data.sources.0.name=mine", "data.sources.1.path=/y"])
     assert [(s.name, s.path) for s in cfg.data.sources] == [("mine", "/x/cxr"), ("y", "/y")]
+    # one bare path, and a whole list given without names, replacing the YAML's sources
+    assert [(s.name, s.path) for s in load_config(None, ["data.sources=/x/cxr"]).data.sources] == [("cxr", "/x/cxr")]
+    cfg = load_config(REPO / "configs/pretrain/vitb14_cxr.yaml", ["data.sources=[{path: /y/us, weight: 2}]"])
+    assert [(s.name, s.path, s.weight) for s in cfg.data.sources] == [("us", "/y/us", 2.0)]
     with pytest.raises(ConfigError, match=r"so no data.sources.1: number new ones in order from data.sources.0"):
         load_config(None, ["data.sources.1.path=/x"])  # a gap
