@@ -3,6 +3,9 @@
 Content goes to a unique temporary sibling (pid + random suffix: parallel writers of one path,
 e.g. evaluations sharing a feature cache, never collide), which is then renamed over the target.
 A reader never sees half a file, and a killed writer leaves at most a hidden `.*.tmp` file.
+Every file gets the mode a plain `open(path, "w")` would give (0666 less the umask: 0644 by
+default), whatever the writer used: safetensors creates its files 0600, which a group sharing a
+model cannot read.
 """
 
 from __future__ import annotations
@@ -16,6 +19,20 @@ from pathlib import Path
 from typing import Any
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc), else by the
+    set-and-restore `os.umask` is limited to."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces `path`, on error it is removed."""
@@ -24,6 +41,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

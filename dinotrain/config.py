@@ -324,6 +324,99 @@ def _omegaconf_message(e: OmegaConfBaseException, origin: str) -> str:
     return f"{origin}: invalid value for '{key}': {msg}{_flow_hint(str(key))}"
 
 
+def yaml_problem(e: Exception, override: str | None = None) -> str:
+    """A YAML syntax error as 'line L, column C: problem' (1-based, as editors count), or its
+    first line when PyYAML gave no position. For an `override` (key=value, one line: PyYAML
+    parsed its value) the column is counted in the whole override, its end where PyYAML ran out."""
+    import yaml
+
+    mark = getattr(e, "problem_mark", None) if isinstance(e, yaml.MarkedYAMLError) else None
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    if mark is None:
+        return what
+    if override is not None:
+        key, value = override.split("=", 1)
+        return f"column {len(key) + 1 + min(mark.index, len(value)) + 1}: {what}"
+    return f"line {mark.line + 1}, column {mark.column + 1}: {what}"
+
+
+def _paths_as_sources(value: Any) -> Any:
+    """`data.sources` given as bare paths ([/x, /y], or one: /x) as the source list it means: each
+    path a source named after its folder (made unique with its position when two folders share a name)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, ListConfig)) or not value or not all(isinstance(v, str) for v in value):
+        return value
+    names = [Path(str(v).rstrip("/")).name or f"source{i}" for i, v in enumerate(value)]
+    return [{"name": n if names.count(n) == 1 else f"{n}{i}", "path": str(v)}
+            for i, (n, v) in enumerate(zip(names, value))]
+
+
+def _load_delta(path: Path) -> DictConfig:
+    import yaml
+
+    try:
+        delta = OmegaConf.load(path)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML at {yaml_problem(e)}: fix the indentation, quotes or brackets there "
+                          "(sections and keys are written 'key: value', nested keys indented by the same spaces)") from e
+    except Exception as e:  # not a mapping, unreadable
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+    sources = OmegaConf.select(delta, "data.sources", default=None) if isinstance(delta, DictConfig) else None
+    if sources is not None:
+        delta.data.sources = _paths_as_sources(OmegaConf.to_container(sources))
+    return delta
+
+
+def _make_room_for_source(cfg: DictConfig, item: str, key: str) -> None:
+    """`data.sources.N.field=...` with N the next free index: add an empty source N for it (its
+    name then defaults to its folder's); an index past that is refused in one line."""
+    m = re.match(r"data\.sources\.(\d+)\.", key)
+    have = len(cfg.data.sources)
+    if not m or int(m.group(1)) < have:
+        return
+    if int(m.group(1)) > have:
+        raise ConfigError(f"override '{item}': the config has {have} data source(s), so no data.sources.{m.group(1)}: "
+                          f"number new ones in order from data.sources.{have}, or give the list: "
+                          "data.sources=[{name: cxr, path: /data/shards}]")
+    cfg.data.sources.append(OmegaConf.structured(SourceConfig))
+
+
+def _apply_override(cfg: DictConfig, item: str) -> None:
+    import yaml
+
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not key=value: write e.g. optim.lr=1e-3")
+    key = item.split("=", 1)[0].lstrip("+")
+    _check_key_origin(key, "override")
+    try:
+        # update() walks list indices (data.sources.0.path=...), which a dotlist merge cannot
+        value = OmegaConf.from_dotlist([item.lstrip("+")])
+        for part in key.split("."):
+            value = value[part]
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value)
+        if key == "data.sources":
+            value = _paths_as_sources(value)
+        _make_room_for_source(cfg, item, key)
+        OmegaConf.update(cfg, key, value, merge=True)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{item}': not valid YAML at {yaml_problem(e, item)}: close every bracket and "
+                          "quote, e.g. data.sources=[{name: cxr, path: /data/shards}]") from e
+    except OmegaConfBaseException as e:
+        raise ConfigError(_omegaconf_message(e, f"override '{item}'")) from e
+    except (IndexError, KeyError) as e:
+        raise ConfigError(f"override '{item}': '{key}' does not exist in this config ({e}); "
+                          "list items must exist before they are overridden") from e
+
+
+def _name_sources_after_folders(cfg: DictConfig, first: int) -> None:
+    """Sources from index `first` on (added by overrides) without a name are named after their folder."""
+    for src in list(cfg.data.sources)[first:]:
+        if OmegaConf.is_missing(src, "name") and not OmegaConf.is_missing(src, "path"):
+            src.name = Path(str(src.path).rstrip("/")).name or "source"
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
     """Schema defaults <- YAML file <- dotlist overrides, then validated. Raises ConfigError."""
     cfg = schema()
@@ -331,34 +424,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file '{path}' not found: give a YAML path such as configs/pretrain/vitb14_cxr.yaml")
-        try:
-            delta = OmegaConf.load(path)
-        except Exception as e:  # yaml syntax errors
-            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+        delta = _load_delta(path)
         for key in _walk_yaml(delta):
             _check_key_origin(key, str(path))
         try:
             cfg = OmegaConf.merge(cfg, delta)
         except OmegaConfBaseException as e:
             raise ConfigError(_omegaconf_message(e, str(path))) from e
+    first_new = len(cfg.data.sources)  # sources from here on come from the overrides
     for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' is not key=value: write e.g. optim.lr=1e-3")
-        key = item.split("=", 1)[0].lstrip("+")
-        _check_key_origin(key, "override")
-        try:
-            # update() walks list indices (data.sources.0.path=...), which a dotlist merge cannot
-            value = OmegaConf.from_dotlist([item.lstrip("+")])
-            for part in key.split("."):
-                value = value[part]
-            if OmegaConf.is_config(value):
-                value = OmegaConf.to_container(value)
-            OmegaConf.update(cfg, key, value, merge=True)
-        except OmegaConfBaseException as e:
-            raise ConfigError(_omegaconf_message(e, f"override '{item}'")) from e
-        except (IndexError, KeyError) as e:
-            raise ConfigError(f"override '{item}': '{key}' does not exist in this config ({e}); "
-                              "list items must exist before they are overridden") from e
+        _apply_override(cfg, item)
+        if item.split("=", 1)[0].lstrip("+") == "data.sources":
+            first_new = 0
+    _name_sources_after_folders(cfg, first_new)
     validate(cfg)
     return cfg
 

@@ -5,7 +5,9 @@ the format documented in dinotrain/eval/report.py; looked for in <run>/eval/, <r
 level below).
 The end of each run's training (mean of the last lines of metrics.jsonl) adds rows with
 task `train` for every key with 'loss' in its name, so a sweep without evaluation still
-gets curves.
+gets curves (but no fit: a loss has no CI).
+Only the report's metric is fitted (an evaluation metric with CIs by default), per series, and
+only where `launch.scaling.no_fit_reason` (the study's rule) finds nothing against it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from launch import status as run_status
-from launch.scaling import PowerLawFit, fit_power_law
+from launch.scaling import PowerLawFit, fit_power_law, min_sizes, no_fit_reason
 from launch.sweep import read_run_record, run_dirs
 
 RESULT_NAMES = ("eval/results.json", "results.json", "*/results.json")
@@ -141,23 +143,28 @@ def write_csv(rows: list[Row], path: Path) -> None:
 
 @dataclass(frozen=True)
 class NoFit:
-    """Why a series has no fit (too few sizes, or curve_fit did not converge), and its point count."""
+    """Why a series has no fit (`no_fit_reason`'s words, or curve_fit's when it found no optimum),
+    and its point count."""
 
     reason: str
     n_points: int
 
 
-def fit_all(rows: list[Row], form: str) -> dict[tuple[str, str], PowerLawFit | NoFit]:
-    """(metric key, series) -> fit, or the reason there is none."""
-    points: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+def fit_all(rows: list[Row], form: str, metric: str | None = None) -> dict[tuple[str, str], PowerLawFit | NoFit]:
+    """(metric key, series) -> fit of `metric` (default: `choose_metric`'s), or the reason there is
+    none: `no_fit_reason`, the study's rule (enough sizes, CIs on every point, the ends' CIs apart)."""
+    metric = metric or choose_metric(rows, None)
+    points: dict[tuple[str, str], list[Row]] = defaultdict(list)
     for r in rows:
-        if r.n_images is not None:
-            points[(r.key, r.series)].append((r.n_images, r.value))
+        if r.key == metric and r.n_images is not None:
+            points[(r.key, r.series)].append(r)
     fits: dict[tuple[str, str], PowerLawFit | NoFit] = {}
     for k, pts in sorted(points.items()):
+        n, y = [p.n_images for p in pts], [p.value for p in pts]
+        reason = no_fit_reason(n, y, [p.ci_low for p in pts], [p.ci_high for p in pts], min_sizes(form))
         try:
-            fits[k] = fit_power_law([p[0] for p in pts], [p[1] for p in pts], form=form)
-        except (ValueError, RuntimeError) as e:
+            fits[k] = NoFit(reason, len(pts)) if reason else fit_power_law(n, y, form=form)
+        except (ValueError, RuntimeError) as e:  # curve_fit found no optimum
             fits[k] = NoFit(str(e), len(pts))
     return fits
 
@@ -172,15 +179,17 @@ def _is_baseline(key: str) -> bool:
 
 
 def choose_metric(rows: list[Row], wanted: str | None) -> str | None:
-    """`wanted` when the results have it; else an evaluation metric of the runs' own features
-    (a linear-probe AUROC first, the paper's headline), and the training loss only when no
-    run was evaluated."""
+    """`wanted` when the results have it; else an evaluation metric of the runs' own features,
+    one with CIs where there is one (a linear-probe AUROC first, the paper's headline), and the
+    training loss only when no run was evaluated."""
     keys = sorted({r.key for r in rows})
     if wanted:
         if wanted not in keys:
             raise ValueError(f"metric '{wanted}' not in the results: have {', '.join(keys) or 'none'}")
         return wanted
     evals = [k for k in keys if not k.startswith("train/") and not _is_baseline(k)]
+    with_ci = {r.key for r in rows if r.ci_low is not None and r.ci_high is not None}
+    evals = [k for k in evals if k in with_ci] or evals  # a fit needs CIs (no_fit_reason)
     evals = [k for k in evals if "@" not in k] or evals  # the test split before val/train splits
     for pick in ("/linear/auroc", "/knn/auroc", "auroc"):
         hits = [k for k in evals if k.endswith(pick)]
@@ -255,6 +264,8 @@ def markdown(name: str, rows: list[Row], fits: dict, metric: str | None, form: s
             lines.append(f"| {series} | " + " | ".join(_fmt(vals.get(s)) for s in sizes) + " |")
         lines += ["", "![scaling](scaling.png)", ""]
     lines += [f"## Fits ({form} law, parameters ± standard error)", "",
+              f"A law is fitted only through >= {min_sizes(form)} sizes with a 95% CI on every point, the "
+              "smallest and the largest size's CIs apart (the study's rule); else no fit (why).", "",
               "| metric | series | points | fit | exponent b | R² |", "|---|---|---:|---|---:|---:|"]
     for (key, series), fit in sorted(fits.items()):
         if isinstance(fit, PowerLawFit):
@@ -263,7 +274,7 @@ def markdown(name: str, rows: list[Row], fits: dict, metric: str | None, form: s
             lines.append(f"| {key} | {series} | {fit.n_points} | {fit.formula()} | "
                          f"{_fmt(b)}{'' if math.isnan(se) else ' ± ' + _fmt(se)} | {_fmt(fit.r2)} |")
         else:
-            lines.append(f"| {key} | {series} | {fit.n_points} | no fit: {fit.reason} | | |")
+            lines.append(f"| {key} | {series} | {fit.n_points} | no fit ({fit.reason}) | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -280,7 +291,7 @@ def write_report(sweep_dir: str | Path, metric: str | None = None, form: str | N
     form = form or str(settings.get("form", "power"))
     rows = collect(sweep_dir)
     metric = choose_metric(rows, metric or settings.get("metric"))
-    fits = fit_all(rows, form)
+    fits = fit_all(rows, form, metric)
     counts: dict[str, int] = defaultdict(int)
     for s in run_status.states_of(run_dirs(sweep_dir)):
         counts[s.state] += 1

@@ -10,6 +10,9 @@ residuals are errors on the metric, not on its logarithm):
 Each form needs one size more than it has parameters: through as many points as parameters
 a curve always passes exactly, so such a "fit" says nothing about the law (R² = 1, no
 errors). Standard errors are the square roots of the diagonal of curve_fit's covariance.
+
+Whether to fit at all is `no_fit_reason`'s call (the study's plots and `sweep report` both ask it):
+a curve through points whose CIs overlap end to end would report noise as a law.
 """
 
 from __future__ import annotations
@@ -65,6 +68,23 @@ def _model(form: str):
 def min_sizes(form: str) -> int:
     """Distinct sizes a fit of `form` needs: one more than its parameters, so it can be wrong."""
     return {"power": 3, "saturating": 4}[form]
+
+
+def no_fit_reason(images, values, lo, hi, min_fit_points: int = 3) -> str | None:
+    """Why a law through these points would mean nothing (None: it may be fitted and drawn), the
+    one rule of the study and the sweep report: fewer than `min_fit_points` sizes, a point without
+    a CI (`lo`/`hi` None: the noise is unknown), a value <= 0 (no power law reaches it), or a
+    smallest and a largest size whose CIs overlap (the trend cannot be told from flat)."""
+    if len(set(images)) < min_fit_points:
+        return f"{len(set(images))} sizes"
+    if any(v is None for v in (*lo, *hi)):
+        return "no CIs"
+    if any(v <= 0 for v in values):
+        return "values <= 0"
+    small, large = images.index(min(images)), images.index(max(images))
+    if lo[large] <= hi[small] and lo[small] <= hi[large]:
+        return "CIs overlap"
+    return None
 
 
 def fit_power_law(n, y, form: str = "power") -> PowerLawFit:

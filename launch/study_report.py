@@ -262,26 +262,12 @@ def plot_deltas(rows: dict[str, dict], title: str, xlabel: str, path: Path) -> P
     return path
 
 
-def no_fit_reason(images, values, lo, hi, min_fit_points: int = 3) -> str | None:
-    """Why a power law through these points would mean nothing (None: it may be drawn): fewer than
-    `min_fit_points` sizes, a value <= 0 (no power law reaches it), or a smallest and a largest size
-    whose CIs overlap (the trend cannot be told from flat)."""
-    if len(set(images)) < min_fit_points:
-        return f"{len(set(images))} sizes"
-    if any(v <= 0 for v in values):
-        return "values <= 0"
-    small, large = images.index(min(images)), images.index(max(images))
-    if lo[large] <= hi[small] and lo[small] <= hi[large]:
-        return "CIs overlap"
-    return None
-
-
 def plot_scaling(rows: list[dict], path: Path, min_fit_points: int = 3) -> Path:
     """Metric vs training images per diversity set, with CIs; a power law only where `no_fit_reason`
     finds none (>= 3 sizes, positive values, the ends' CIs apart)."""
     import numpy as np
 
-    from launch.scaling import fit_power_law
+    from launch.scaling import fit_power_law, no_fit_reason
 
     plt = _plt()
     tasks = sorted({r["task"] for r in rows}) or ["(none)"]

@@ -201,7 +201,7 @@ def save_initial_teacher(run_cfg: DictConfig, out_dir: Path) -> Path:
             # the trainer handles CPU DTensor init per shard itself (build_networks) and says so
             warnings.filterwarnings("ignore", message=r"DTensor random operators")
             _, teacher = build_networks(cfg.model, cfg.ssl, cfg.parallel, cfg.train.seed, env.device, env.world_size)
-        export_teacher(teacher, cfg.model, cfg.ssl, cfg.output_dir, 0, env)
+        export_teacher(teacher, cfg.model, cfg.ssl, cfg.output_dir, 0, env, data=cfg.data)
     finally:
         if env.created_group:
             torch.distributed.destroy_process_group()

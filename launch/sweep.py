@@ -62,7 +62,9 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> DictConf
     try:
         spec = OmegaConf.load(path)
     except Exception as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+        from dinotrain.config import yaml_problem
+
+        raise ConfigError(f"{path}: not valid YAML at {yaml_problem(e)}") from e
     unknown = [k for k in spec if k not in SWEEP_KEYS]
     if unknown:
         raise ConfigError(f"{path}: unknown sweep key '{unknown[0]}': allowed keys are {', '.join(SWEEP_KEYS)}")

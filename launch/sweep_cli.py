@@ -17,12 +17,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="run: list what would be submitted, submit nothing")
     parser.add_argument("--wait", action="store_true", help="run: wait until every run is done or failed")
     parser.add_argument("--metric", default=None,
-                        help="report: the metric of scaling.png as task/kind/metric, e.g. jsrt_nodule/linear/auroc "
-                        "(default: the sweep's report.metric, else an evaluation metric of the runs, a "
-                        "linear-probe AUROC first, else the final training loss)")
+                        help="report: the metric of scaling.png and the fits, as task/kind/metric, e.g. "
+                        "jsrt_nodule/linear/auroc (default: the sweep's report.metric, else an evaluation metric "
+                        "of the runs with CIs, a linear-probe AUROC first, else the final training loss, never fitted)")
     parser.add_argument("--form", choices=("power", "saturating"), default=None,
                         help="report: y = a*n^b (power, default; >= 3 sizes) or y = c - a*n^-b (saturating, "
-                        ">= 4 sizes); with fewer sizes the report says so and fits nothing")
+                        ">= 4 sizes); fitted only where every point has a CI and the ends' CIs are apart (the "
+                        "study's rule), else the report says 'no fit (why)'")
 
 
 def main(args: argparse.Namespace) -> int:

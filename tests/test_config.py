@@ -151,5 +151,14 @@ def test_override_inside_a_list_item():
     assert cfg.data.sources[0].path == "/data/shards/mimic" and cfg.data.sources[0].name == "cxr"
     cfg = load_config(None, ["data.sources=[{name: a, path: /y, max_samples: 0.5}]"])
     assert cfg.data.sources[0].max_samples == 0.5 and cfg.data.sources[0].weight == 1.0
-    with pytest.raises(ConfigError, match=r"data.sources"):
-        load_config(None, ["data.sources.0.path=/x"])  # no such item
+    # the next free index adds a source, named after its folder unless named too (issue 22)
+    cfg = load_config(None, ["data.sources.0.path=/x/cxr"])
+    assert [(s.name, s.path) for s in cfg.data.sources] == [("cxr", "/x/cxr")]
+    cfg = load_config(None, ["data.sources.0.path=/x/cxr", "data.sources.0.name=mine", "data.sources.1.path=/y"])
+    assert [(s.name, s.path) for s in cfg.data.sources] == [("mine", "/x/cxr"), ("y", "/y")]
+    # one bare path, and a whole list given without names, replacing the YAML's sources
+    assert [(s.name, s.path) for s in load_config(None, ["data.sources=/x/cxr"]).data.sources] == [("cxr", "/x/cxr")]
+    cfg = load_config(REPO / "configs/pretrain/vitb14_cxr.yaml", ["data.sources=[{path: /y/us, weight: 2}]"])
+    assert [(s.name, s.path, s.weight) for s in cfg.data.sources] == [("us", "/y/us", 2.0)]
+    with pytest.raises(ConfigError, match=r"so no data.sources.1: number new ones in order from data.sources.0"):
+        load_config(None, ["data.sources.1.path=/x"])  # a gap

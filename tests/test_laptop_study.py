@@ -340,7 +340,7 @@ def test_quick_study_end_to_end_through_slurm(slurm_cluster, test_data, tmp_path
 
 
 def test_scaling_plot_draws_a_power_law_only_where_the_points_can_carry_one():
-    from launch.study_report import no_fit_reason
+    from launch.scaling import no_fit_reason
 
     sizes = [57, 172, 515]
     # a trend whose ends' CIs are apart: a curve is drawn

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -235,10 +236,36 @@ def test_report_with_two_sizes_tabulates_points_and_fits_nothing(tmp_path):
         d.rmdir()
     out = report.write_report(root)
     md = out["md"].read_text()
-    assert "| jsrt_nodule/linear/auroc | cxr | 2 | no fit: too few sizes for a power fit: 2 distinct, it needs >= 3 |" \
-        in md
+    assert "| jsrt_nodule/linear/auroc | cxr | 2 | no fit (2 sizes) |" in md
     assert "b = " not in md and all(isinstance(f, report.NoFit) for f in report.fit_all(report.collect(root),
                                                                                           "power").values())
+
+
+def test_report_fits_one_metric_by_the_studys_rule_and_never_noise(tmp_path):
+    """Issue 22: 22 fit rows, 'y = 0.6 · n^0' with R² 0.98 while each point's CI was ±0.15. Now only
+    the report's metric is fitted, by the study's rule (`no_fit_reason`, one function for both)."""
+    import launch.study_report
+
+    assert report.no_fit_reason is scaling.no_fit_reason
+    assert "def no_fit_reason" not in Path(launch.study_report.__file__).read_text()
+    root = _fake_sweep(tmp_path)
+    for d in sorted(root.glob("runs/cxr-n*")):  # a flat trend inside wide CIs: noise, not a law
+        res = json.loads((d / "eval" / "results.json").read_text())
+        n = int(d.name.split("-n")[1])
+        v = 0.6 + 0.01 * math.log10(n)
+        res["results"][0].update(value=v, ci_low=v - 0.15, ci_high=v + 0.15)
+        (d / "eval" / "results.json").write_text(json.dumps(res))
+    rows = report.collect(root)
+    fits = report.fit_all(rows, "power")
+    assert set(fits) == {("jsrt_nodule/linear/auroc", "cxr"), ("jsrt_nodule/linear/auroc", "all")}  # no loss rows
+    assert fits[("jsrt_nodule/linear/auroc", "cxr")] == report.NoFit("CIs overlap", 3)
+    assert fits[("jsrt_nodule/linear/auroc", "all")].exponent == pytest.approx(0.04, abs=1e-6)
+    md = report.write_report(root)["md"].read_text()
+    assert "| jsrt_nodule/linear/auroc | cxr | 3 | no fit (CIs overlap) | | |" in md
+    assert "train/" not in md.split("## Fits")[1]
+    # the training loss, asked for by name, has no CIs: tabulated, never fitted
+    md = report.write_report(root, metric="train/total_loss")["md"].read_text()
+    assert "| train/total_loss | cxr | 3 | no fit (no CIs) | | |" in md and "b = " not in md
 
 
 def test_default_metric_is_the_runs_evaluation_not_a_baseline_or_the_loss(tmp_path):
@@ -259,6 +286,10 @@ def test_default_metric_is_the_runs_evaluation_not_a_baseline_or_the_loss(tmp_pa
         == "b/linear/auroc"
     assert report.choose_metric(rows(loss, "jsrt_nodule/linear/auroc@val"), None) == "jsrt_nodule/linear/auroc@val"
     assert report.choose_metric(rows(loss, "train/dino_loss"), None) == loss  # no evaluation: the loss
+    # an evaluation metric with CIs before one without (only one with CIs can be fitted)
+    with_ci = rows("b/knn/auroc")[0]
+    with_ci.ci_low, with_ci.ci_high = 0.4, 0.6
+    assert report.choose_metric(rows(loss, "a/linear/auroc") + [with_ci], None) == "b/knn/auroc"
     # one evaluated run is enough for the evaluation to be the sweep's metric
     assert report.choose_metric(rows(loss) + rows("jsrt_nodule/linear/auroc"), None) == "jsrt_nodule/linear/auroc"
 

@@ -21,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated built-in task names or YAML spec paths, or 'all' (see --list-tasks)")
     parser.add_argument("--data", default=d.data_root, help="root folder holding the datasets the specs name")
     parser.add_argument("--out", default="eval_out", help="output folder for results.json, results.md, results.png")
-    parser.add_argument("--resolution", type=int, default=d.resolution, help="input size (resize + centre crop)")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="input size (resize + centre crop); default: the global crop size a run MODEL trained "
+                        f"at, else {d.resolution} (RAD-DINO's)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="feature extraction batch size")
     parser.add_argument("--max-samples", type=int, default=d.max_samples, help="stratified subset per task")
     parser.add_argument("--bootstrap", type=int, default=d.bootstrap, help="bootstrap resamples for 95%% CIs")
@@ -62,8 +64,14 @@ def main(args: argparse.Namespace) -> int:
     if Path(args.out).exists() and not Path(args.out).is_dir():
         print(f"dinotrain eval: error: --out {args.out} is a file: give a folder (it is created)", file=sys.stderr)
         return 2
+    from dinotrain.eval.loading import default_resolution
     from dinotrain.eval.run import evaluate_models
 
+    if args.resolution is None:
+        args.resolution, why = default_resolution(list(args.models))
+        print(f"dinotrain eval: at {args.resolution} px, {why} (--resolution to change)", file=sys.stderr, flush=True)
+    else:
+        print(f"dinotrain eval: at {args.resolution} px (--resolution)", file=sys.stderr, flush=True)
     try:
         res = evaluate_models(
             args.models, args.tasks, args.data, args.out, max_samples=args.max_samples, with_plot=not args.no_plot,

@@ -9,6 +9,9 @@
 - a checkpoint file (`.pth`, `.pt`, `.safetensors`, DINOv2 or HF naming)  via
   `dinotrain.models.convert.load_backbone`.
 
+`default_resolution(models)`: the input size `dinotrain eval` uses without --resolution (a run's
+global crop size, else 518).
+
 Every model is put in eval mode with drop path off; its fingerprint (a hash of the weights)
 keys the feature cache, so two names for the same weights share features.
 """
@@ -123,3 +126,33 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
     return LoadedModel(name=spec, model=model, patch_size=int(model.patch_size),
                        in_chans=int(getattr(model, "in_chans", 3)),
                        fingerprint=model_fingerprint(model.state_dict(), extra), mean=mean, std=std)
+
+
+def trained_resolution(spec: str) -> int | None:
+    """The global crop size a training run (a folder holding config.yaml) trained at; None for
+    any other MODEL."""
+    run_cfg = Path(spec).expanduser() / "config.yaml"
+    if spec.startswith("random:") or not run_cfg.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    from dinotrain.config import DataConfig, default_of
+
+    size = OmegaConf.select(OmegaConf.load(run_cfg), "data.global_crops_size", default=None)
+    return int(size if size is not None else default_of(DataConfig, "global_crops_size"))
+
+
+def default_resolution(models: list[str]) -> tuple[int, str]:
+    """The eval input size when none is given, and why: what the runs among `models` trained at
+    (their global crop size; the largest when they differ), else RAD-DINO's 518."""
+    from dinotrain.config import EvalConfig, default_of
+
+    runs = {m: r for m in models if (r := trained_resolution(m)) is not None}
+    if not runs:
+        return int(default_of(EvalConfig, "resolution")), "RAD-DINO's input size, as no MODEL is a training run"
+    sizes = sorted(set(runs.values()))
+    if len(sizes) == 1:
+        return sizes[0], f"the global crop size {', '.join(runs)} trained at"
+    each = ", ".join(f"{m}: {r}" for m, r in runs.items())
+    return sizes[-1], f"the largest global crop size the runs trained at ({each})"
+

@@ -122,7 +122,9 @@ def load_spec(name_or_path: str) -> TaskSpec:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise SpecError(f"task spec {path}: not valid YAML ({e})") from e
+        from dinotrain.config import yaml_problem
+
+        raise SpecError(f"task spec {path}: not valid YAML at {yaml_problem(e)}") from e
     if not isinstance(raw, dict):
         raise SpecError(f"task spec {path}: expected a mapping of keys (name, dataset, kind, ...)")
     return spec_from_dict(raw, source=str(path), default_name=path.stem)

@@ -10,7 +10,7 @@ Our parameter names ARE DINOv2's (see vit.py), so:
   `attention.attention.{query,key,value}` names and transformers 5's `q_proj/k_proj/v_proj`.
 - `to_hf(model, out_dir)` writes `config.json` + `model.safetensors` that
   `transformers.AutoModel.from_pretrained(out_dir)` loads (published naming, which every
-  transformers version reads).
+  transformers version reads), and `preprocessor_config.json` for `AutoImageProcessor`.
 - `load_dino_head(path)` -> DINOHead (RAD-DINO's `dino_head.safetensors`), `save_dino_head`.
 
 `from_*` with `model=None` build the architecture the weights describe; with `model` given they
@@ -465,8 +465,37 @@ def to_hf_state_dict(model: VisionTransformer) -> StateDict:
     return dinov2_to_hf_keys(sd, model.embed_dim)
 
 
-def to_hf(model: VisionTransformer, out_dir: str | Path) -> Path:
-    """Write `config.json` + `model.safetensors` loadable by `transformers.AutoModel`; returns out_dir.
+def hf_preprocessor_config(resolution: int, mean: float, std: float, channels: int = 3) -> dict[str, Any]:
+    """`preprocessor_config.json` for `transformers.AutoImageProcessor`, with the fields
+    `microsoft/rad-dino` ships (a BitImageProcessor): resize the shorter side to `resolution`
+    (bicubic), centre crop `resolution` square, scale to [0, 1], normalise with `mean`/`std`,
+    grayscale repeated to RGB. The recipe of `dinotrain.eval.features.preprocess`."""
+    return {
+        "crop_size": {"height": int(resolution), "width": int(resolution)},
+        "do_center_crop": True,
+        "do_convert_rgb": channels == 3,
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": [float(mean)] * channels,
+        "image_processor_type": "BitImageProcessor",
+        "image_std": [float(std)] * channels,
+        "resample": 3,  # PIL.Image.BICUBIC
+        "rescale_factor": 1 / 255,
+        "size": {"shortest_edge": int(resolution)},
+    }
+
+
+def run_preprocessor(data: Any, channels: int = 3) -> dict[str, Any]:
+    """The preprocessor config of a training run (`data`: its config's data section): its global
+    crop size, what it trained at and what `dinotrain eval` runs it at, and its normalisation."""
+    return hf_preprocessor_config(int(data.global_crops_size), float(data.mean), float(data.std), channels)
+
+
+def to_hf(model: VisionTransformer, out_dir: str | Path, preprocessor: Mapping[str, Any] | None = None) -> Path:
+    """Write `config.json` + `model.safetensors` loadable by `transformers.AutoModel`, and
+    `preprocessor_config.json` for `AutoImageProcessor` (`preprocessor`, default RAD-DINO's:
+    518 px, the schema's mean and std); returns out_dir.
 
     Outputs match ours exactly at the model's native size. At other sizes HF resamples position
     embeddings by size (antialiased for register models): identical to a model built with
@@ -476,6 +505,12 @@ def to_hf(model: VisionTransformer, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     _save_safetensors(to_hf_state_dict(model), out / "model.safetensors", {"format": "pt"})
     write_json(out / "config.json", hf_config(model), indent=2)
+    if preprocessor is None:
+        from dinotrain.config import DataConfig, EvalConfig, default_of
+
+        preprocessor = hf_preprocessor_config(default_of(EvalConfig, "resolution"), default_of(DataConfig, "mean"),
+                                              default_of(DataConfig, "std"), model.in_chans)
+    write_json(out / "preprocessor_config.json", dict(preprocessor), indent=2)
     return out
 
 

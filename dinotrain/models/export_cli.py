@@ -15,7 +15,8 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="weights file, Hugging Face folder, or run directory")
     parser.add_argument("--format", choices=("hf", "dinov2"), default="hf",
-                        help="hf: config.json + model.safetensors for transformers.AutoModel; "
+                        help="hf: config.json + model.safetensors for transformers.AutoModel and "
+                             "preprocessor_config.json for AutoImageProcessor (a run's crop size, mean, std); "
                              "dinov2: dinov2.safetensors (DINOv2 naming) + dinov2_config.json")
     parser.add_argument("--out", required=True, help="output folder (created; one that holds a model is refused "
                         "unless --overwrite)")
@@ -54,6 +55,23 @@ def load_run_teacher(run_dir: Path):
     return from_dinov2(state_dict, build_backbone(model_cfg, device="meta"))
 
 
+def source_preprocessor(src: Path, model) -> dict | None:
+    """The preprocessing that goes with the exported weights: a run's (its crop size, mean and
+    std), a Hugging Face folder's own preprocessor_config.json, else None (RAD-DINO's)."""
+    import json
+
+    if _is_run_dir(src):
+        from omegaconf import OmegaConf
+
+        from dinotrain.config import DataConfig
+        from dinotrain.models.convert import run_preprocessor
+
+        data = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(src / "config.yaml").get("data") or {})
+        return run_preprocessor(data, model.in_chans)
+    own = src / "preprocessor_config.json"
+    return json.loads(own.read_text()) if src.is_dir() and own.is_file() else None
+
+
 def main(args: argparse.Namespace) -> int:
     """Errors are UserError / convert's ValueError: `dinotrain.cli` reports them in one line."""
     from dinotrain.models.convert import load_backbone, load_dino_head, save_dino_head, save_dinov2, to_hf
@@ -72,8 +90,8 @@ def main(args: argparse.Namespace) -> int:
         check_weights_source(src, "CHECKPOINT")
         model = load_backbone(src)
     if args.format == "hf":
-        to_hf(model, out)
-        written = [out / "config.json", out / "model.safetensors"]
+        to_hf(model, out, source_preprocessor(src, model))
+        written = [out / "config.json", out / "model.safetensors", out / "preprocessor_config.json"]
     else:
         written = [save_dinov2(model, out), out / "dinov2_config.json"]
     if args.head:

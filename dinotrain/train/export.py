@@ -1,6 +1,8 @@
 """Teacher exports during training: `export/step_NNNNNNN/{hf/, dinov2.safetensors,
 dinov2_config.json, dino_head.safetensors}`, mirrored to `export/latest/`, written with the same
-savers as `dinotrain export` (models/convert.py)."""
+savers as `dinotrain export` (models/convert.py). `hf/preprocessor_config.json` holds the run's
+preprocessing (global crop size, data.mean/std), so `AutoImageProcessor` + `AutoModel` feed the
+teacher what `dinotrain eval` feeds it."""
 
 from __future__ import annotations
 
@@ -14,9 +16,9 @@ from dinotrain.train.distributed import DistEnv, barrier
 from dinotrain.train.meta_arch import SSLNetwork
 
 
-def _write_export(sd: dict, model, ssl, folder: Path) -> None:
+def _write_export(sd: dict, model, ssl, folder: Path, data=None) -> None:
     from dinotrain.models import build_backbone, build_head
-    from dinotrain.models.convert import save_dino_head, save_dinov2, sub_state_dict, to_hf
+    from dinotrain.models.convert import run_preprocessor, save_dino_head, save_dinov2, sub_state_dict, to_hf
 
     # building the export's modules draws initial weights from the global RNG: do it on a fork, so
     # the steps after an export draw (drop path) as a run resumed from that step's checkpoint does
@@ -26,7 +28,7 @@ def _write_export(sd: dict, model, ssl, folder: Path) -> None:
         backbone.load_state_dict(sub_state_dict(sd, "backbone."))
         head = build_head(backbone.embed_dim, ssl, device="cpu")
         head.load_state_dict(sub_state_dict(sd, "dino_head."))
-        to_hf(backbone, folder / "hf")
+        to_hf(backbone, folder / "hf", None if data is None else run_preprocessor(data, int(model.in_chans)))
     save_dinov2(backbone, folder)
     save_dino_head(head, folder / "dino_head.safetensors")
 
@@ -43,9 +45,10 @@ def _replace_dir(src: Path, dst: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def export_teacher(teacher: SSLNetwork, model, ssl, output_dir: str | Path, step: int, env: DistEnv) -> Path:
-    """Every rank takes part (gathering the shards); rank 0 writes. `model`, `ssl`: the config's
-    sections of those names."""
+def export_teacher(teacher: SSLNetwork, model, ssl, output_dir: str | Path, step: int, env: DistEnv,
+                   data=None) -> Path:
+    """Every rank takes part (gathering the shards); rank 0 writes. `model`, `ssl`, `data`: the
+    config's sections of those names (without `data`, the HF preprocessor is RAD-DINO's)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     sd = get_model_state_dict(teacher, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -54,7 +57,7 @@ def export_teacher(teacher: SSLNetwork, model, ssl, output_dir: str | Path, step
         tmp = final.with_name(f".tmp_{final.name}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        _write_export(sd, model, ssl, tmp)
+        _write_export(sd, model, ssl, tmp, data)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         _replace_dir(final, export_dir(output_dir, None))

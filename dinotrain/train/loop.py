@@ -75,6 +75,19 @@ def _prepare_output_dir(cfg: DictConfig, env: DistEnv) -> None:
     barrier()
 
 
+def _check_machine(cfg: DictConfig) -> None:
+    """UserError for a setting this machine lacks the hardware or package for; its notes (GPU
+    settings that run differently on the CPU) logged once, by the first rank."""
+    import logging
+    import os
+
+    from dinotrain.train.machine import check_machine
+
+    for note in check_machine(cfg):
+        if os.environ.get("RANK", "0") == "0":
+            logging.getLogger("dinotrain.train").warning("note: %s", note)
+
+
 def run(cfg) -> dict:
     """Train per `cfg` (a DictConfig from `dinotrain.config.load_config`, or a dict of deltas).
 
@@ -82,6 +95,7 @@ def run(cfg) -> dict:
     checkpoint in `cfg.output_dir` (when `train.resume`), and returns a summary dict.
     """
     cfg = _as_config(cfg)
+    _check_machine(cfg)  # settings this machine cannot run: before the loader and the process group
     check_inputs(cfg)  # the files the config names, before the process group and before any write
     with _quiet_known_warnings():
         env = init_distributed(cfg)

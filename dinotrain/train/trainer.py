@@ -375,4 +375,5 @@ class Trainer:
                                              int(self.cfg.train.keep_checkpoints), self.env.rank,
                                              self.env.world_size)
         if self.policy.export_now(n):
-            self.last_export = export_teacher(self.teacher, self.cfg.model, self.cfg.ssl, self.out, n, self.env)
+            self.last_export = export_teacher(self.teacher, self.cfg.model, self.cfg.ssl, self.out, n, self.env,
+                                             data=self.cfg.data)
