@@ -63,8 +63,10 @@ class TorchProducer:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            # spawn: a fork of a process holding torch threads (or a CUDA context) can deadlock
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            # fork where there is one, as torch's DataLoader: no re-import of the user's __main__ (spawn's
+            # requirement of a `__main__` guard), and the workers never touch torch or CUDA (decode.py)
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(method))
         return self._pool
 
     def _submit(self) -> None:
