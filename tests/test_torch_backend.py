@@ -162,3 +162,34 @@ def test_decode_workers_do_not_import_torch():
     code = "import sys, dinotrain.data.decode; print('torch' in sys.modules, 'nvidia.dali' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def _laptop_losses(shards: Path, out: Path, backend: str, seed: int, steps: int) -> list[float]:
+    """Losses of a short run of the laptop recipe (its warm-ups scaled to `steps`, as the study does)."""
+    from dinotrain.config import load_config
+    from dinotrain.train import run
+    from launch.study import DEFAULT_CONFIG, fitted_warmups
+
+    base = load_config(DEFAULT_CONFIG)
+    cfg = load_config(DEFAULT_CONFIG, [
+        f"output_dir={out}", f"data.sources=[{{name: cxr, path: {shards}}}]", f"data.backend={backend}",
+        f"train.seed={seed}", f"data.seed={seed}", f"train.max_steps={steps}", *fitted_warmups(base, steps),
+        "data.batch_size_per_gpu=16", "data.num_threads=1", "data.device=cpu", "train.device=cpu",
+        "train.log_every=1", "train.progress=false", "train.checkpoint_every=1000", "launch.run_eval=false"])
+    run(cfg)
+    return [json.loads(ln)["total_loss"] for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+
+
+@pytest.mark.slow
+def test_laptop_recipe_trains_on_torch_and_its_loss_curve_matches_dali_within_seed_noise(cxr_shards, tmp_path):
+    """Noise = the spread between two DALI seeds; the torch run (seed 0) must sit well inside it."""
+    steps = 16
+    dali0 = _laptop_losses(cxr_shards, tmp_path / "dali0", "dali", 0, steps)
+    dali1 = _laptop_losses(cxr_shards, tmp_path / "dali1", "dali", 1, steps)
+    torch0 = _laptop_losses(cxr_shards, tmp_path / "torch0", "torch", 0, steps)
+    assert len(dali0) == len(dali1) == len(torch0) == steps and all(np.isfinite(torch0))
+    noise = float(np.mean(np.abs(np.subtract(dali1, dali0))))
+    gap = float(np.mean(np.abs(np.subtract(torch0, dali0))))
+    print(f"mean |loss diff| over {steps} steps: torch vs DALI (seed 0) {gap:.4g}, DALI seed 1 vs 0 {noise:.4g}")
+    assert noise > 0 and gap < 0.25 * noise, (gap, noise, torch0, dali0, dali1)
+    assert torch0[-1] < torch0[0]  # it learns
