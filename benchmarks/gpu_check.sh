@@ -11,26 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-
-# the first interpreter that sees a CUDA device: $PYTHON, the project venv, then python3
-PY=""
-for cand in "${PYTHON:-}" .venv/bin/python python3 python; do
-  [ -n "$cand" ] || continue
-  if command -v "$cand" >/dev/null 2>&1 && "$cand" -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-    PY="$cand"; break
-  fi
-done
-if [ -z "$PY" ]; then
-  echo "gpu_check: no Python with a CUDA-enabled torch found (set PYTHON=/path/to/python)" >&2
-  exit 2
-fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+source benchmarks/gpu_env.sh gpu_check
 
 OUT_DIR="${OUT:-benchmarks/out}"
 mkdir -p "$OUT_DIR"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 timeout 500 "$PY" -m benchmarks.gpu_check --out "$OUT_DIR" "$@" 2>&1 | tee "$OUT_DIR/gpu_check.log"

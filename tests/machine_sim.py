@@ -12,39 +12,66 @@ so a test sees the ImportError that machine would raise, before a GPU minute is 
 
 from __future__ import annotations
 
-import importlib.abc
+import importlib.machinery
+import re
 import runpy
 import sys
 
-# the lent GPU machine's packages and their dependencies (import names)
-GPU_MACHINE = {
-    "torch", "torchgen", "functorch", "torchvision", "triton", "numpy", "PIL", "transformers", "safetensors", "timm",
-    "sklearn", "scipy", "joblib", "threadpoolctl", "fsspec", "tqdm", "huggingface_hub", "tokenizers", "regex",
-    "requests", "urllib3", "idna", "certifi", "charset_normalizer", "yaml", "packaging", "filelock", "jinja2",
-    "markupsafe", "sympy", "mpmath", "networkx", "typing_extensions", "nvidia", "setuptools", "pkg_resources",
-    "_distutils_hack", "_virtualenv",
-}
-WHEELS = {"omegaconf", "antlr4"}  # what benchmarks/gpu_check.sh installs from .whl/ (README, "GPU check")
+# the lent GPU machine's packages (distribution names); their dependencies are added from the metadata
+GPU_MACHINE = ("torch", "torchvision", "numpy", "pillow", "transformers", "safetensors", "timm", "scikit-learn",
+               "fsspec", "tqdm")
+WHEELS = ("omegaconf", "antlr4-python3-runtime")  # what benchmarks/gpu_wheels.sh puts in .whl/
 PROJECT = {"dinotrain", "shards", "launch", "benchmarks", "tests"}
+# optional packages torch probes through their installed metadata (then imports): hiding the module but
+# not the metadata would fail where the real machine, having neither or both, does not
+PROBED = {"optree"}
 
 
-class _Finder(importlib.abc.MetaPathFinder):
-    def __init__(self, blocked: set[str], allowed: set[str] | None):
-        self.blocked, self.allowed = blocked, allowed
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
-    def find_spec(self, fullname, path=None, target=None):
-        top = fullname.split(".")[0]
-        if fullname in self.blocked or top in self.blocked:
-            raise ModuleNotFoundError(f"No module named '{fullname}' (blocked by tests/machine_sim.py)", name=fullname)
-        if self.allowed is not None and top not in self.allowed and top not in sys.stdlib_module_names:
-            raise ModuleNotFoundError(f"No module named '{top}' (not on the GPU machine: tests/machine_sim.py)",
-                                      name=top)
-        return None  # let the normal finders look
+
+def import_names(dists) -> set[str]:
+    """Top-level import names of `dists` and of everything they require (non-extra), as installed here."""
+    from importlib import metadata
+
+    seen: set[str] = set()
+    todo = list(dists)
+    while todo:
+        d = _norm(todo.pop())
+        if d in seen:
+            continue
+        seen.add(d)
+        try:
+            reqs = metadata.requires(d) or []
+        except metadata.PackageNotFoundError:
+            continue
+        todo += [re.split(r"[ ;<>=!~\[(]", r, maxsplit=1)[0] for r in reqs if "extra ==" not in r]
+    return {mod for mod, ds in metadata.packages_distributions().items() if any(_norm(x) in seen for x in ds)}
+
+
+def _hidden(fullname: str, blocked: set[str], allowed: set[str] | None) -> bool:
+    top = fullname.split(".")[0]
+    if fullname in blocked or top in blocked:
+        return True
+    # names with a leading underscore: the interpreter's own (_sysconfigdata_*, C accelerators)
+    return allowed is not None and top not in allowed and top not in sys.stdlib_module_names and not top.startswith("_")
 
 
 def install(blocked: set[str] = frozenset(), gpu_machine: bool = False) -> None:
-    allowed = (GPU_MACHINE | WHEELS | PROJECT) if gpu_machine else None
-    sys.meta_path.insert(0, _Finder(set(blocked), allowed))
+    """The path finder stops finding the hidden packages: `import` raises the usual ModuleNotFoundError
+    and importlib.util.find_spec answers None, exactly as when they are not installed."""
+    allowed = (import_names(GPU_MACHINE + WHEELS) | PROJECT | PROBED) if gpu_machine else None
+    blocked = set(blocked)
+
+    class HidingPathFinder(importlib.machinery.PathFinder):
+        @classmethod
+        def find_spec(cls, fullname, path=None, target=None):
+            if _hidden(fullname, blocked, allowed):
+                return None
+            return super().find_spec(fullname, path, target)
+
+    sys.meta_path[:] = [HidingPathFinder if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
 
 
 def main() -> None:

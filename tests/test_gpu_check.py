@@ -196,7 +196,7 @@ def test_without_dali_its_sections_skip_with_the_reason_and_the_others_run(test_
     assert report.validate(doc) == [] and doc["ok"] and doc["exit_status"] == 0
     skipped = {(c["section"], c["name"]): c["detail"] for c in doc["checks"] if c["status"] == "skipped"}
     assert set(skipped) == {("dali", "dali"), ("decode_rate", "decode_rate"), ("loader", "DALI loader")}
-    assert all(d.startswith("needs nvidia.dali (No module named 'nvidia.dali'") for d in skipped.values())
+    assert all(d.startswith("needs nvidia.dali (No module named 'nvidia") for d in skipped.values())
     assert all(c["status"] == "skipped" for c in doc["checks"])
     rates = {m["case"]: m["values"] for m in doc["measurements"] if m["section"] == "loader"}
     assert set(rates) == {"png shards, torch on CPU", "j2k shards, torch on CPU"}
