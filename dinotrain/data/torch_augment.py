@@ -19,19 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dinotrain.data.augment import (
-    BLUR,
-    BLUR_WINDOW,
-    BRIGHT,
-    CONTRAST,
-    GAMMA,
-    SIGMA,
-    SOLAR,
-    X0,
-    X1,
-    Y0,
-    Y1,
-)
+from dinotrain.data.augment import BLUR, BLUR_WINDOW, BRIGHT, CONTRAST, GAMMA, SIGMA, SOLAR, X0, X1, Y0, Y1
 
 CUBIC_A = -0.5  # Keys' cubic convolution (Catmull-Rom), DALI's and PIL's bicubic
 
