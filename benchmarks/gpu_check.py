@@ -1,18 +1,25 @@
-"""GPU check: one run proves the GPU path (DALI mixed, xformers, bf16/fp16 FSDP2, AC, compile, resume).
+"""GPU check: one run proves what the machine has of the GPU path (DALI mixed or the torch loader,
+xformers or SDPA, bf16/fp16 FSDP2, activation checkpointing, compile, DCP resume, MFU).
 
-Sections (in this order; `--only` / `--skip` pick some):
-  dali         DALI `mixed` decode and the multi-crop graph vs the CPU graph on the same bytes and crop
-               parameters (max difference), for PNG and J2K shards, and J2K vs PNG on the GPU (exact)
-  attention    xformers vs SDPA on a packed multi-crop pass: outputs and gradients, fp32 and bf16
-  decode_rate  decode images/s per GPU: PNG (CPU inside `mixed`) vs J2K (nvJPEG2000), and on the CPU
-  loader       the training loader's images/s (PNG and J2K shards, DALI on the GPU)
-  resume       exact resume on the GPU: N steps straight vs N/2, checkpoint, resume to N (losses)
-  train        FSDP2 steps of each --archs in bf16, fp16 (loss scaling), bf16 + activation checkpointing,
-               and bf16 + torch.compile: images/s, MFU, peak memory, step split; the loader's images/s
-               against the step's consumption; losses vs the bf16 run (same init and batches)
+Sections (in this order; `--only` / `--skip` pick some); each declares the packages it needs
+(NEEDS): on a machine without one the section is skipped, with the reason in the JSON and the
+summary, and the others run:
+  dali         [nvidia.dali] DALI `mixed` decode and the multi-crop graph vs the CPU graph on the same
+               bytes and crop parameters (max difference), for PNG and J2K shards, J2K vs PNG (exact)
+  attention    xformers (when importable) or SDPA's packed block-diagonal layout vs plain SDPA on a
+               packed multi-crop pass: outputs and gradients, fp32 and bf16
+  decode_rate  [nvidia.dali] decode images/s per GPU: PNG (CPU inside `mixed`) vs J2K (nvJPEG2000)
+  loader       the training loader's images/s: the torch backend (Pillow workers + torch ops on the
+               GPU), and DALI on the GPU when importable
+  resume       exact DCP resume on the GPU: N steps straight vs N/2, checkpoint, resume to N (losses)
+  train        FSDP2 steps of each --archs (default ViT-S/B/L, 224 px crops) in bf16, fp16 (loss
+               scaling), bf16 + activation checkpointing, and bf16 + torch.compile: images/s, MFU
+               (model FLOPs from the config), peak memory, step split; the loader's images/s against
+               the step's consumption; losses vs the bf16 run (same init and batches)
 Writes OUT/gpu_check.json (schema: benchmarks/gpu/report.py) and prints its tables. Exit status:
-0 all checks pass, 1 a numerical mismatch, 2 no GPU or a missing package, 3 a section failed.
-Sections past --budget-s are recorded as skipped, so a run always ends with its JSON.
+0 every check that ran passes (skipped sections do not count), 1 a numerical mismatch, 2 no GPU or
+a missing base package, 3 a section failed. Sections past --budget-s are recorded as skipped, so a
+run always ends with its JSON. `--device cpu` runs the same plumbing on the CPU (CI; no figures).
 `bash benchmarks/gpu_check.sh` runs it on a GPU machine; tests/test_gpu_check.py runs the CPU halves.
 """
 
@@ -45,7 +52,22 @@ TOLERANCES = {
     "loss_fp16": 2e-2, "loss_ac": 1e-2, "loss_compile": 2e-2,  # relative, first 3 steps vs the bf16 run
     "resume": 1e-3,  # relative, the steps after the resume (deterministic kernels, SDPA)
 }
-REQUIRED = ("nvidia.dali", "omegaconf", "fsspec", "tqdm", "PIL", "numpy")
+REQUIRED = ("omegaconf", "fsspec", "tqdm", "PIL", "numpy")  # every section: the project itself imports them
+NEEDS = {"dali": ("nvidia.dali",), "attention": (), "decode_rate": ("nvidia.dali",), "loader": (), "resume": (),
+         "train": ()}
+
+
+def missing_packages(names) -> list[str]:
+    """The modules of `names` that do not import here, each with why ('nvidia.dali (No module named ...)')."""
+    import importlib
+
+    out = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            out.append(f"{name} ({e})")
+    return out
 
 
 @dataclass
@@ -53,11 +75,12 @@ class Context:
     args: argparse.Namespace
     tol: dict
     work: Path
-    device: str = "gpu"
+    device: str = "gpu"  # or "cpu": --device cpu
     sets: dict = field(default_factory=dict)  # codec -> shard folder
     encoded: dict = field(default_factory=dict)  # codec -> list of encoded images
     train: dict = field(default_factory=dict)  # case name -> summary
-    loader: dict = field(default_factory=dict)  # codec -> images/s
+    loader: dict = field(default_factory=dict)  # "codec, backend" -> images/s
+    train_set: str = "png"  # the shard set training reads: J2K when DALI decodes it on the GPU, else PNG
     save: Callable[[list, list], None] = lambda checks, ms: None  # writes the JSON with a section's partial results
 
 
@@ -102,7 +125,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--images", type=int, default=256, help="images in the PNG and J2K shard sets")
     ap.add_argument("--steps", type=int, default=20, help="steps per training case (the first 5 are warm-up)")
     ap.add_argument("--batch", type=int, default=40, help="images per GPU (RAD-DINO: 40)")
-    ap.add_argument("--archs", type=_archs, default=["vit_base", "vit_large"], help="comma-separated")
+    ap.add_argument("--archs", type=_archs, default=["vit_small", "vit_base", "vit_large"], help="comma-separated")
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                    help="cpu: run the sections' plumbing on the CPU (CI; the figures mean nothing)")
     ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile case")
     ap.add_argument("--only", type=_sections, default=list(SECTIONS), help="comma-separated sections")
     ap.add_argument("--skip", type=_sections, default=[], help="comma-separated sections")
@@ -118,18 +143,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def preflight() -> str | None:
-    """Why this machine cannot run the check (None when it can)."""
-    import importlib.util
-
-    missing = [m for m in REQUIRED if importlib.util.find_spec(m.split(".")[0]) is None
-               or importlib.util.find_spec(m) is None]
+def preflight(device: str = "cuda") -> str | None:
+    """Why this machine cannot run the check at all (None when it can; a section's own packages are
+    checked when it starts)."""
+    missing = missing_packages(REQUIRED)
     if missing:
         return (f"missing Python packages: {', '.join(missing)}: install the project's dependencies "
-                "(nvidia-dali-cuda130, omegaconf, ...) or put their wheels in .whl/ for gpu_check.sh")
+                "or put their wheels in .whl/ for gpu_check.sh (README: GPU check)")
     import torch
 
-    if not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available():
         return f"needs a CUDA GPU (torch {torch.__version__}: torch.cuda.is_available() is False)"
     return None
 
@@ -170,7 +193,7 @@ def sec_attention(ctx: Context) -> tuple[list, list]:
         checks.append(report.note("attention", "xformers vs SDPA", "skipped", "xformers is not importable"))
         candidate = "sdpa_dense"
     for dtype, key in ((None, "fp32"), (torch.bfloat16, "bf16")):
-        r = compare(ctx.args.archs[0], "gpu", candidate, dtype)
+        r = compare(ctx.args.archs[0], ctx.device, candidate, dtype)
         checks.append(report.check("attention", f"{candidate} vs sdpa, {key} outputs", r["output_rel_diff"],
                                    ctx.tol[f"attn_{key}_out"], "relative", f"{r['arch']}, {r['crops']}"))
         checks.append(report.check("attention", f"{candidate} vs sdpa, {key} gradients", r["grad_rel_diff"],
@@ -193,20 +216,29 @@ def sec_decode_rate(ctx: Context) -> tuple[list, list]:
 
 
 def sec_loader(ctx: Context) -> tuple[list, list]:
+    """The torch backend on every shard set; DALI too when it imports (else a skipped note)."""
     from benchmarks.gpu.training import loader_rate
 
-    ms = []
-    for codec, folder in ctx.sets.items():
-        r = loader_rate(folder, ctx.args.batch, "gpu")
-        ctx.loader[codec] = r["images_per_s"]
-        ms.append(report.measurement("loader", f"{codec} shards, DALI on GPU", **r))
-    return [], ms
+    checks, ms = [], []
+    dali_missing = missing_packages(NEEDS["dali"])
+    where = "GPU" if ctx.device == "gpu" else "CPU"
+    for backend in ("torch", "dali"):
+        if backend == "dali" and dali_missing:
+            checks.append(report.note("loader", "DALI loader", "skipped", f"needs {', '.join(dali_missing)}"))
+            continue
+        for codec, folder in ctx.sets.items():
+            gpu = ctx.device == "gpu"
+            r = loader_rate(folder, ctx.args.batch, ctx.device, batches=20 if gpu else 2, threads=8 if gpu else 1,
+                            backend=backend)
+            ctx.loader[f"{codec}, {backend}"] = r["images_per_s"]
+            ms.append(report.measurement("loader", f"{codec} shards, {backend} on {where}", **r))
+    return checks, ms
 
 
 def sec_resume(ctx: Context) -> tuple[list, list]:
     from benchmarks.gpu.training import resume_check
 
-    r = resume_check(ctx.sets["j2k"], ctx.work / "resume", 6, 8, "gpu", ctx.args.archs[0])
+    r = resume_check(ctx.sets[ctx.train_set], ctx.work / "resume", 6, 8, ctx.device, ctx.args.archs[0])
     detail = f"{r['arch']}, steps {r['resumed_at'] + 1}-{r['steps']} after a resume; bitwise equal: {r['bitwise_equal']}"
     return ([report.check("resume", "losses after resume vs straight run", r["rel_diff"], ctx.tol["resume"],
                           "relative", detail)],
@@ -216,7 +248,7 @@ def sec_resume(ctx: Context) -> tuple[list, list]:
 def _train_case(ctx: Context, case) -> tuple[list, list]:
     from benchmarks.gpu.training import loss_rel_diff, run_case
 
-    r = run_case(case, ctx.sets["j2k"], ctx.work / "train", ctx.args.steps, ctx.args.batch, "gpu")
+    r = run_case(case, ctx.sets[ctx.train_set], ctx.work / "train", ctx.args.steps, ctx.args.batch, ctx.device)
     ctx.train[case.name] = r
     bad = sum(1 for x in r["losses"] if x != x or abs(x) == float("inf"))
     checks = [report.check("train", f"{case.name}: non-finite losses", bad, ctx.tol["train_nonfinite"], "steps",
@@ -290,7 +322,9 @@ def run_check(args: argparse.Namespace) -> dict:
     """Every selected section; the JSON is rewritten after each, so a killed run leaves what it had."""
     t0 = time.perf_counter()
     deadline = time.monotonic() + args.budget_s
-    ctx = Context(args, {**TOLERANCES, **dict(args.tol)}, Path(tempfile.mkdtemp(prefix="gpu_check_")))
+    ctx = Context(args, {**TOLERANCES, **dict(args.tol)}, Path(tempfile.mkdtemp(prefix="gpu_check_")),
+                  device="gpu" if args.device == "cuda" else "cpu",
+                  train_set="png" if missing_packages(NEEDS["dali"]) else "j2k")
     checks, ms = [], prepare(ctx)
     ctx.save = lambda c, m: write(document(args, checks + c, ms + m, t0), args.out)
     runners = {"dali": sec_dali, "attention": sec_attention, "decode_rate": sec_decode_rate, "loader": sec_loader,
@@ -298,6 +332,11 @@ def run_check(args: argparse.Namespace) -> dict:
     for name in args.sections:
         if time.monotonic() > deadline:
             checks.append(report.note(name, name, "skipped", f"past --budget-s {args.budget_s:g}"))
+            continue
+        missing = missing_packages(NEEDS[name])
+        if missing:
+            checks.append(report.note(name, name, "skipped", f"needs {', '.join(missing)}"))
+            print(f"gpu_check: {name} skipped: needs {', '.join(missing)}", file=sys.stderr, flush=True)
             continue
         t = time.perf_counter()
         try:
@@ -341,12 +380,15 @@ def run(quick: bool = False) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    why = preflight()
+    why = preflight(args.device)
     if why:
         print(f"gpu_check: {why}", file=sys.stderr)
         return report.EXIT_UNAVAILABLE
     doc = run_check(args)
     print(report.tables(doc))
+    skipped = [f"{c['section']}: {c['name']} ({c['detail']})" for c in doc["checks"] if c["status"] == "skipped"]
+    if skipped:
+        print("\ngpu_check: skipped " + "; ".join(skipped))
     print(f"\ngpu_check: {'OK' if doc['ok'] else 'FAILED'} (exit {doc['exit_status']}), wrote {args.out / 'gpu_check.json'}")
     return doc["exit_status"]
 

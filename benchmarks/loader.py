@@ -4,13 +4,17 @@ Shards of real radiographs (../shared/data/jsrt, 518 px) are built with `shards 
 candidate is `dinotrain.data.build_train_loader` on the CPU (index reads, DALI decode and
 multi-crop, iBOT masks, torch tensors); the baseline reads the same tars with webdataset and
 runs the PIL + numpy recipe of `benchmarks.augment` plus the same masks. Same crop counts and
-sizes (2x224 + 8x98), batch 16; images/s, one DALI thread vs one Python thread.
+sizes (2x224 + 8x98), batch 16; images/s, one DALI thread vs one Python thread. A second pair
+compares the two loader backends: `data.backend=torch` (Pillow decode in one worker process,
+torch ops in the main one) vs DALI CPU (one thread), per CPU-second of all their processes,
+i.e. images/s per core.
 
     python -m benchmarks.loader [--quick]
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +23,7 @@ import numpy as np
 
 from benchmarks.common import Skip, cli, ratio_row, result
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(os.environ.get("DINOTRAIN_TEST_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 def build(out: Path, n: int) -> Path:
@@ -45,12 +49,53 @@ def cpu_now() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def tree_cpu() -> float:
+    """CPU seconds so far of this process and its live children (the torch backend's decode workers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def of(pid: str) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+
+    kids = set()
+    for task in Path("/proc/self/task").iterdir():
+        kids.update((task / "children").read_text().split())
+    total = of("self")
+    for pid in kids:
+        try:
+            total += of(pid)
+        except OSError:  # exited meanwhile
+            pass
+    return total
+
+
+def loader_timing(shards: Path, batch: int, steps: int, backend: str) -> tuple[float, float]:
+    """(wall s, CPU s of all processes) of `steps` batches of the training loader, after one warm-up batch."""
+    from dinotrain.config import load_config
+    from dinotrain.data import build_train_loader
+
+    cfg = load_config(None, [f"data.sources=[{{name: jsrt, path: {shards}}}]", f"data.batch_size_per_gpu={batch}",
+                             "data.num_threads=1", "data.device=cpu", f"data.backend={backend}"])
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread for the torch ops, as DALI gets one (spinning OpenMP threads on a
+    loader = build_train_loader(cfg)  # busy machine cost more than they give)
+    try:
+        next(loader)  # build the graph / start the workers and fill the prefetch queue outside the timing
+        t0, c0 = time.perf_counter(), tree_cpu()
+        for _ in range(steps):
+            next(loader)
+        return time.perf_counter() - t0, tree_cpu() - c0
+    finally:
+        loader.close()
+        torch.set_num_threads(threads)
+
+
 def run(quick: bool = False) -> dict:
     import webdataset as wds
 
     from benchmarks.augment import baseline_one
-    from dinotrain.config import load_config
-    from dinotrain.data import build_train_loader
     from dinotrain.data.augment import AugmentSpec, sample_params
     from dinotrain.data.masking import batch_masks
 
@@ -58,15 +103,8 @@ def run(quick: bool = False) -> dict:
     steps = n_images // batch
     with tempfile.TemporaryDirectory() as tmp:
         shards = build(Path(tmp), n_images)
-        cfg = load_config(None, [f"data.sources=[{{name: jsrt, path: {shards}}}]", f"data.batch_size_per_gpu={batch}",
-                                 "data.num_threads=1", "data.device=cpu"])
-        loader = build_train_loader(cfg)
-        next(loader)  # build the graph and fill the prefetch queue outside the timing
-        t0, c0 = time.perf_counter(), cpu_now()
-        for _ in range(steps):
-            next(loader)
-        t_dali, c_dali = time.perf_counter() - t0, cpu_now() - c0
-        loader.close()
+        t_dali, c_dali = loader_timing(shards, batch, steps, "dali")
+        t_torch, c_torch = loader_timing(shards, batch, steps, "torch")
 
         spec = AugmentSpec()
         tars = sorted(str(p) for p in shards.glob("*.tar"))
@@ -92,7 +130,12 @@ def run(quick: bool = False) -> dict:
                       unit="img/s", higher_is_better=True),
             ratio_row("same, per process CPU-second (robust to other jobs on the machine)", imgs / c_base,
                       imgs / c_dali, baseline_name="webdataset+PIL", candidate_name="dinotrain loader (DALI CPU)",
-                      unit="img/cpu-s", higher_is_better=True)]
+                      unit="img/cpu-s", higher_is_better=True),
+            ratio_row("loader backends: torch (Pillow worker + torch ops) vs DALI CPU", imgs / t_dali, imgs / t_torch,
+                      baseline_name="DALI CPU", candidate_name="torch backend", unit="img/s", higher_is_better=True),
+            ratio_row("same, per CPU-second of all processes (images/s per core)", imgs / c_dali, imgs / c_torch,
+                      baseline_name="DALI CPU", candidate_name="torch backend", unit="img/cpu-s",
+                      higher_is_better=True)]
     return result("loader", "training loader end to end from shards (images/s, one worker thread each)", rows,
                   notes="Ratio > 1 = the loader is faster. Includes shard reads, decode, 10 crops, masks.",
                   params={"images": imgs, "batch": batch})

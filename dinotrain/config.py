@@ -55,6 +55,9 @@ class DataConfig:
     batch_size_per_gpu: int = opt(40, "images per process and step (RAD-DINO: 40 per GPU)")
     num_threads: int = opt(4, "DALI CPU threads per process")
     device: str = opt("auto", "where DALI decodes and augments", choices=("auto", "cpu", "gpu"))
+    backend: str = opt("auto", "training loader: dali, or torch (Pillow decode in data.num_threads worker processes, "
+                       "batched torch augmentation on data.device); auto = dali when importable",
+                       choices=("auto", "dali", "torch"))
     channels: int = opt(3, "channels fed to the model; grayscale is repeated (RAD-DINO: 3)", choices=(1, 3))
     seed: int = opt(0, "seed of sample order, subsets and augmentation")
     global_crops_number: int = opt(2, "global crops per image (DINO uses 2)")

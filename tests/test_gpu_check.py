@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -29,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_arguments(capsys):
     a = gpu_check.parse_args([])
-    assert a.sections == list(gpu_check.SECTIONS) and a.archs == ["vit_base", "vit_large"] and a.batch == 40
+    assert a.sections == list(gpu_check.SECTIONS) and a.archs == ["vit_small", "vit_base", "vit_large"] and a.batch == 40
+    assert a.device == "cuda"
     a = gpu_check.parse_args(["--only", "dali,train", "--skip", "train", "--tol", "dali_crops=0.5", "--archs", "vit_small"])
     assert a.sections == ["dali"] and dict(a.tol) == {"dali_crops": 0.5} and a.archs == ["vit_small"]
     for bad, says in ((["--only", "dali,gpu"], "unknown section(s) gpu"), (["--tol", "speed=1"], "unknown tolerance"),
@@ -172,3 +174,49 @@ def test_driver_builds_both_shard_sets_and_records_a_failed_section(test_data, t
     assert set(builds) == {"png build", "j2k build"}
     assert all(v["images"] == 4 and v["bytes"] > 0 and "real images" in v["origin"] for v in builds.values())
     assert json.loads((tmp_path / "gpu_check.json").read_text()) == json.loads(json.dumps(doc, default=str))
+
+
+def _sim(args: list[str], *machine: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """benchmarks.gpu_check in a subprocess whose Python lacks some packages (tests/machine_sim.py)."""
+    code = "import tests.machine_sim as m; m.main()"
+    return subprocess.run([sys.executable, "-c", code, *machine, "--", "-m", "benchmarks.gpu_check", *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.mark.slow
+def test_without_dali_its_sections_skip_with_the_reason_and_the_others_run(test_data, tmp_path):
+    """As on the lent GPU machine (its packages only, no DALI or xFormers), on the CPU: the DALI
+    sections are skipped and say why, the torch loader runs, and the exit is 0."""
+    out = tmp_path / "out"
+    res = _sim(["--device", "cpu", "--only", "dali,decode_rate,loader", "--images", "4", "--batch", "2",
+                "--data", str(test_data / "jsrt"), "--out", str(out)], "--gpu-machine", "--block", "nvidia.dali")
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads((out / "gpu_check.json").read_text())
+    assert report.validate(doc) == [] and doc["ok"] and doc["exit_status"] == 0
+    skipped = {(c["section"], c["name"]): c["detail"] for c in doc["checks"] if c["status"] == "skipped"}
+    assert set(skipped) == {("dali", "dali"), ("decode_rate", "decode_rate"), ("loader", "DALI loader")}
+    assert all(d.startswith("needs nvidia.dali (No module named 'nvidia") for d in skipped.values())
+    assert all(c["status"] == "skipped" for c in doc["checks"])
+    rates = {m["case"]: m["values"] for m in doc["measurements"] if m["section"] == "loader"}
+    assert set(rates) == {"png shards, torch on CPU", "j2k shards, torch on CPU"}
+    assert all(v["images_per_s"] > 0 and v["backend"] == "torch" for v in rates.values())
+    assert "gpu_check: skipped dali: dali (needs nvidia.dali" in res.stdout and "gpu_check: OK (exit 0)" in res.stdout
+    assert "| dali | dali | -  | - | **skipped** | needs nvidia.dali" in res.stdout
+
+
+def test_the_gpu_machine_simulation_blocks_what_that_machine_lacks():
+    probe = ("import importlib\n"
+             "for n in ('omegaconf', 'torch', 'webdataset', 'submitit', 'nvidia.dali'):\n"
+             "    try:\n        importlib.import_module(n); print(n, 'ok')\n"
+             "    except ImportError:\n        print(n, 'missing')\n")
+    res = subprocess.run([sys.executable, "-c", "import tests.machine_sim as m; m.main()", "--gpu-machine", "--block",
+                          "nvidia.dali", "--", "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert res.stdout.split("\n")[:5] == ["omegaconf ok", "torch ok", "webdataset missing", "submitit missing",
+                                          "nvidia.dali missing"], res.stderr
+
+
+def test_a_missing_base_package_exits_2_naming_it(tmp_path):
+    res = _sim(["--device", "cpu", "--out", str(tmp_path)], "--block", "fsspec")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith("gpu_check: missing Python packages: fsspec (No module")

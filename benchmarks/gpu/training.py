@@ -135,7 +135,8 @@ def resume_check(shards: Path, work: Path, steps: int, batch: int, device: str, 
             "rel_diff": loss_rel_diff(tail_a, tail_b, steps - half)}
 
 
-def loader_rate(shards: Path, batch: int, device: str, batches: int = 20, threads: int = 8) -> dict:
+def loader_rate(shards: Path, batch: int, device: str, batches: int = 20, threads: int = 8,
+                backend: str = "auto") -> dict:
     """Images/s of the training loader alone (reads, decode, 10 crops, masks), after 2 warm-up batches."""
     import torch
 
@@ -143,7 +144,7 @@ def loader_rate(shards: Path, batch: int, device: str, batches: int = 20, thread
     from dinotrain.data import build_train_loader
 
     cfg = load_config(None, [f"data.sources=[{{name: cxr, path: {shards}}}]", f"data.batch_size_per_gpu={batch}",
-                             f"data.device={device}", f"data.num_threads={threads}"])
+                             f"data.device={device}", f"data.num_threads={threads}", f"data.backend={backend}"])
     loader = build_train_loader(cfg)
     try:
         for _ in range(2):
@@ -157,5 +158,6 @@ def loader_rate(shards: Path, batch: int, device: str, batches: int = 20, thread
     finally:
         loader.close()
     return {"images_per_s": batches * batch / dt, "batches": batches, "batch": batch, "threads": threads,
+            "backend": loader.backend,
             "crops": f"{b['global_crops'].shape[0] // batch}x{b['global_crops'].shape[-1]} + "
                      f"{b['local_crops'].shape[0] // batch}x{b['local_crops'].shape[-1]}"}

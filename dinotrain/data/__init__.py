@@ -1,4 +1,4 @@
-"""Training and eval data: DALI multi-crop over shards, mixtures, iBOT masks, exact resume.
+"""Training and eval data: multi-crop over shards (DALI or torch backend), mixtures, iBOT masks, exact resume.
 
     from dinotrain.data import build_train_loader, build_eval_loader
 

@@ -1,4 +1,4 @@
-"""The training loader: mixture stream -> shard reads -> DALI multi-crop graph -> batch dicts.
+"""The training loader: mixture stream -> shard reads -> multi-crop (DALI graph or torch ops) -> batch dicts.
 
 `build_train_loader(cfg, rank, world_size)` gives an infinite iterator (epochs roll over per
 source; the trainer counts steps) with `state_dict()` / `load_state_dict()` for exact resume
@@ -10,7 +10,10 @@ and `stats()` for the effective dataset. A batch holds
     mask_indices_list, masks_weight, n_masked_patches, upperbound  (DINOv2's iBOT collate)
     keys, dataset, modality, source   lists of B strings
 
-Crops are on the GPU when DALI runs there (`data.device`), masks always on the CPU.
+Crops are on the GPU when the augmentation runs there (`data.device`), masks always on the CPU.
+`data.backend` picks who makes the crops: DALI (`pipeline.py`) or torch (`torch_loader.py`:
+Pillow decode in worker processes, `torch_augment.py` ops); both get the same samples, the
+same `sample_params` rows and the same masks from `_draw`, so they resume alike.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dinotrain.data.masking import batch_masks
 from dinotrain.data.mixture import SEED_AUGMENT, SEED_MASK, MixtureStream, make_source
 from dinotrain.data.pipeline import GraphSpec, resolve_device, train_pipeline
 from dinotrain.data.shard_index import DataError, SampleRef, ShardReader, index_source, sample_span
+from dinotrain.data.torch_loader import TorchProducer, resolve_backend
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -89,6 +93,7 @@ class TrainLoader:
         self.mask_args = (float(cfg.ssl.mask_ratio_min), float(cfg.ssl.mask_ratio_max),
                           float(cfg.ssl.mask_sample_probability))
         self.reader = ShardReader()
+        self.backend, self.backend_reason = resolve_backend(str(d.get("backend", "auto")))
         self.device, self.device_id = resolve_device(d.device)
         gray = int(d.channels) == 1 or all(self._is_gray(s.refs[0]) for s in sources)
         self.graph = GraphSpec(int(d.global_crops_size), int(d.local_crops_size), int(d.channels), gray,
@@ -96,6 +101,7 @@ class TrainLoader:
         self.num_threads = int(d.num_threads)
         self.prefetch = prefetch
         self._pipe = None
+        self._torch: TorchProducer | None = None
         self._pending: deque = deque()
         self._consumed = self.stream.state
         self._skipped = 0
@@ -140,6 +146,12 @@ class TrainLoader:
             raise
 
     def _produce_batch(self):
+        encoded, params, meta = self._draw()
+        self._pending.append(meta)
+        return [np.frombuffer(b, dtype=np.uint8) for b in encoded], params
+
+    def _draw(self) -> tuple[list[bytes], list[np.ndarray], dict]:
+        """The next batch of this rank: encoded images, crop parameters per image, and its batch fields."""
         step = self.stream.step
         slots = self.stream.next_for_rank(self.rank)
         state_after = self.stream.state
@@ -170,7 +182,7 @@ class TrainLoader:
             *self.mask_args,
         )
         names = [s.name for s in self.stream.sources]
-        self._pending.append({
+        meta = {
             "state": state_after,
             # counted when the batch is handed out, not when DALI prefetches it: a prefetched batch is
             # drawn again after a stop or resume, and its skips must count once
@@ -181,18 +193,27 @@ class TrainLoader:
             "modality": [str(it[3].get("modality", "unknown")) for it in items],
             "masks": masks,
             "params": np.stack(params),
-        })
-        return [np.frombuffer(it[2], dtype=np.uint8) for it in items], params
+        }
+        return [it[2] for it in items], params, meta
 
     # ------------------------------------------------------------------ iteration
     def _start(self) -> None:
         self._pending.clear()
         self._error = None
+        if self.backend == "torch":
+            import torch
+
+            dev = torch.device("cuda", self.device_id or 0) if self.device == "gpu" else torch.device("cpu")
+            self._torch = self._torch or TorchProducer(self._draw, self.graph.gray, self.num_threads, self.prefetch,
+                                                       self.spec.n_global, self.spec.n_local, self.graph, dev)
+            return
         self._pipe = train_pipeline(self._produce, self.spec, self.graph, self.batch_size, self.num_threads,
                                     self.device, self.device_id, self.prefetch)
 
     def _stop(self) -> None:
         self._pipe = None  # DALI frees its threads and buffers with the pipeline
+        if self._torch is not None:
+            self._torch.reset()  # the worker processes stay for the next batches
         self._pending.clear()
         # batches DALI prefetched but nobody received are drawn again by the next pipeline
         self.stream.load_state(self._consumed)
@@ -203,25 +224,22 @@ class TrainLoader:
     def __next__(self) -> dict:
         import torch
 
-        if self._pipe is None:
+        if self._pipe is None and self._torch is None:
             self._start()
-        try:
-            outs = self._pipe.run()
-        except Exception:
-            err, self._error = self._error, None
-            self._stop()
-            if err is not None:
-                raise err from None
-            raise
-        meta = self._pending.popleft()
+        if self._torch is not None:
+            try:
+                meta, global_crops, local_crops = self._torch.next()
+            except Exception:
+                self._stop()
+                raise
+        else:
+            meta, global_crops, local_crops = self._next_dali()
         self._consumed = meta["state"]
         self._skipped += meta["skipped"]
-        ng, nl = self.spec.n_global, self.spec.n_local
         m = meta["masks"]
         return {
-            "global_crops": _stack_crops(outs[:ng], self.device, self.device_id),
-            "local_crops": (_stack_crops(outs[ng:], self.device, self.device_id) if nl else
-                            torch.empty((0, self.graph.channels, self.graph.local_size, self.graph.local_size))),
+            "global_crops": global_crops,
+            "local_crops": local_crops,
             "masks": torch.from_numpy(m["masks"]),
             "mask_indices_list": torch.from_numpy(m["mask_indices_list"]),
             "masks_weight": torch.from_numpy(m["masks_weight"]),
@@ -233,6 +251,23 @@ class TrainLoader:
             "source": meta["source"],
             "aug_params": meta["params"],  # [B, n_crops, N_PARAMS]: what was applied (preview, tests)
         }
+
+    def _next_dali(self):
+        import torch
+
+        try:
+            outs = self._pipe.run()
+        except Exception:
+            err, self._error = self._error, None
+            self._stop()
+            if err is not None:
+                raise err from None
+            raise
+        meta = self._pending.popleft()
+        ng, nl = self.spec.n_global, self.spec.n_local
+        local = (_stack_crops(outs[ng:], self.device, self.device_id) if nl else
+                 torch.empty((0, self.graph.channels, self.graph.local_size, self.graph.local_size)))
+        return meta, _stack_crops(outs[:ng], self.device, self.device_id), local
 
     # ------------------------------------------------------------------ resume and reporting
     def _fingerprint(self) -> list:
@@ -274,10 +309,17 @@ class TrainLoader:
 
     def describe(self) -> str:
         parts = [f"{s.name}: {len(s.refs)}/{s.total} samples, weight {s.weight:g}" for s in self.stream.sources]
-        return f"{'; '.join(parts)} | DALI on {self.device} | rank {self.rank}/{self.world_size}"
+        if self.backend == "torch":
+            where = f"torch on {self.device} ({max(1, self.num_threads)} decode processes)"
+        else:
+            where = f"DALI on {self.device}"
+        return f"{'; '.join(parts)} | {where} ({self.backend_reason}) | rank {self.rank}/{self.world_size}"
 
     def close(self) -> None:
         self._stop()
+        if self._torch is not None:
+            self._torch.close()
+            self._torch = None
         self.reader.close()
 
 
