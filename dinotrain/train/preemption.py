@@ -17,6 +17,7 @@ SIGINT (Ctrl-C) stops the same way once; a second SIGINT aborts at once (Keyboar
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -69,6 +70,12 @@ class StopSignals:
             self.interrupts += 1
             if self.interrupts > 1:
                 raise KeyboardInterrupt  # the second Ctrl-C: abort without waiting for the step
+        if signum not in self.received:
+            again = "; press Ctrl-C again to abort without it" if signum == signal.SIGINT else ""
+            # os.write, not print: a handler that runs while the main thread is inside a print to
+            # stderr would re-enter its buffer ("reentrant call")
+            os.write(2, f"{signal.Signals(signum).name} received: stopping after the current step, with a "
+                        f"checkpoint of it{again}\n".encode())
         self.received.add(signum)
         prev = self.previous.get(signum)
         if signum == signal.SIGTERM and _chains(prev):
