@@ -172,7 +172,7 @@ def test_a_lock_left_behind_is_taken_over_with_a_note(cxr_shards, tmp_path, job)
         os.killpg(first.pid, signal.SIGKILL)  # as a node failure would: the lock stays
         first.wait()
     assert json.loads((run / "train.lock").read_text())["pid"] == first.pid
-    res = train(cfg, 1, "train.max_steps=4", timeout=600)  # the same job when `job`: SLURM's requeue
+    res = dinotrain("train", str(cfg), "train.max_steps=4", extra_env={"SLURM_JOB_ID": job})  # job's requeue
     assert res.returncode == 0, res.stderr[-3000:]
     reason = f"an earlier attempt of SLURM job {job}" if job else "a training that is gone"
     assert f"took over the lock of {reason} (host {socket.gethostname()}, pid {first.pid}" in res.stderr

@@ -230,9 +230,11 @@ class CheckpointManager:
 
     @staticmethod
     def _attempt(fn, *args) -> BaseException | None:
+        from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+
         try:
             fn(*args)
-        except Exception as e:  # reported after every rank knows (see _failed)
+        except (Exception, CheckpointException) as e:  # reported after every rank knows (see _failed)
             return e
         return None
 
