@@ -311,3 +311,33 @@ def test_read_only_ckpt_folder_is_refused_before_training(reference, tmp_path):
                         "file system): the run writes there; fix its permissions or mount, or choose another "
                         "output_dir")
     assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == metrics_before
+
+
+# ----------------------------------------------------------------------------- the signal rules, in-process
+def test_stop_signals_record_and_hand_usr2_on_only_when_a_requeue_is_asked():
+    from dinotrain.train.preemption import CODES, StopSignals
+
+    calls = []
+    stops = StopSignals()
+    before = signal.getsignal(signal.SIGTERM)
+    stops.install()  # real handlers in this (main) thread, real signals
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stops.received == {signal.SIGTERM} and stops.local_code() == CODES[signal.SIGTERM]
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stops.local_code() == CODES[signal.SIGTERM]  # the higher code wins
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C
+    finally:
+        stops.restore()
+    assert signal.getsignal(signal.SIGTERM) == before
+    stops.previous[signal.SIGUSR2] = lambda signum, frame: calls.append(signum)  # a handler before ours (submitit)
+    stops.hand_over(CODES[signal.SIGINT], wait_s=30)  # Ctrl-C: no requeue, no wait
+    t0 = time.monotonic()
+    stops.hand_over(CODES[signal.SIGTERM], wait_s=0.5)  # SIGTERM waits for a USR2 that does not come
+    assert calls == [] and 0.5 <= time.monotonic() - t0 < 5
+    stops.hand_over(CODES[signal.SIGUSR2], wait_s=30)  # another rank got USR2: requeue
+    assert calls == [signal.SIGUSR2]
+    stops.previous[signal.SIGUSR2] = signal.SIG_DFL  # outside submitit: nothing to hand on
+    stops.hand_over(CODES[signal.SIGUSR2], wait_s=30)
+    assert calls == [signal.SIGUSR2]

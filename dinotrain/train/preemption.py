@@ -100,8 +100,9 @@ class StopSignals:
         if not _chains(prev):
             return
         deadline = time.monotonic() + wait_s
-        while code < CODES[signal.SIGUSR2] and signal.SIGUSR2 not in self.received and time.monotonic() < deadline:
-            sleep(0.2)  # a signal wakes it; SLURM's USR2 (requeue) or kill follows SIGTERM
+        # only SIGTERM announces one: SLURM's USR2 (requeue) or its kill follows; Ctrl-C does not
+        while code == CODES[signal.SIGTERM] and signal.SIGUSR2 not in self.received and time.monotonic() < deadline:
+            sleep(0.2)  # a signal wakes it
         if code == CODES[signal.SIGUSR2] or signal.SIGUSR2 in self.received:
             prev(signal.SIGUSR2, None)
 
