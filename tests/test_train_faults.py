@@ -172,10 +172,14 @@ def test_a_lock_left_behind_is_taken_over_with_a_note(cxr_shards, tmp_path, job)
         os.killpg(first.pid, signal.SIGKILL)  # as a node failure would: the lock stays
         first.wait()
     assert json.loads((run / "train.lock").read_text())["pid"] == first.pid
+    partial = run / "ckpt" / ".tmp_step_0000002"  # what a kill during a checkpoint write leaves
+    partial.mkdir(parents=True)
+    (partial / "__0_0.distcp").write_bytes(b"half")
     res = dinotrain("train", str(cfg), "train.max_steps=4", extra_env={"SLURM_JOB_ID": job})  # job's requeue
     assert res.returncode == 0, res.stderr[-3000:]
     reason = f"an earlier attempt of SLURM job {job}" if job else "a training that is gone"
     assert f"took over the lock of {reason} (host {socket.gethostname()}, pid {first.pid}" in res.stderr
+    assert not partial.exists()  # removed at start: the lock makes every partial write in the folder stale
     assert not (run / "train.lock").exists()
 
 
