@@ -52,6 +52,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "evaluate frozen features: kNN/linear probes, attributes, segmentation, text alignment",
         "dinotrain eval runs/cxr_base random:vit_base --tasks jsrt_nodule,jsrt_sex --data ../shared/data",
     ),
+    "verify": (
+        "dinotrain.train.verify_cli",
+        "check each checkpoint of a run against its manifest; name the one resume, eval and export use",
+        "dinotrain verify runs/cxr_base",
+    ),
     "export": (
         "dinotrain.models.export_cli",
         "export a checkpoint's teacher to Hugging Face or DINOv2 format",

@@ -2,7 +2,7 @@
 
     config.yaml                 the resolved config
     metrics.jsonl               one JSON line per logged step
-    ckpt/step_0000100/          DCP checkpoint (complete when meta.json and .metadata exist)
+    ckpt/step_0000100/          DCP checkpoint (complete when its manifest.json matches, see ckpt_manifest)
     export/step_0000100/        teacher export (hf/, dinov2.safetensors, dino_head.safetensors)
     export/latest/              a copy of the newest export
 
@@ -13,6 +13,8 @@ torch's checkpoint reader, not the training loop.
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,21 +35,30 @@ def export_dir(output_dir: str | Path, step: int | None) -> Path:
     return root / ("latest" if step is None else f"step_{step:07d}")
 
 
-def is_complete(path: Path) -> bool:
-    return (path / "meta.json").is_file() and (path / ".metadata").is_file()
+def is_complete(path: Path, checksums: bool = False) -> bool:
+    """A checkpoint folder whose manifest matches (sizes; CRC-32s too with `checksums`), or a
+    legacy one (written before manifests) holding meta.json and .metadata."""
+    from dinotrain.ckpt_manifest import check_folder
+
+    return check_folder(path, checksums).usable
 
 
-def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run, oldest first."""
+def checkpoint_dirs(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Every `ckpt/step_*` folder of a run, complete or not, oldest first."""
     root = ckpt_root(output_dir)
     if not root.is_dir():
         return []
     found = []
     for p in root.iterdir():
         m = _STEP_DIR.match(p.name)
-        if m and p.is_dir() and is_complete(p):
+        if m and p.is_dir():
             found.append((int(m.group(1)), p))
     return sorted(found)
+
+
+def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run (manifest sizes match), oldest first."""
+    return [(s, p) for s, p in checkpoint_dirs(output_dir) if is_complete(p)]
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -55,10 +66,59 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def load_teacher(run_dir: str | Path) -> tuple[dict[str, Any], Any]:
+def usable_checkpoint(output_dir: str | Path, warn: Callable[[str], None] | None = None) -> Path | None:
+    """The newest checkpoint that passes the full check (sizes and checksums): what resume, eval
+    and export load. Each broken newer one is skipped with one line to `warn`."""
+    from dinotrain.ckpt_manifest import check_folder
+
+    out = Path(output_dir)
+    skipped: list[str] = []
+    for _, path in reversed(checkpoint_dirs(out)):
+        state = check_folder(path, checksums=True)
+        if state.usable:
+            for line in skipped:
+                if warn is not None:
+                    warn(f"{line}; using {path.relative_to(out)}")
+            return path
+        skipped.append(f"{path.relative_to(out)} is broken ({state.reason}): skipped")
+    for line in skipped:
+        if warn is not None:
+            warn(f"{line}; no complete checkpoint is left")
+    return None
+
+
+def step_of(path: Path) -> int:
+    m = _STEP_DIR.match(path.name)
+    if m is None:
+        raise ValueError(f"{path} is not a ckpt/step_NNNNNNN folder")
+    return int(m.group(1))
+
+
+def _say(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _load_export(run_dir: Path, exported: Path) -> dict[str, Any]:
+    """export/latest/dinov2.safetensors, or one line naming it when it cannot be read."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(exported))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise FileNotFoundError(
+            f"{exported} cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__}): it is truncated "
+            f"or damaged and {run_dir} has no complete checkpoint under ckpt/; export it again from a checkpoint, "
+            "or retrain") from None
+
+
+def load_teacher(run_dir: str | Path, say: Callable[[str], None] | None = _say) -> tuple[dict[str, Any], Any]:
     """The teacher backbone of a run (newest complete checkpoint, else `export/latest`), as a
     plain CPU state dict in DINOv2 naming, and the run's `model` config section.
 
+    `say` gets one line naming the step used (the first line `eval` and `export` print), after
+    one line per broken newer checkpoint skipped; None keeps quiet.
     No process group needed; raises FileNotFoundError naming what is missing.
     """
     from omegaconf import OmegaConf
@@ -67,22 +127,24 @@ def load_teacher(run_dir: str | Path) -> tuple[dict[str, Any], Any]:
     from dinotrain.models import build_backbone
     from dinotrain.models.convert import sub_state_dict
 
+    say = say or (lambda _line: None)
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path} not found: give the output_dir of a `dinotrain train` run")
     model_cfg = OmegaConf.load(cfg_path).model
-    ckpt = latest_checkpoint(run_dir)
+    ckpt = usable_checkpoint(run_dir, warn=lambda line: say(f"warning: {run_dir}: {line}"))
     if ckpt is not None:
+        say(f"{run_dir}: using the teacher of step {step_of(ckpt)} ({ckpt.relative_to(run_dir)})")
         backbone = build_backbone(model_cfg, device="cpu")
         sd = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
         load_in_one_process({"teacher": sd}, ckpt)  # no process group here: torch's notice about it is silenced
         return sub_state_dict(sd, "backbone."), model_cfg
     exported = export_dir(run_dir, None) / "dinov2.safetensors"
     if exported.is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(exported)), model_cfg
+        sd = _load_export(run_dir, exported)
+        say(f"{run_dir}: no complete checkpoint; using the teacher of {exported.relative_to(run_dir)}")
+        return sd, model_cfg
     raise FileNotFoundError(
         f"{run_dir}: no complete checkpoint under ckpt/ and no export/latest/dinov2.safetensors: "
         "train longer than train.checkpoint_every steps, or check the path"

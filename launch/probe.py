@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from dinotrain.atomic import keep_jsonl_until, write_text
+from dinotrain.train.ckpt_manager import checkpoint_due  # the trainer's rule, not a copy of it
 
 ENTRY = "launch.probe:count_steps"
 STEP_SECONDS_ENV = "DINOTRAIN_PROBE_STEP_S"  # seconds per step, to give a requeue test time to act
@@ -49,7 +50,7 @@ def count_steps(cfg: DictConfig) -> int:
             with metrics.open("a") as f:
                 f.write(json.dumps({"step": step, "loss": 1.0 / step, "world_size": world,
                                     "rank_sum": rank_sum}) + "\n")
-            if step % int(cfg.train.checkpoint_every) == 0 or step == int(cfg.train.max_steps):
+            if checkpoint_due(step, int(cfg.train.checkpoint_every), int(cfg.train.max_steps)):
                 write_text(ckpt, json.dumps({"step": step}))
     if world > 1:
         import torch.distributed as dist

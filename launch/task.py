@@ -1,9 +1,10 @@
 """The checkpointable callable every SLURM (or local) task runs: distributed env, train, evaluate.
 
 submitit pickles a `TrainTask` into the job folder; each task unpickles it and calls it. On
-preemption or the time-limit signal, submitit calls `checkpoint()` on rank 0, which returns
-the same task: the requeued job starts it again and the trainer resumes from its newest DCP
-checkpoint in `output_dir`, so no state has to travel through the pickle.
+preemption or the time-limit signal the trainer stops every rank after the step in flight and
+writes a checkpoint of it, then hands USR2 to submitit's handler, which calls `checkpoint()` on
+rank 0: it returns the same task, the requeued job starts it again and the trainer resumes from
+that checkpoint in `output_dir`, so no state has to travel through the pickle.
 """
 
 from __future__ import annotations
@@ -187,7 +188,8 @@ class TrainTask:
     def checkpoint(self, *args: Any, **kwargs: Any):
         """Called by submitit on rank 0 when SLURM signals preemption/time-out: requeue the same task.
 
-        The trainer's own DCP checkpoints carry the state; the requeued task resumes from them.
+        The trainer's own DCP checkpoint of the step it stopped at carries the state; the requeued
+        task resumes from it.
         """
         from submitit.helpers import DelayedSubmission
 

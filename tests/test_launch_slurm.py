@@ -178,3 +178,40 @@ def test_two_task_fsdp_job_is_requeued_and_resumes_to_the_last_step(slurm_cluste
         started = (folder / f"{job.job_id}_{rank}_log.out").read_text().count(
             f"node={node}({nodes}), global_rank={rank}(2)")
         assert started == 2, logs
+
+
+@pytest.mark.slow
+def test_preemption_between_checkpoints_saves_that_step_and_recomputes_none(slurm_cluster, cxr_folder,
+                                                                             uninterrupted, tmp_path):
+    """A 2-rank job, one task on each of the fixture's two nodes, preempted (SIGTERM, then USR2) at a
+    step that is not a checkpoint step: every rank stops after the same step, one checkpoint of
+    that step is written, the job requeues, and the requeued attempt starts from that very step:
+    its losses are the uninterrupted run's at every step, and no step is computed twice."""
+    from dinotrain.train.checkpoint import list_checkpoints
+
+    run = tmp_path / "run"
+    cfg = load_config(REPO / "configs/pretrain/tiny_cpu.yaml", [
+        f"output_dir={run}", "launch.nodes=2", "launch.tasks_per_node=1", *_two_rank_run(cxr_folder),
+        "train.checkpoint_every=100"])  # the only periodic checkpoint is the last step's
+    job = submit_run(cfg)
+    wait_until(lambda: (run / "metrics.jsonl").is_file() and len(_steps(run)) >= 1
+               or status.states_of([run])[0].state == "failed", 240, "the first step")
+    slurm_cluster.preempt(job, n_tasks=2)
+    wait_until(lambda: slurm_cluster.run("squeue", "-h", "-j", str(job.job_id), "-o", "%T",
+                                         check=False).stdout.strip() == "PENDING", 120, "the requeue")
+    computed = _steps(run)  # what the first attempt computed, before the second one starts
+    saved = [s for s, _ in list_checkpoints(run)]
+    slurm_cluster.release_requeued(job.job_id)
+    (final,) = status.wait_for([run], timeout_s=300, poll_s=2)
+    assert final.state == "done", f"{final}\n{_logs(job)}"
+    assert runstate.read_status(run)["attempt"] == 2
+    assert len(saved) == 1 and 1 <= saved[0] < 6, (saved, _logs(job))  # a step between checkpoints
+    assert computed == list(range(1, saved[0] + 1))  # steps computed twice: max(computed) - saved = 0
+    folder = Path(str(job.paths.stdout)).parent
+    logs = "\n".join(p.read_text() for p in sorted(folder.glob("*.err")))  # both attempts, whole
+    assert f"saved at step {saved[0]} (ckpt/step_{saved[0]:07d})" in logs
+    assert f"resumed from step {saved[0]} (ckpt/step_{saved[0]:07d})" in logs
+    assert _steps(run) == list(range(1, 7))
+    for got in _metrics(run):
+        for k in LOSS_KEYS:
+            assert got[k] == pytest.approx(uninterrupted[got["step"]][k], rel=1e-6, abs=1e-7), (got["step"], k)

@@ -273,3 +273,58 @@ def test_two_node_torchrun_resumes_a_one_node_run(reference_run, tmp_path):
             abs(ref[1]["total_loss"] - ref[step]["total_loss"])
     assert {p.name for p in (tmp_path / "two" / "ckpt" / "step_0000007").glob("rank_*.json")} == \
         {"rank_00000.json", "rank_00001.json"}
+
+
+def _worker_pid(launcher_pid: int, rank: int) -> int | None:
+    """The pid of torchrun's worker of `rank` (a child of the launcher with RANK=rank)."""
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (d / "environ").read_bytes().split(b"\0") if ppid == launcher_pid else []
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ:
+            return int(d.name)
+    return None
+
+
+def test_sigterm_to_one_rank_stops_both_at_one_step_and_the_resume_loses_nothing(reference_run, cxr_shards,
+                                                                                  tmp_path):
+    """SIGTERM reaches rank 1 only, at a step that is not a checkpoint step: both ranks stop after
+    the same step (their flags meet in one all-reduce), write one checkpoint of it and exit 0; the
+    resumed run's losses are the uninterrupted run's at every step."""
+    cfg = write_config(tmp_path / "cfg.yaml", cxr_shards, tmp_path / "run", checkpoint_every=100)
+    run_dir = tmp_path / "run"
+    err_path = tmp_path / "first.err"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen(command(cfg, 2), cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while not ((run_dir / "metrics.jsonl").is_file() and losses_by_step(run_dir)):
+            assert proc.poll() is None and time.time() < deadline, err_path.read_text()[-3000:]
+            time.sleep(0.05)
+        os.kill(_worker_pid(proc.pid, 1), signal.SIGTERM)
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    stderr = err_path.read_text()
+    assert proc.returncode == 0, stderr[-3000:]
+    stopped = max(losses_by_step(run_dir))
+    assert 1 <= stopped < STEPS  # not the last step, the only checkpoint step at checkpoint_every=100
+    assert f"saved at step {stopped} (ckpt/step_{stopped:07d})" in stderr
+    assert [p.name for p in (run_dir / "ckpt").iterdir()] == [f"step_{stopped:07d}"]
+    assert {p.name for p in (run_dir / "ckpt" / f"step_{stopped:07d}").glob("rank_*.json")} == \
+        {"rank_00000.json", "rank_00001.json"}
+    res = train(cfg, 2)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert f"resumed from step {stopped} (ckpt/step_{stopped:07d})" in res.stderr
+    want, got = losses_by_step(reference_run), losses_by_step(run_dir)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for step in range(1, STEPS + 1):
+        for k in LOSS_KEYS:
+            assert got[step][k] == pytest.approx(want[step][k], rel=1e-6, abs=1e-7), (step, k)

@@ -12,14 +12,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from dinotrain.config import load_config
-from dinotrain.train.checkpoint import (
-    from_jsonable,
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-    to_jsonable,
-)
+from dinotrain.train.checkpoint import from_jsonable, latest_checkpoint, list_checkpoints, to_jsonable
 from dinotrain.train.meta_arch import LossParams, compute_losses, ema_update
 from dinotrain.train.monitor import (
     CollapseWatch,
@@ -286,6 +279,19 @@ def test_json_state_roundtrip():
     assert back["nested"] == [{"x": 1, "b": b"\x00\x01"}] and back["empty"].numel() == 0
 
 
+class _Position:
+    """A loader's saved position, as the training loader reports it."""
+
+    def __init__(self) -> None:
+        self.pos = 0
+
+    def state_dict(self) -> dict:
+        return {"pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pos = state["pos"]
+
+
 @pytest.mark.slow
 def test_checkpoint_roundtrip_keep_last_and_atomicity(group, tmp_path):
 
@@ -297,9 +303,18 @@ def test_checkpoint_roundtrip_keep_last_and_atomicity(group, tmp_path):
     student(x)["global_cls_logits"].square().mean().backward()
     opt.step()
     ema_update(teacher, student, 0.5)
-    tensors = {"step": torch.tensor(3), "dino_center": torch.randn(1, 256)}
+    from dinotrain.train.ckpt_manager import CheckpointManager
+    from dinotrain.train.distributed import DistEnv
+    from dinotrain.train.state import TrainState
+
+    env = DistEnv(0, 1, 0, torch.device("cpu"), False)
+    state = TrainState.create(256, torch.device("cpu"), False, loader=_Position())
+    state.dino_center = torch.randn(1, 256)
+    manager = CheckpointManager(tmp_path, env, every=1, keep=2, max_steps=100)
+    manager.register(student, teacher, opt, state)
     for step in (1, 2, 3):
-        save_checkpoint(tmp_path, step, student, teacher, opt, tensors, {"loader": {"pos": step}}, keep=2)
+        state.step, state.loader.pos = step, step
+        manager.save(step)
     assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 3]
     # a half-written checkpoint (no meta.json) is never picked
     (tmp_path / "ckpt" / ".tmp_step_0000009").mkdir()
@@ -313,10 +328,11 @@ def test_checkpoint_roundtrip_keep_last_and_atomicity(group, tmp_path):
     assert "backbone.mask_token" not in want_opt  # never had a gradient: no AdamW state saved
     s2, t2 = _nets(load_config(None, TINY + ["train.seed=5"]))
     opt2 = build_optimizer(s2, cfg.optim, 12)
-    got = {"step": torch.tensor(0), "dino_center": torch.zeros(1, 256)}
-    meta, rank_state = load_checkpoint(latest_checkpoint(tmp_path), s2, t2, opt2, got)
-    assert meta["step"] == 3 and rank_state == {"loader": {"pos": 3}}
-    assert int(got["step"]) == 3 and torch.equal(got["dino_center"], tensors["dino_center"])
+    got = TrainState.create(256, torch.device("cpu"), False, loader=_Position())
+    second = CheckpointManager(tmp_path, env, every=1, keep=2, max_steps=100)
+    second.register(s2, t2, opt2, got)
+    assert second.resume() == 3 and got.loader.pos == 3  # step_0000010 (no manifest) skipped
+    assert got.step == 3 and torch.equal(got.dino_center, state.dino_center)
     for k, v in s2.state_dict().items():
         torch.testing.assert_close(v.full_tensor(), want_s[k], rtol=0, atol=0)
     for k, v in t2.state_dict().items():

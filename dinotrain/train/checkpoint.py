@@ -1,10 +1,10 @@
-"""Distributed checkpoints (torch.distributed.checkpoint): atomic, pruned, reshardable.
-
-Layout of a run directory:
+"""What is in a checkpoint folder and how it is written and read (torch.distributed.checkpoint).
+When, where, how many and whether complete is `ckpt_manager.CheckpointManager`'s business.
 
     ckpt/step_0000100/   DCP files (student, teacher, optimiser state, centres, step)
                          + rank_00000.json ... (loader state and RNG states of each rank)
-                         + meta.json (step, world size; written last: marks it complete)
+                         + meta.json (step, world size)
+                         + manifest.json (every file's size and CRC-32; written last)
     ckpt/.tmp_step_0000100/   a checkpoint being written (renamed when every rank is done)
 
 Only tensors go through DCP (DTensor shards reshard on load: 2 ranks -> 1 works); the small
@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import DefaultLoadPlanner
@@ -35,8 +34,8 @@ from torch.distributed.checkpoint.state_dict import (
 # where checkpoints live is the run layout's business; re-exported for the trainer's callers
 from dinotrain.run_layout import is_complete, latest_checkpoint, list_checkpoints, step_dir
 
-__all__ = ["from_jsonable", "is_complete", "latest_checkpoint", "list_checkpoints", "load_checkpoint",
-           "rng_state", "save_checkpoint", "set_rng_state", "step_dir", "to_jsonable"]
+__all__ = ["Registered", "from_jsonable", "is_complete", "latest_checkpoint", "list_checkpoints", "read_files",
+           "rng_state", "set_rng_state", "step_dir", "to_jsonable", "write_files", "write_meta"]
 
 # ----------------------------------------------------------------------------- JSON for states
 def to_jsonable(obj: Any) -> Any:
@@ -107,82 +106,54 @@ def _tensor_state(student: nn.Module, teacher: nn.Module, optimizer, train_tenso
     }, osd
 
 
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+@dataclass(frozen=True)
+class Registered:
+    """What a checkpoint holds, registered once by the trainer: the networks, the optimiser and
+    the `TrainState` (its shared tensors go through DCP, its per-rank state is JSON)."""
+
+    student: nn.Module
+    teacher: nn.Module
+    optimizer: Any
+    train_state: Any  # dinotrain.train.state.TrainState (state_dict / rank_state_dict and loads)
 
 
-def save_checkpoint(
-    output_dir: str | Path,
-    step: int,
-    student: nn.Module,
-    teacher: nn.Module,
-    optimizer,
-    train_tensors: dict[str, torch.Tensor],
-    rank_state: dict,
-    keep: int,
-    rank: int = 0,
-    world_size: int = 1,
-) -> Path:
-    """Write checkpoint `step` atomically (temporary folder renamed by rank 0 once all ranks are
-    done), then keep only the newest `keep`. Every rank must call it."""
-    final = step_dir(output_dir, step)
-    tmp = final.parent / f".tmp_{final.name}"
-    if rank == 0:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)  # a partial write of a killed run
-    _barrier()
-    state, _ = _tensor_state(student, teacher, optimizer, train_tensors)
-    dcp.save(state, checkpoint_id=str(tmp))
-    (tmp / f"rank_{rank:05d}.json").write_text(json.dumps(to_jsonable(rank_state)))
-    _barrier()
-    if rank == 0:
-        meta = {"step": step, "world_size": world_size, "time": time.time()}
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        if final.exists():  # the same step saved again after a resume: replace it
-            shutil.rmtree(final)
-        tmp.rename(final)
-        for _, old in list_checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    _barrier()
-    return final
+def write_files(folder: Path, states: Registered, rank: int) -> None:
+    """This rank's part of a checkpoint in `folder`: its DCP shards (a collective: every rank
+    calls it) and its JSON state. `meta.json` and the manifest are the manager's."""
+    state, _ = _tensor_state(states.student, states.teacher, states.optimizer, states.train_state.state_dict())
+    dcp.save(state, checkpoint_id=str(folder))
+    (folder / f"rank_{rank:05d}.json").write_text(json.dumps(to_jsonable(states.train_state.rank_state_dict())))
 
 
-def load_checkpoint(
-    path: str | Path,
-    student: nn.Module,
-    teacher: nn.Module,
-    optimizer,
-    train_tensors: dict[str, torch.Tensor],
-    rank: int = 0,
-    world_size: int = 1,
-) -> tuple[dict, dict | None]:
-    """Restore networks, optimiser and `train_tensors` (in place) from `path`.
+def write_meta(folder: Path, step: int, world_size: int) -> None:
+    (folder / "meta.json").write_text(json.dumps({"step": step, "world_size": world_size, "time": time.time()}))
 
-    Returns (meta, this rank's JSON state). The rank state is None when the checkpoint was
-    written by a different number of ranks (the loader then restarts its position for the new
-    partition; the networks and optimiser reshard exactly).
+
+def read_files(path: Path, states: Registered, rank: int = 0, world_size: int = 1) -> tuple[dict, bool]:
+    """Restore the registered states from checkpoint folder `path` (a collective under DCP).
+
+    Returns (meta, whether this rank's JSON state was restored). It is not when the checkpoint
+    was written by a different number of ranks (the loader then restarts its position for the
+    new partition; the networks and optimiser reshard exactly).
     """
-    path = Path(path)
-    if not is_complete(path):
-        raise FileNotFoundError(f"checkpoint {path} is incomplete (no meta.json or .metadata): delete it")
     meta = json.loads((path / "meta.json").read_text())
-    state, osd = _tensor_state(student, teacher, optimizer, train_tensors)
+    shared = states.train_state.state_dict()
+    state, osd = _tensor_state(states.student, states.teacher, states.optimizer, shared)
     optim_state = {"optimizer": state.pop("optimizer")}
     dcp.load(state, checkpoint_id=str(path))
     # parameters that never had a gradient before the save (the mask token of mask-free
     # batches) have no AdamW state there: their fresh zeros are equivalent
     dcp.load(optim_state, checkpoint_id=str(path), planner=DefaultLoadPlanner(allow_partial_load=True))
-    state["optimizer"] = optim_state["optimizer"]
-    set_model_state_dict(student, state["student"])
-    set_model_state_dict(teacher, state["teacher"])
-    osd["state"] = state["optimizer"]
-    set_optimizer_state_dict(student, optimizer, osd)
+    set_model_state_dict(states.student, state["student"])
+    set_model_state_dict(states.teacher, state["teacher"])
+    osd["state"] = optim_state["optimizer"]
+    set_optimizer_state_dict(states.student, states.optimizer, osd)
     for k, v in state["train"].items():
-        train_tensors[k].copy_(v)
+        shared[k].copy_(v)
+    states.train_state.load_state_dict(shared)
+    states.train_state.step = int(meta["step"])
     rank_file = path / f"rank_{rank:05d}.json"
-    rank_state = None
-    if meta.get("world_size") == world_size and rank_file.is_file():
-        rank_state = from_jsonable(json.loads(rank_file.read_text()))
-    return meta, rank_state
+    if meta.get("world_size") != world_size or not rank_file.is_file():
+        return meta, False
+    states.train_state.load_rank_state_dict(from_jsonable(json.loads(rank_file.read_text())))
+    return meta, True

@@ -21,7 +21,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     import logging
 
-    from dinotrain.train.loop import NonFiniteLossError, run
+    from dinotrain.train.loop import NonFiniteLossError, TrainingStopped, run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
@@ -29,6 +29,9 @@ def main(args: argparse.Namespace) -> int:
     except NonFiniteLossError as e:
         print(f"dinotrain train: stopped: {e}", file=sys.stderr)
         return 3
+    except TrainingStopped as e:  # SIGTERM / SIGUSR2 / one Ctrl-C: a clean stop, resumable
+        print(f"dinotrain train: {e}", file=sys.stderr)
+        return 0
     skipped = summary.get("skipped_samples") or 0
     note = (f"; {skipped} corrupt samples skipped and replaced by others of their batch (`dinotrain shards "
             "verify` on the data sources names them)") if skipped else ""

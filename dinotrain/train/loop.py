@@ -1,7 +1,8 @@
 """`run(cfg)`: the one training entry of every mode (local, torchrun, SLURM task).
 
 Order of a run: inputs checked (data sources, weights files) -> process group -> run folder
-checked (resumable, or the old run set aside on train.resume=false) and config saved ->
+writable, locked (one training per folder), checked (resumable, or the old run set aside on
+train.resume=false) and config saved ->
 `Trainer` (loader, student/teacher on the meta device, FSDP2, init or pretrained weights,
 optimiser) -> `Trainer.train()` (resume from the newest complete checkpoint, steps with
 metrics, checkpoints and teacher exports) -> a summary.
@@ -18,13 +19,15 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dinotrain.train.ckpt_manager import CheckpointManager
 from dinotrain.train.distributed import DistEnv, barrier, init_distributed
 from dinotrain.train.networks import build_networks
+from dinotrain.train.preemption import TrainingStopped
 from dinotrain.train.preflight import check_inputs
-from dinotrain.train.run_dir import prepare_run_dir
+from dinotrain.train.run_dir import check_writable, prepare_run_dir
 from dinotrain.train.trainer import LOSS_KEYS, NonFiniteLossError, Trainer
 
-__all__ = ["LOSS_KEYS", "NonFiniteLossError", "Trainer", "build_networks", "run"]
+__all__ = ["LOSS_KEYS", "NonFiniteLossError", "Trainer", "TrainingStopped", "build_networks", "run"]
 
 
 def _as_config(cfg: Any) -> DictConfig:
@@ -60,13 +63,15 @@ def _deterministic(enabled: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(before)
 
 
-def _prepare_output_dir(cfg: DictConfig, env: DistEnv) -> None:
-    """Before anything is written: every rank checks the folder is writable and resumable with
-    these settings (the same files give every rank the same verdict); rank 0 moves an old run
-    aside (train.resume=false), creates the run directory and saves the resolved config; the
-    others wait."""
+def _prepare_output_dir(cfg: DictConfig, env: DistEnv, ckpt: CheckpointManager) -> None:
+    """Before anything is written: every rank checks the folder is writable; rank 0 takes the
+    folder's lock (one writer per run folder); every rank checks it is resumable with these
+    settings (the same files give every rank the same verdict); rank 0 moves an old run aside
+    (train.resume=false), creates the run directory and saves the resolved config; the others wait."""
     from dinotrain.config import save_config
 
+    check_writable(Path(cfg.output_dir))
+    ckpt.acquire_lock()
     prepare_run_dir(cfg, rank=env.rank, world_size=env.world_size)
     if env.is_main:
         out = Path(cfg.output_dir)
@@ -99,10 +104,12 @@ def run(cfg) -> dict:
     check_inputs(cfg)  # the files the config names, before the process group and before any write
     with _quiet_known_warnings():
         env = init_distributed(cfg)
+        ckpt = CheckpointManager.from_config(cfg, env)
         try:
-            _prepare_output_dir(cfg, env)
+            _prepare_output_dir(cfg, env, ckpt)
             with _deterministic(bool(cfg.train.deterministic)):
-                return Trainer(cfg, env).train()
+                return Trainer(cfg, env, ckpt).train()
         finally:
+            ckpt.release_lock()
             if env.created_group:
                 torch.distributed.destroy_process_group()

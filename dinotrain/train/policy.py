@@ -1,4 +1,5 @@
-"""When a run logs, checkpoints and exports: answers for a step, from the `train` config section."""
+"""When a run logs and exports: answers for a step, from the `train` config section (when it
+checkpoints is the checkpoint manager's: `ckpt_manager.checkpoint_due`)."""
 
 from __future__ import annotations
 
@@ -8,20 +9,16 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class SavePolicy:
     """`n` is the number of steps completed (the number that is logged and saved). The last step
-    always logs, checkpoints and exports; `export_every=0` exports only there."""
+    always logs and exports; `export_every=0` exports only there."""
 
     max_steps: int
-    checkpoint_every: int
     export_every: int
     log_every: int
 
     @classmethod
     def from_config(cls, train) -> SavePolicy:
-        return cls(max_steps=int(train.max_steps), checkpoint_every=int(train.checkpoint_every),
-                   export_every=int(train.export_every), log_every=int(train.log_every))
-
-    def checkpoint_now(self, n: int) -> bool:
-        return n % self.checkpoint_every == 0 or n == self.max_steps
+        return cls(max_steps=int(train.max_steps), export_every=int(train.export_every),
+                   log_every=int(train.log_every))
 
     def export_now(self, n: int) -> bool:
         return (self.export_every > 0 and n % self.export_every == 0) or n == self.max_steps

@@ -85,6 +85,16 @@ def check_inputs(cfg: Any) -> None:
     check_weights(cfg)
 
 
+def space_warning(output_dir: Path, checkpoint_bytes: int, free: int) -> str | None:
+    """One line when the output file system has no room for two checkpoints (the one kept and
+    the one being written), else None (pure: the caller measures)."""
+    if free >= 2 * checkpoint_bytes:
+        return None
+    return (f"output_dir {output_dir}: {free / 1e6:.0f} MB free, but a checkpoint of this model takes ~"
+            f"{checkpoint_bytes / 1e6:.0f} MB and a run needs room for two (the last complete one and the next): "
+            "free space, or choose another output_dir, before a checkpoint write runs out of space")
+
+
 def preflight(cfg: Any, world_size: int | None = None) -> None:
     """Raise UserError for anything in `cfg` that would fail the run; prepare its folder (see run_dir).
 

@@ -105,6 +105,32 @@ def check_writable(out: Path) -> None:
                         "or fix its permissions")
 
 
+# the folders and files a run writes into, beside output_dir itself
+WRITTEN = ("ckpt", "export", "metrics.jsonl")
+
+
+def check_written_paths(out: Path) -> None:
+    """Each existing folder the run writes into (ckpt/, export/) takes a new file, and an existing
+    metrics.jsonl opens for appending: a read-only mount or permissions on one of them end here, in
+    one line, not after the first steps. Tried for real (root passes permission checks that a
+    read-only mount still refuses), with probe files named by host and pid (ranks never collide)."""
+    import socket
+
+    for name in WRITTEN:
+        path = out / name
+        try:
+            if path.is_dir():
+                probe = path / f".write_probe.{socket.gethostname()}.{os.getpid()}"
+                probe.write_bytes(b"")
+                probe.unlink()
+            elif path.is_file():
+                with open(path, "a"):
+                    pass
+        except OSError as e:
+            raise UserError(f"output_dir {out}: {path} is not writable ({e.strerror}): the run writes there; "
+                            "fix its permissions or mount, or choose another output_dir") from None
+
+
 def check_resumable(cfg: Any, world_size: int | None) -> None:
     """Raise UserError when output_dir holds a run these settings cannot resume (nothing is written)."""
     out = Path(str(cfg.output_dir))
@@ -150,6 +176,7 @@ def prepare_run_dir(cfg: Any, rank: int = 0, world_size: int | None = None) -> N
     """
     out = Path(str(cfg.output_dir))
     check_writable(out)
+    check_written_paths(out)
     check_resumable(cfg, world_size)
     if not cfg.train.resume and rank == 0:
         moved = set_aside(out)

@@ -4,7 +4,9 @@ After torchtitan's trainer: `train()` resumes and runs the steps, `train_step()`
 (schedules, `forward_backward`, clip, AdamW, EMA, centres, metrics, saves) and
 `forward_backward()` is the forward of both networks, the losses and the backward (as dinov3's
 `SSLMetaArch.forward_backward`). What must survive a restart is the `TrainState`; when to log,
-checkpoint and export is the `SavePolicy`; fp16 scaling is the state's `LossScaler`.
+export is the `SavePolicy`; everything about checkpoints (cadence, keep-k, manifests, the
+preemption save, fallback on load, the run-folder lock) is the `CheckpointManager`'s, with which
+the trainer registers its states once; fp16 scaling is the state's `LossScaler`.
 
 The heads' last layer is "frozen" as DINOv2 freezes it: lr 0 for `optim.freeze_last_layer_steps`,
 while its gradient still counts in the clipping norm and its AdamW moments accumulate.
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from dinotrain.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from dinotrain.train.ckpt_manager import CheckpointManager
 from dinotrain.train.distributed import DistEnv, all_reduce_mean, all_reduce_sum
 from dinotrain.train.export import export_teacher
 from dinotrain.train.meta_arch import LossParams, SSLNetwork, compute_losses, ema_update, teacher_targets
@@ -128,7 +130,7 @@ def prototype_row_sum(net: SSLNetwork) -> torch.Tensor:
 class Trainer:
     """One run's networks, optimiser, loader and state, and the loop over them."""
 
-    def __init__(self, cfg, env: DistEnv):
+    def __init__(self, cfg, env: DistEnv, ckpt: CheckpointManager | None = None):
         from dinotrain.data import build_train_loader
 
         self.cfg, self.env, self.device = cfg, env, env.device
@@ -147,38 +149,31 @@ class Trainer:
                          if not cfg.parallel.fsdp and mp_dtype != torch.float32 else None)
         self.state = TrainState.create(int(cfg.ssl.head_n_prototypes), self.device, mp_dtype == torch.float16,
                                        self.loader)
+        self.ckpt = ckpt or CheckpointManager.from_config(cfg, env)
+        self.ckpt.register(self.student, self.teacher, self.optimizer, self.state)
         # different drop-path draws on different ranks, reproducible from the seed
         torch.manual_seed(int(cfg.train.seed) * 1000 + env.rank + 1)
         self.timer = PhaseTimer(self.device)
         self.flops, self.peak = flops_per_step(cfg.data, self.student), peak_flops(self.device)
         self.metrics: MetricsLog | None = None
-        self.last_ckpt: Path | None = None
-        self.resumed_from: Path | None = None
         self.last_export: Path | None = None
         self.last_losses: dict[str, float] = {}
         self._images, self._t_window = 0, time.perf_counter()
         self.collapse_watch = CollapseWatch()
 
     # ------------------------------------------------------------------------- the run
+    @property
+    def last_ckpt(self) -> Path | None:
+        return self.ckpt.last
+
+    @property
+    def resumed_from(self) -> Path | None:
+        return self.ckpt.resumed_from
+
     def resume(self) -> int:
-        """Restore the newest complete checkpoint (when `train.resume`); the step to start from."""
-        ckpt = latest_checkpoint(self.out) if self.cfg.train.resume else None
-        if ckpt is None:
-            return 0
-        env = self.env
-        shared = self.state.state_dict()
-        meta, rank_state = load_checkpoint(ckpt, self.student, self.teacher, self.optimizer, shared, env.rank,
-                                           env.world_size)
-        self.state.load_state_dict(shared)
-        self.state.step = int(meta["step"])
-        if rank_state is not None:
-            self.state.load_rank_state_dict(rank_state)
-        elif env.is_main:
-            log.warning("checkpoint %s was written by %s processes, this run has %d: networks and optimiser "
-                        "are resharded exactly; the data order restarts for the new partition",
-                        ckpt, meta.get("world_size"), env.world_size)
-        self.last_ckpt = self.resumed_from = ckpt
-        return self.state.step
+        """Clean up, install the stop signals, restore the newest complete checkpoint (when
+        `train.resume`): the step to start from."""
+        return self.ckpt.start()
 
     def train(self) -> dict:
         """Resume, run the remaining steps, return a summary dict."""
@@ -198,6 +193,7 @@ class Trainer:
             self.metrics.close()
             if hasattr(self.loader, "close"):
                 self.loader.close()
+            self.ckpt.close()
         return self._summary(start)
 
     def _progress_bar(self, start: int):
@@ -367,13 +363,11 @@ class Trainer:
         return int(all_reduce_sum(torch.tensor([float(n)], device=self.device)).item())
 
     def _save(self, n: int) -> None:
-        """Checkpoint and export on schedule (also after a skipped step: the state is still good)."""
+        """Checkpoint and export on schedule (also after a skipped step: the state is still good),
+        then stop here, with a checkpoint of this step, when a stop signal came."""
         self.state.step = n
-        if self.policy.checkpoint_now(n):
-            self.last_ckpt = save_checkpoint(self.out, n, self.student, self.teacher, self.optimizer,
-                                             self.state.state_dict(), self.state.rank_state_dict(),
-                                             int(self.cfg.train.keep_checkpoints), self.env.rank,
-                                             self.env.world_size)
+        self.ckpt.save_if_due(n)
         if self.policy.export_now(n):
             self.last_export = export_teacher(self.teacher, self.cfg.model, self.cfg.ssl, self.out, n, self.env,
                                              data=self.cfg.data)
+        self.ckpt.stop_if_requested(n)
