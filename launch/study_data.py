@@ -3,7 +3,9 @@
 Held-out rule: every built-in task the study evaluates is loaded exactly as `dinotrain eval`
 loads it (`load_task`, same max_samples), and the images of its `test` split are removed from
 pretraining, together with every other image of the same patient (the task's group column:
-patient_id, lesion_id) in that dataset. Only the image files of a dataset's metadata.csv are
+patient_id, lesion_id) in that dataset, and every image of its dataset in the same group as a test
+image (`group_images`: near-duplicate slices via brain_mri's group_id, group-mates the task itself
+filtered out or did not sample). Only the image files of a dataset's metadata.csv are
 listed (never its mask files), so a dataset root's masks cannot become training images.
 """
 
@@ -35,9 +37,10 @@ class HeldOut:
     images: set[str] = field(default_factory=set)
     patients: dict[str, dict[str, set[str]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(set)))
     per_task: dict[str, int] = field(default_factory=dict)
+    group_images: set[str] = field(default_factory=set)  # other images of a test image's group
 
     def excludes(self, dataset: str, image: str, row: dict[str, str]) -> bool:
-        if image in self.images:
+        if image in self.images or image in self.group_images:
             return True
         for column, ids in self.patients.get(dataset, {}).items():
             if (row.get(column) or "").strip() in ids:
@@ -47,7 +50,7 @@ class HeldOut:
 
 def held_out(tasks: list[str], data_root: str | Path, max_samples: int | None) -> HeldOut:
     """The test split of every task, as `dinotrain eval` builds it."""
-    from dinotrain.eval.specs import load_spec, load_task
+    from dinotrain.eval.specs import image_groups, load_spec, load_task
 
     out = HeldOut()
     for name in tasks:
@@ -64,6 +67,9 @@ def held_out(tasks: list[str], data_root: str | Path, max_samples: int | None) -
                 pid = (task.rows[i].get(spec.group_column) or "").strip()
                 if pid:
                     out.patients[spec.dataset][spec.group_column].add(pid)
+        test_groups = {(task.rows[i].get(spec.group_column) or "").strip() for i in test} - {""}
+        out.group_images |= {str(Path(p).resolve()) for p, g in image_groups(spec, data_root).items() if g in test_groups}
+    out.group_images -= out.images
     return out
 
 
@@ -141,6 +147,7 @@ def prepare(data_root: str | Path, out: Path, hold: HeldOut, size: int, limit: i
     in study.json. The shards are read back and checked against the held-out images: a leak fails
     the study."""
     record: dict = {"groups": {}, "held_out_images": len(hold.images), "held_out_per_task": hold.per_task,
+                    "held_out_group_images": len(hold.group_images),
                     "held_out_patients": {d: {c: len(v) for c, v in cols.items()} for d, cols in hold.patients.items()}}
     for group in GROUPS:
         rows = group_listing(group, data_root, hold, limit)
@@ -149,7 +156,7 @@ def prepare(data_root: str | Path, out: Path, hold: HeldOut, size: int, limit: i
                                "the eval test splits")
         listing = write_listing(rows, out / "lists" / f"{group}.csv")
         n = build_group(listing, out / "shards" / group, group, size, workers, progress, data_root)
-        leaked = sorted(set(shard_sources(out / "shards" / group)) & hold.images)
+        leaked = sorted(set(shard_sources(out / "shards" / group)) & (hold.images | hold.group_images))
         if leaked:
             raise RuntimeError(f"group '{group}': {len(leaked)} eval test image(s) in the pretraining shards "
                                f"(e.g. {leaked[0]}): the held-out rule is broken")
