@@ -5,8 +5,10 @@ loads it (`load_task`, same max_samples), and the images of its `test` split are
 pretraining, together with every other image of the same patient (the task's group column:
 patient_id, lesion_id) in that dataset, and every image of its dataset in the same group as a test
 image (`group_images`: near-duplicate slices via brain_mri's group_id, group-mates the task itself
-filtered out or did not sample). Only the image files of a dataset's metadata.csv are
-listed (never its mask files), so a dataset root's masks cannot become training images.
+filtered out or did not sample, a joined dataset's slices of the group), and every file that is the
+same source file as a held-out one under another dataset folder (`source` + `source_path`:
+ham10000_derm is part of ham10000_large, brain_mri of brain_mri_large). Only the image files of a
+dataset's metadata.csv are listed (never its mask files), so a dataset root's masks cannot become training images.
 """
 
 from __future__ import annotations
@@ -38,9 +40,15 @@ class HeldOut:
     patients: dict[str, dict[str, set[str]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(set)))
     per_task: dict[str, int] = field(default_factory=dict)
     group_images: set[str] = field(default_factory=set)  # other images of a test image's group
+    source_files: set[tuple[str, str]] = field(default_factory=set)  # (source, source_path) of all held out
+
+    def add_source(self, row: dict[str, str]) -> None:
+        key = _source_key(row)
+        if all(key):
+            self.source_files.add(key)
 
     def excludes(self, dataset: str, image: str, row: dict[str, str]) -> bool:
-        if image in self.images or image in self.group_images:
+        if image in self.images or image in self.group_images or _source_key(row) in self.source_files:
             return True
         for column, ids in self.patients.get(dataset, {}).items():
             if (row.get(column) or "").strip() in ids:
@@ -48,9 +56,13 @@ class HeldOut:
         return False
 
 
+def _source_key(row: dict[str, str]) -> tuple[str, str]:
+    return (row.get("source") or "").strip(), (row.get("source_path") or "").strip()
+
+
 def held_out(tasks: list[str], data_root: str | Path, max_samples: int | None) -> HeldOut:
     """The test split of every task, as `dinotrain eval` builds it."""
-    from dinotrain.eval.specs import image_groups, load_spec, load_task
+    from dinotrain.eval.specs import image_rows, load_spec, load_task
 
     out = HeldOut()
     for name in tasks:
@@ -63,12 +75,16 @@ def held_out(tasks: list[str], data_root: str | Path, max_samples: int | None) -
             if not isinstance(image, str):
                 continue  # arrays inside an .npz: never a pretraining file here
             out.images.add(str(Path(image).resolve()))
+            out.add_source(task.rows[i])
             if spec.group_column:
                 pid = (task.rows[i].get(spec.group_column) or "").strip()
                 if pid:
                     out.patients[spec.dataset][spec.group_column].add(pid)
         test_groups = {(task.rows[i].get(spec.group_column) or "").strip() for i in test} - {""}
-        out.group_images |= {str(Path(p).resolve()) for p, g in image_groups(spec, data_root).items() if g in test_groups}
+        for path, row in image_rows(spec, data_root).items():
+            if (row.get(spec.group_column) or "").strip() in test_groups:
+                out.group_images.add(str(Path(path).resolve()))
+                out.add_source(row)
     out.group_images -= out.images
     return out
 

@@ -99,7 +99,8 @@ def test_held_out_drops_the_whole_group_of_every_test_image(test_data, large_tas
     by_source = {r["source_path"]: r["group_id"] for r in _meta(test_data, "brain_mri_large")}
     mates = {str((root / "brain_mri" / r["path"]).resolve()) for r in _meta(test_data, "brain_mri")
              if by_source[r["source_path"]] in test_groups}
-    assert hold.group_images == mates - hold.images and hold.group_images
+    in_small = {p for p in hold.group_images if Path(p).parent.parent.name == "brain_mri"}
+    assert in_small == mates - hold.images and in_small
     listed = {r["path"] for r in study_data.group_listing("mri", test_data, hold)}
     assert not listed & mates
     assert len(listed) == len(_meta(test_data, "brain_mri")) - len(mates | hold.images)
@@ -127,3 +128,22 @@ def test_dinotrain_eval_on_each_large_task(tmp_path, test_data, large_tasks):
             assert r["task"] == name and r["split"] == "test" and r["n"] == n_test and math.isfinite(r["value"])
             assert r["ci_low"] is not None and r["ci_low"] - 1e-9 <= r["value"] <= r["ci_high"] + 1e-9, r
     print("eval seconds per task:", {k: round(v, 1) for k, v in timings.items()})
+
+
+def test_held_out_reaches_copies_and_near_duplicates_in_the_other_folder(test_data, large_tasks):
+    """brain_mri's test groups also leave brain_mri_large (its Training near-copies); a ham10000 test
+    image also leaves ham10000_large (the same ISIC file), and nothing else of it does."""
+    hold = study_data.held_out(["brain_mri", "ham10000"], test_data, None)
+    small = large_tasks["brain_mri"]
+    test_groups = set(small.groups[small.split == "test"])
+    root = test_data.resolve()
+    for r in _meta(test_data, "brain_mri_large"):
+        image = str((root / "brain_mri_large" / r["path"]).resolve())
+        assert hold.excludes("brain_mri_large", image, r) == (r["group_id"] in test_groups), r["path"]
+    assert sum(r["source_split"] == "Training" and r["group_id"] in test_groups
+               for r in _meta(test_data, "brain_mri_large")) > 20  # near-copies only the large folder holds
+    ham = load_task(load_spec("ham10000"), test_data)
+    test_sources = {ham.rows[i]["source_path"] for i in ham.indices("test")}
+    large = [(r, str((root / "ham10000_large" / r["path"]).resolve())) for r in _meta(test_data, "ham10000_large")]
+    dropped = {r["source_path"] for r, image in large if hold.excludes("ham10000_large", image, r)}
+    assert dropped == test_sources and len(dropped) == len(ham.indices("test"))

@@ -343,18 +343,25 @@ def join_groups(spec: TaskSpec, root: Path, rows: list[dict[str, str]]) -> list[
     return [{**r, col: lookup.get(r[on], "")} for r in rows]
 
 
-def image_groups(spec: TaskSpec, root: str | Path) -> dict[str, str]:
-    """Every image file of the spec's dataset (no filter, no subset) -> its group ("" = none).
+def image_rows(spec: TaskSpec, root: str | Path) -> dict[str, dict[str, str]]:
+    """Every image file (no filter, no subset) of the spec's dataset, and of its `group_join`
+    dataset, -> its metadata row with `group_column` filled in. Empty for an ungrouped spec.
 
     The study's held-out rule uses it to drop a test image's whole group (all slices of one series,
-    all images of one lesion) from pretraining, including images the task itself filtered out."""
-    where = Path(root).expanduser() / spec.dataset
+    all images of one lesion) from pretraining: images the task filtered out or did not sample, and
+    the near-duplicates a joined dataset holds (brain_mri_large's Training slices of a brain_mri group)."""
+    root = Path(root).expanduser()
+    where = root / spec.dataset
     if not spec.group_column or not (where / spec.metadata).is_file():
         return {}
     rows = _read_csv(where / spec.metadata)
     if spec.group_join:
-        rows = join_groups(spec, Path(root).expanduser(), rows)
-    return {str(where / r["path"]): (r.get(spec.group_column) or "").strip() for r in rows}
+        rows = join_groups(spec, root, rows)
+    out = {str(where / r["path"]): r for r in rows}
+    if spec.group_join:
+        other = root / spec.group_join["dataset"]
+        out.update({str(other / r["path"]): r for r in _read_csv(other / spec.metadata)})
+    return out
 
 
 def _norm_split(value: str, spec: TaskSpec) -> str:
