@@ -34,7 +34,8 @@ LISTING_COLUMNS = ("path", "dataset", "modality", "patient_id", "age", "sex", "v
 
 @dataclass
 class HeldOut:
-    """Test images (absolute paths) and test patients (dataset -> column -> ids) of the eval tasks."""
+    """Test images (absolute paths), test patients (dataset -> column -> ids), the other images of
+    test groups, and the source files of all of them, of the eval tasks."""
 
     images: set[str] = field(default_factory=set)
     patients: dict[str, dict[str, set[str]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(set)))

@@ -106,7 +106,6 @@ def test_held_out_drops_the_whole_group_of_every_test_image(test_data, large_tas
     assert len(listed) == len(_meta(test_data, "brain_mri")) - len(mates | hold.images)
 
 
-@pytest.mark.slow
 def test_dinotrain_eval_on_each_large_task(tmp_path, test_data, large_tasks):
     """A random-init vit_tiny through the CLI on a stratified subset of each task: every metric with a CI."""
     out, timings = tmp_path / "out", {}
