@@ -94,9 +94,21 @@ def shrink(src: Path, dst: Path, size: int, nearest: bool) -> None:
         im.save(dst, **({"quality": 95} if dst.suffix.lower() in (".jpg", ".jpeg") else {}))
 
 
-def prepare(data_root: Path, out: Path, size: int, datasets: list[str], limit: int = CARRY_BYTES) -> dict:
-    """A copy of `datasets` (metadata.csv unchanged, images and masks shrunk); refuses one over `limit` bytes."""
+def joined_datasets(tasks: list[str]) -> list[str]:
+    """Datasets whose metadata.csv a task's `group_join` reads (brain_mri borrows brain_mri_large's groups)."""
+    from dinotrain.eval.specs import load_spec
+
+    return sorted({d for t in tasks if (d := load_spec(t).group_join.get("dataset"))})
+
+
+def prepare(data_root: Path, out: Path, size: int, datasets: list[str], limit: int = CARRY_BYTES,
+            metadata_only: tuple[str, ...] = ()) -> dict:
+    """A copy of `datasets` (metadata.csv unchanged, images and masks shrunk), plus the bare metadata.csv
+    of `metadata_only`; refuses one over `limit` bytes."""
     record = {"size": size, "datasets": {}}
+    for ds in metadata_only:
+        (out / ds).mkdir(parents=True, exist_ok=True)
+        (out / ds / "metadata.csv").write_bytes((data_root / ds / "metadata.csv").read_bytes())
     for ds in datasets:
         meta = data_root / ds / "metadata.csv"
         if not meta.is_file():
@@ -307,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.cmd == "prepare":
-            rec = prepare(args.data, args.out, args.size, needed_datasets(TASKS))
+            rec = prepare(args.data, args.out, args.size, needed_datasets(TASKS),
+                          metadata_only=tuple(joined_datasets(TASKS)))
             print(f"prepared {args.out}: {rec['bytes'] / 2**20:.1f} MiB", file=sys.stderr)
             return 0
         opts = GpuStudyOptions(out=args.out.absolute(), data_root=args.data.absolute(), minutes=args.minutes,

@@ -3,8 +3,12 @@
 Held-out rule: every built-in task the study evaluates is loaded exactly as `dinotrain eval`
 loads it (`load_task`, same max_samples), and the images of its `test` split are removed from
 pretraining, together with every other image of the same patient (the task's group column:
-patient_id, lesion_id) in that dataset. Only the image files of a dataset's metadata.csv are
-listed (never its mask files), so a dataset root's masks cannot become training images.
+patient_id, lesion_id) in that dataset, and every image of its dataset in the same group as a test
+image (`group_images`: near-duplicate slices via brain_mri's group_id, group-mates the task itself
+filtered out or did not sample, a joined dataset's slices of the group), and every file that is the
+same source file as a held-out one under another dataset folder (`source` + `source_path`:
+ham10000_derm is part of ham10000_large, brain_mri of brain_mri_large). Only the image files of a
+dataset's metadata.csv are listed (never its mask files), so a dataset root's masks cannot become training images.
 """
 
 from __future__ import annotations
@@ -30,14 +34,22 @@ LISTING_COLUMNS = ("path", "dataset", "modality", "patient_id", "age", "sex", "v
 
 @dataclass
 class HeldOut:
-    """Test images (absolute paths) and test patients (dataset -> column -> ids) of the eval tasks."""
+    """Test images (absolute paths), test patients (dataset -> column -> ids), the other images of
+    test groups, and the source files of all of them, of the eval tasks."""
 
     images: set[str] = field(default_factory=set)
     patients: dict[str, dict[str, set[str]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(set)))
     per_task: dict[str, int] = field(default_factory=dict)
+    group_images: set[str] = field(default_factory=set)  # other images of a test image's group
+    source_files: set[tuple[str, str]] = field(default_factory=set)  # (source, source_path) of all held out
+
+    def add_source(self, row: dict[str, str]) -> None:
+        key = _source_key(row)
+        if all(key):
+            self.source_files.add(key)
 
     def excludes(self, dataset: str, image: str, row: dict[str, str]) -> bool:
-        if image in self.images:
+        if image in self.images or image in self.group_images or _source_key(row) in self.source_files:
             return True
         for column, ids in self.patients.get(dataset, {}).items():
             if (row.get(column) or "").strip() in ids:
@@ -45,9 +57,13 @@ class HeldOut:
         return False
 
 
+def _source_key(row: dict[str, str]) -> tuple[str, str]:
+    return (row.get("source") or "").strip(), (row.get("source_path") or "").strip()
+
+
 def held_out(tasks: list[str], data_root: str | Path, max_samples: int | None) -> HeldOut:
     """The test split of every task, as `dinotrain eval` builds it."""
-    from dinotrain.eval.specs import load_spec, load_task
+    from dinotrain.eval.specs import image_rows, load_spec, load_task
 
     out = HeldOut()
     for name in tasks:
@@ -60,10 +76,17 @@ def held_out(tasks: list[str], data_root: str | Path, max_samples: int | None) -
             if not isinstance(image, str):
                 continue  # arrays inside an .npz: never a pretraining file here
             out.images.add(str(Path(image).resolve()))
+            out.add_source(task.rows[i])
             if spec.group_column:
                 pid = (task.rows[i].get(spec.group_column) or "").strip()
                 if pid:
                     out.patients[spec.dataset][spec.group_column].add(pid)
+        test_groups = {(task.rows[i].get(spec.group_column) or "").strip() for i in test} - {""}
+        for path, row in image_rows(spec, data_root).items():
+            if (row.get(spec.group_column) or "").strip() in test_groups:
+                out.group_images.add(str(Path(path).resolve()))
+                out.add_source(row)
+    out.group_images -= out.images
     return out
 
 
@@ -141,6 +164,7 @@ def prepare(data_root: str | Path, out: Path, hold: HeldOut, size: int, limit: i
     in study.json. The shards are read back and checked against the held-out images: a leak fails
     the study."""
     record: dict = {"groups": {}, "held_out_images": len(hold.images), "held_out_per_task": hold.per_task,
+                    "held_out_group_images": len(hold.group_images),
                     "held_out_patients": {d: {c: len(v) for c, v in cols.items()} for d, cols in hold.patients.items()}}
     for group in GROUPS:
         rows = group_listing(group, data_root, hold, limit)
@@ -149,7 +173,7 @@ def prepare(data_root: str | Path, out: Path, hold: HeldOut, size: int, limit: i
                                "the eval test splits")
         listing = write_listing(rows, out / "lists" / f"{group}.csv")
         n = build_group(listing, out / "shards" / group, group, size, workers, progress, data_root)
-        leaked = sorted(set(shard_sources(out / "shards" / group)) & hold.images)
+        leaked = sorted(set(shard_sources(out / "shards" / group)) & (hold.images | hold.group_images))
         if leaked:
             raise RuntimeError(f"group '{group}': {len(leaked)} eval test image(s) in the pretraining shards "
                                f"(e.g. {leaked[0]}): the held-out rule is broken")

@@ -51,7 +51,8 @@ def test_dry_run_end_to_end_with_the_gpu_machines_packages_only(test_data, tmp_p
 
 
 def test_prepare_shrinks_images_and_masks_and_keeps_the_metadata(test_data, tmp_path):
-    rec = gpu_study.prepare(test_data, tmp_path / "d", 64, ["jsrt"])
+    rec = gpu_study.prepare(test_data, tmp_path / "d", 64, ["jsrt"], metadata_only=("brain_mri_large",))
+    assert [p.name for p in (tmp_path / "d" / "brain_mri_large").iterdir()] == ["metadata.csv"]
     rows = (test_data / "jsrt" / "metadata.csv").read_bytes()
     assert (tmp_path / "d" / "jsrt" / "metadata.csv").read_bytes() == rows
     assert rec["datasets"]["jsrt"] == {"rows": 247, "files": 247 * 6}  # image + 5 anatomy masks each
@@ -69,6 +70,7 @@ def test_step_budget_and_step_time():
     assert gpu_study.fit_steps(30.0, 60.0, 0.1) == 10  # over budget: still a run
     assert gpu_study.needed_datasets(gpu_study.TASKS) == ["brain_mri", "busi_ultrasound", "covid_cxr", "ham10000_derm",
                                                           "jsrt"]
+    assert gpu_study.joined_datasets(gpu_study.TASKS) == ["brain_mri_large"]  # brain_mri's groups: metadata only
 
 
 def test_step_seconds_skips_the_warm_up(tmp_path):

@@ -17,6 +17,8 @@ Keys (defaults in `TaskSpec`):
     where: {modality: [X-ray]}   # keep rows whose column has one of these values
     exclude: {label: [unknown]}  # drop rows whose column has one of these values
     group_column: patient_id     # patient-level splits (a patient never crosses splits)
+    group_join: {dataset: brain_mri_large, match_on: source_path}  # read group_column from another
+                                 # dataset's metadata, matched on a column both share
     split_column: null           # use a column with values train/val/test instead of a random split
     split_fractions: [0.6, 0.2, 0.2]
     probes: [knn, linear]        # classification probes
@@ -65,6 +67,7 @@ class TaskSpec:
     where: dict[str, list[str]] = field(default_factory=dict)
     exclude: dict[str, list[str]] = field(default_factory=dict)
     group_column: str | None = None
+    group_join: dict[str, str] = field(default_factory=dict)
     split_column: str | None = None
     split_fractions: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])
     probes: list[str] = field(default_factory=lambda: list(PROBES))
@@ -148,6 +151,9 @@ def spec_from_dict(raw: dict, source: str = "<dict>", default_name: str = "task"
     fr = spec.split_fractions
     if len(fr) != 3 or min(fr) < 0 or fr[0] <= 0 or fr[2] <= 0:
         raise SpecError(f"task spec {source}: split_fractions must be [train, val, test] with train, test > 0")
+    if spec.group_join and (not spec.group_column or set(spec.group_join) != {"dataset", "match_on"}):
+        raise SpecError(f"task spec {source}: group_join needs group_column and exactly the keys "
+                        "{dataset: <folder under --data>, match_on: <column both metadata files share>}")
     if spec.kind == "segmentation" and not spec.structures:
         raise SpecError(f"task spec {source}: segmentation needs 'structures: {{name: [mask folder, ...]}}'")
     return spec
@@ -273,6 +279,8 @@ def load_task(spec: TaskSpec, root: str | Path, max_samples: int | None = None) 
         rows = _read_csv(meta)
         if rows and "path" not in rows[0]:
             raise SpecError(f"{meta}: no 'path' column (image paths relative to {where})")
+        if spec.group_join:
+            rows = join_groups(spec, root, rows)
         images = [str(where / r["path"]) for r in rows]
         keys = [f"{spec.dataset}/{r['path']}" for r in rows]
     for col in [*spec.where, *spec.exclude]:
@@ -312,6 +320,48 @@ def load_task(spec: TaskSpec, root: str | Path, max_samples: int | None = None) 
         split = _split(strat, groups, spec.split_fractions, spec.seed)
     return TaskData(spec=spec, keys=keys, images=images, rows=rows, split=split, groups=groups,
                     data_dir=where if where.is_dir() else where.parent)
+
+
+def join_groups(spec: TaskSpec, root: Path, rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """`rows` with `group_column` copied from `group_join`'s dataset, matched on its `match_on` column.
+
+    Why: a small set cut from a larger one (brain_mri = the Testing part of brain_mri_large) can
+    borrow the larger set's near-duplicate groups instead of keeping a second copy of them.
+    A row without a match keeps an empty group (then it is a group of its own)."""
+    other, on, col = spec.group_join["dataset"], spec.group_join["match_on"], spec.group_column
+    meta = Path(root) / other / spec.metadata
+    if not meta.is_file():
+        raise SpecError(f"task '{spec.name}' ({spec.source}): group_join dataset {meta} not found; "
+                        f"pass --data pointing at the folder that holds {other}")
+    theirs = _read_csv(meta)
+    for name, table in ((other, theirs), (spec.dataset, rows)):
+        if table and on not in table[0]:
+            raise SpecError(f"task '{spec.name}' ({spec.source}): group_join column '{on}' not in {name}'s metadata")
+    if theirs and col not in theirs[0]:
+        raise SpecError(f"task '{spec.name}' ({spec.source}): group column '{col}' not in {other}'s metadata")
+    lookup = {r[on]: r[col] for r in theirs}
+    return [{**r, col: lookup.get(r[on], "")} for r in rows]
+
+
+def image_rows(spec: TaskSpec, root: str | Path) -> dict[str, dict[str, str]]:
+    """Every image file (no filter, no subset) of the spec's dataset, and of its `group_join`
+    dataset, -> its metadata row with `group_column` filled in. Empty for an ungrouped spec.
+
+    The study's held-out rule uses it to drop a test image's whole group (all slices of one series,
+    all images of one lesion) from pretraining: images the task filtered out or did not sample, and
+    the near-duplicates a joined dataset holds (brain_mri_large's Training slices of a brain_mri group)."""
+    root = Path(root).expanduser()
+    where = root / spec.dataset
+    if not spec.group_column or not (where / spec.metadata).is_file():
+        return {}
+    rows = _read_csv(where / spec.metadata)
+    if spec.group_join:
+        rows = join_groups(spec, root, rows)
+    out = {str(where / r["path"]): r for r in rows}
+    if spec.group_join:
+        other = root / spec.group_join["dataset"]
+        out.update({str(other / r["path"]): r for r in _read_csv(other / spec.metadata)})
+    return out
 
 
 def _norm_split(value: str, spec: TaskSpec) -> str:
