@@ -218,3 +218,21 @@ def test_a_changed_selection_refuses_to_resume_and_an_old_config_still_resumes(t
     assert data["data"]["sources"][0].pop("selection", "absent") is None
     cfg.write_text(yaml.safe_dump(data))
     check_resumable(load_config(None, [f"output_dir={old}", src.format("")]), world_size=1)
+
+
+def test_against_a_shard_set_drops_exactly_the_shared_images(cxr_shards, mixed_shards, tmp_path):
+    out = tmp_path / "cur"
+    other = mixed_shards["cxr"]  # 24 of the 48 JSRT images of cxr_shards, built into another shard set
+    assert cli_main(["curate", str(cxr_shards), "--out", str(out), "--cache", str(tmp_path / "cache"),
+                     "--against", str(other)]) == 0
+    sel = json.loads((out / "selection.json").read_text())
+    drops = {k: r for p in sel["sets"][0]["shards"].values() for k, r in p["drop"].items()}
+    from dinotrain.curate.embed import read_shard, shards_of
+
+    def sources(root):
+        return {k: s for sh in shards_of(str(root))[1] for k, s in zip(*read_shard(sh)[:2])}
+
+    mine, theirs = sources(cxr_shards), set(sources(other).values())
+    shared = {k for k, s in mine.items() if s in theirs}
+    assert len(shared) == 24 and set(drops) == shared
+    assert all(r.startswith("against: near-duplicate of cxr:") for r in drops.values())
