@@ -236,3 +236,37 @@ def test_against_a_shard_set_drops_exactly_the_shared_images(cxr_shards, mixed_s
     shared = {k for k, s in mine.items() if s in theirs}
     assert len(shared) == 24 and set(drops) == shared
     assert all(r.startswith("against: near-duplicate of cxr:") for r in drops.values())
+
+
+def test_sweep_curated_arm_against_random_at_equal_size(cxr_shards, tmp_path):
+    from dinotrain.data import build_train_loader
+    from launch import sweep
+
+    out = tmp_path / "cur"
+    assert cli_main(["curate", str(cxr_shards), "--out", str(out), "--cache", str(tmp_path / "cache"),
+                     "--target", "20", "--levels", "8,3"]) == 0
+    repo = Path(__file__).resolve().parents[1]
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(f"""
+name: t
+base: {repo}/configs/pretrain/tiny_cpu.yaml
+output_dir: {tmp_path}/out
+sources: {{pool: {cxr_shards}, pool_curated: {{path: {cxr_shards}, selection: {out / 'selection.json'}}}}}
+diversity: {{random: [pool], curated: [pool_curated]}}
+sizes: [10, 20]
+""")
+    spec = sweep.load_sweep(spec_file)
+    runs = {r.name: r for r in sweep.expand(spec)}
+    assert set(runs) == {"random-n10", "random-n20", "curated-n10", "curated-n20"}
+    assert runs["random-n20"].n_images == runs["curated-n20"].n_images == 20  # equal n, one drawn at random
+    kept = {k for p in json.loads((out / "selection.json").read_text())["sets"][0]["shards"].values()
+            for k in p["keep"]}
+    for name, want in (("curated-n20", kept), ("curated-n10", None), ("random-n20", None)):
+        cfg = sweep.run_config(spec, runs[name])
+        assert (cfg.data.sources[0].selection is not None) == name.startswith("curated")
+        keys = {r.key for r in build_train_loader(cfg).stream.sources[0].refs}
+        assert len(keys) == int(name.rsplit("n", 1)[1])
+        if want is not None:
+            assert keys == want  # the curated arm at its target size trains on exactly the selection
+        elif name.startswith("curated"):
+            assert keys < kept

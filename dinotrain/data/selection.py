@@ -73,3 +73,12 @@ def apply_selection(refs: list[SampleRef], path: str | None, root: str) -> list[
         raise DataError(f"selection {path}: sample '{missing[0].key}' of {missing[0].shard} is not in it "
                         f"({len(missing)} such); rerun `dinotrain curate` on {root}")
     return [r for r in refs if (r.shard, r.key) in keep]
+
+
+def kept_count(path: str, root: str, split: str = "train") -> int:
+    """Samples of `split` the selection keeps for the shard set at `root` (what a sweep sizes against)."""
+    from dinotrain.data.shard_index import read_manifest
+
+    entry = selection_for(read_selection(path), path, root)
+    in_split = {s["path"] for s in read_manifest(root)["shards"] if s.get("split", split) == split}
+    return sum(len(part.get("keep", [])) for shard, part in entry["shards"].items() if shard in in_split)
