@@ -270,3 +270,39 @@ sizes: [10, 20]
             assert keys == want  # the curated arm at its target size trains on exactly the selection
         elif name.startswith("curated"):
             assert keys < kept
+
+
+def _submit_parts(cluster: str, folder: Path, opts_list: list) -> list[list[str]]:
+    import submitit
+
+    from dinotrain.curate.run import embed_part
+
+    if cluster == "slurm":
+        ex = submitit.SlurmExecutor(folder=folder)
+        ex.update_parameters(time=10, cpus_per_task=1, ntasks_per_node=1, nodes=1, array_parallelism=2)
+    else:
+        ex = submitit.AutoExecutor(folder=folder, cluster="local")
+        ex.update_parameters(timeout_min=10)
+    jobs = ex.map_array(embed_part, opts_list)
+    return [j.result() for j in jobs]
+
+
+@pytest.mark.parametrize("cluster", ["local", pytest.param("slurm", marks=[pytest.mark.slurm, pytest.mark.slow])])
+def test_embedding_split_over_two_tasks_then_one_curate_embeds_nothing(cluster, request, cxr_shards, mixed_shards,
+                                                                        tmp_path, capsys):
+    from dinotrain.curate.embed import PixelEncoder, cache_file, shards_of
+    from dinotrain.curate.run import CurateOptions
+
+    if cluster == "slurm":
+        request.getfixturevalue("slurm_cluster")
+    roots = [str(cxr_shards), str(mixed_shards["us"])]  # 3 + 2 shards, counted over both sets
+    cache = tmp_path / "cache"
+    opts = [CurateOptions(roots, "", cache=str(cache), part=(i, 2), embed_only=True) for i in range(2)]
+    written = _submit_parts(cluster, tmp_path / "jobs", opts)
+    every = [cache_file(str(cache), PixelEncoder.id, s) for r in roots for s in shards_of(r)[1]]
+    assert sorted(written[0] + written[1]) == sorted(every) and len(written[0]) == 3 and len(written[1]) == 2
+    capsys.readouterr()
+    assert cli_main(["curate", *roots, "--out", str(tmp_path / "out"), "--cache", str(cache)]) == 0
+    assert "embedded" not in capsys.readouterr().err
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["samples"] == 48 + 24

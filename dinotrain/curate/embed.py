@@ -180,6 +180,17 @@ def _save(path: str, keys: list[str], sources: list[str], vectors: np.ndarray) -
     fs.mv(tmp, p)  # a reader never sees half a file
 
 
+def embed_shard(shard: Shard, encoder, cache: str) -> tuple[str, tuple | None]:
+    """(cache file, (keys, sources, vectors) when it had to be computed, else None)."""
+    path = cache_file(cache, encoder.id, shard)
+    if _load(path) is not None:
+        return path, None
+    keys, sources, images = read_shard(shard)
+    vectors = encoder.embed(images).astype(np.float32)
+    _save(path, keys, sources, vectors)
+    return path, (keys, sources, vectors)
+
+
 def embed_set(root: str, encoder, cache: str, log: Callable[[str], None] = print) -> Embedded:
     """Every sample of the shard set at `root`, embedded (cached shards are read, not recomputed)."""
     name, shards = shards_of(root)
@@ -188,11 +199,8 @@ def embed_set(root: str, encoder, cache: str, log: Callable[[str], None] = print
         path = cache_file(cache, encoder.id, shard)
         hit = _load(path)
         if hit is None:
-            keys, sources, images = read_shard(shard)
-            vectors = encoder.embed(images).astype(np.float32)
-            _save(path, keys, sources, vectors)
-            hit = (keys, sources, vectors)
-            log(f"embedded {name} shard {i + 1}/{len(shards)} ({len(keys)} samples) -> {path}")
+            path, hit = embed_shard(shard, encoder, cache)
+            log(f"embedded {name} shard {i + 1}/{len(shards)} ({len(hit[0])} samples) -> {path}")
         parts.append((shard.rel, *hit))
     if not parts or not sum(len(p[1]) for p in parts):
         raise DataError(f"{root}: the shard set holds no samples; build it with `dinotrain shards build`")

@@ -46,6 +46,8 @@ class CurateOptions:
     threads: int = 2
     device: str = "cpu"
     sheet_rows: int = 12
+    part: tuple[int, int] | None = None  # (i, n): embed only shards k with k % n == i, over all SHARDS
+    embed_only: bool = False
 
 
 @dataclass
@@ -196,6 +198,26 @@ def selection_doc(pool: Pool, drops: dict[int, str], command: str) -> dict:
         sets.append({"path": e.root, "name": e.name, "manifest_sha256": manifest_sha256(e.root),
                      "samples": len(e.keys), "kept": kept, "shards": shards})
     return {"format": FORMAT, "command": command, "sets": sets}
+
+
+def embed_part(opts: CurateOptions, log=print) -> list[str]:
+    """One task of a multi-process embedding (`--embed-only --part I/N`, e.g. a SLURM array element):
+    the shards k (counted over all SHARDS in order) with k % N == I; returns the cache files it wrote."""
+    from dinotrain.curate.embed import embed_shard, shards_of
+
+    i, n = opts.part or (0, 1)
+    if not 0 <= i < n:
+        raise CurateError(f"--part {i}/{n}: give I/N with 0 <= I < N (e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
+    encoder = make_encoder(opts.encoder, opts.resolution, opts.threads, opts.device)
+    todo = [(root, shard) for root in opts.shards for shard in shards_of(root)[1]]
+    written = []
+    for root, shard in todo[i::n]:
+        path, done = embed_shard(shard, encoder, cache_for(root, opts))
+        if done is not None:
+            written.append(path)
+            log(f"embedded {shard.url} ({len(done[0])} samples) -> {path}")
+    log(f"part {i}/{n}: {len(todo[i::n])} of {len(todo)} shards, {len(written)} embedded now")
+    return written
 
 
 def run(opts: CurateOptions, command: str = "dinotrain curate", log=print) -> dict:
