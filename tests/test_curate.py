@@ -152,7 +152,9 @@ def test_model_encoder_without_threshold_is_one_line(cxr_shards, tmp_path, capsy
     assert rc == 2 and "\n" not in err and "give --threshold" in err
 
 
-def test_exact_search_matches_brute_force():
+@pytest.mark.parametrize("block_bytes", [256 << 20, 7 * 300 * 9 * 4])  # one block, and blocks of 7 rows
+def test_exact_search_matches_brute_force(block_bytes, monkeypatch):
+    monkeypatch.setattr("dinotrain.curate.dedup.BLOCK_BYTES", block_bytes)
     rng = np.random.default_rng(0)
     v = rng.normal(size=(300, 3, 16)).astype(np.float32)
     v[50] = v[7] + 0.01 * rng.normal(size=(3, 16))
@@ -165,6 +167,12 @@ def test_exact_search_matches_brute_force():
     assert set(zip(got_i.tolist(), got_j.tolist())) == want and {(7, 50), (9, 200)} <= want
     np.testing.assert_allclose(got_s, full[got_i, got_j], rtol=1e-5)
     np.testing.assert_allclose(view_max_sim(v[:5], v), full[:5], rtol=1e-5, atol=1e-6)
+    ref = v[::10] + 0.001 * rng.normal(size=v[::10].shape).astype(np.float32)
+    ref /= np.linalg.norm(ref, axis=-1, keepdims=True)
+    ai, aj, _ = near_pairs(v, 0.95, ref)
+    cross = np.einsum("avd,bwd->abvw", v, ref).max(axis=(2, 3))
+    assert set(zip(ai.tolist(), aj.tolist())) == set(zip(*np.nonzero(cross >= 0.95)))
+    assert {(10 * k, k) for k in range(30)} <= set(zip(ai.tolist(), aj.tolist()))
 
 
 def test_water_filling_and_balanced_sampling():

@@ -32,12 +32,17 @@ def near_pairs(a: np.ndarray, threshold: float, b: np.ndarray | None = None) -> 
     block = max(1, min(a.shape[0], BLOCK_BYTES // per_row))
     out_i, out_j, out_s = [], [], []
     for start in range(0, a.shape[0], block):
-        s = view_max_sim(a[start:start + block], other)
-        if b is None:  # upper triangle only: each pair once, never a sample with itself
-            s[np.tril_indices(s.shape[0], k=start, m=s.shape[1])] = -np.inf
+        rows = a[start:start + block]
+        if b is None:  # the upper triangle only: columns from `start` on, and j > i inside the block
+            s = view_max_sim(rows, a[start:])
+            s[np.tril_indices(len(rows))] = -np.inf
+            offset = start
+        else:
+            s = view_max_sim(rows, b)
+            offset = 0
         i, j = np.nonzero(s >= threshold)
         out_i.append(i + start)
-        out_j.append(j)
+        out_j.append(j + offset)
         out_s.append(s[i, j])
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s).astype(np.float32)
 
