@@ -314,3 +314,33 @@ def test_embedding_split_over_two_tasks_then_one_curate_embeds_nothing(cluster, 
     assert "embedded" not in capsys.readouterr().err
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     assert rep["samples"] == 48 + 24
+
+
+def test_a_killed_embedding_resumes_at_the_missing_shards(cxr_shards, tmp_path, capsys):
+    from dinotrain.curate.embed import PixelEncoder, cache_file, shards_of
+    from dinotrain.curate.run import CurateOptions, embed_part
+
+    cache = tmp_path / "cache"
+    first = embed_part(CurateOptions([str(cxr_shards)], "", cache=str(cache), part=(0, 3)), log=lambda m: None)
+    files = [cache_file(str(cache), PixelEncoder.id, s) for s in shards_of(str(cxr_shards))[1]]
+    assert first == files[:1]
+    Path(files[0]).write_bytes(Path(files[0]).read_bytes()[:100])  # cut short, as by a kill mid-write
+    capsys.readouterr()
+    assert cli_main(["curate", str(cxr_shards), "--out", str(tmp_path / "out"), "--cache", str(cache)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("embedded") == 3  # the cut file and the two never written
+    assert all(np.load(f)["vectors"].shape[1:] == (3, 256) for f in files)
+
+
+def test_a_model_encoder_embeds_with_the_eval_extraction(cxr_shards, tmp_path):
+    from dinotrain.eval.loading import load_model
+
+    out = tmp_path / "out"
+    assert cli_main(["curate", str(cxr_shards), "--out", str(out), "--cache", str(tmp_path / "cache"),
+                     "--encoder", "random:vit_tiny", "--resolution", "56", "--threshold", "0.999999"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    fingerprint = load_model("random:vit_tiny").fingerprint
+    assert rep["encoder"] == f"{fingerprint}-r56" and rep["samples"] == 48
+    files = sorted((tmp_path / "cache" / "embeddings" / rep["encoder"]).glob("*.npz"))
+    v = np.concatenate([np.load(f)["vectors"] for f in files])
+    assert v.shape == (48, 1, 192) and np.allclose(np.linalg.norm(v, axis=-1), 1, atol=1e-5)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -166,7 +167,7 @@ def _load(path: str):
         with fsspec.open(path, "rb") as f:
             z = np.load(io.BytesIO(f.read()), allow_pickle=False)
             return [str(k) for k in z["keys"]], [str(s) for s in z["sources"]], z["vectors"].astype(np.float32)
-    except (FileNotFoundError, KeyError, ValueError, OSError):
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile):
         return None  # absent, or cut short by a killed run: embed again
 
 
