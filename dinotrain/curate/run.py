@@ -149,6 +149,8 @@ def balance(pool: Pool, drops: dict[int, str], opts: CurateOptions) -> dict:
     from dinotrain.curate.kmeans import balanced_sample, hierarchical_kmeans, occupancy_entropy
 
     alive = np.array([i for i in range(len(pool.vectors)) if i not in drops], dtype=np.int64)
+    if not len(alive):
+        raise CurateError("--target: no sample is left to sample from after the drops; check --threshold and --against")
     ks = [min(k, len(alive)) for k in opts.levels]
     if any(b > a for a, b in zip(ks, ks[1:])):
         raise CurateError(f"--levels {opts.levels}: give cluster counts from the leaves up, each <= the one before")
