@@ -163,16 +163,34 @@ def test_exact_search_matches_brute_force(block_bytes, monkeypatch):
     full = np.einsum("avd,bwd->abvw", v, v).max(axis=(2, 3))
     i, j = np.triu_indices(300, 1)
     want = {(a, b) for a, b in zip(i, j) if full[a, b] >= 0.9}
-    got_i, got_j, got_s = near_pairs(v, 0.9)
+    got_i, got_j, got_s = near_pairs(v, 0.9, backend="torch")
     assert set(zip(got_i.tolist(), got_j.tolist())) == want and {(7, 50), (9, 200)} <= want
     np.testing.assert_allclose(got_s, full[got_i, got_j], rtol=1e-5)
     np.testing.assert_allclose(view_max_sim(v[:5], v), full[:5], rtol=1e-5, atol=1e-6)
     ref = v[::10] + 0.001 * rng.normal(size=v[::10].shape).astype(np.float32)
     ref /= np.linalg.norm(ref, axis=-1, keepdims=True)
-    ai, aj, _ = near_pairs(v, 0.95, ref)
+    ai, aj, _ = near_pairs(v, 0.95, ref, backend="torch")
     cross = np.einsum("avd,bwd->abvw", v, ref).max(axis=(2, 3))
     assert set(zip(ai.tolist(), aj.tolist())) == set(zip(*np.nonzero(cross >= 0.95)))
     assert {(10 * k, k) for k in range(30)} <= set(zip(ai.tolist(), aj.tolist()))
+
+
+def test_faiss_and_torch_searches_give_the_same_pairs():
+    pytest.importorskip("faiss", reason="faiss-cpu not installed")
+    rng = np.random.default_rng(2)
+    v = rng.normal(size=(400, 3, 32)).astype(np.float32)
+    v[100:140] = v[:40] + 0.05 * rng.normal(size=(40, 3, 32)).astype(np.float32)
+    v[300, 1] = v[5, 2]
+    v /= np.linalg.norm(v, axis=-1, keepdims=True)
+    ref = v[::7].copy()
+    for b in (None, ref):
+        t = near_pairs(v, 0.9, b, backend="torch")
+        f = near_pairs(v, 0.9, b, backend="faiss")
+        order_t, order_f = np.lexsort((t[1], t[0])), np.lexsort((f[1], f[0]))
+        assert len(t[0]) > 40
+        np.testing.assert_array_equal(t[0][order_t], f[0][order_f])
+        np.testing.assert_array_equal(t[1][order_t], f[1][order_f])
+        np.testing.assert_allclose(t[2][order_t], f[2][order_f], atol=1e-5)
 
 
 def test_water_filling_and_balanced_sampling():

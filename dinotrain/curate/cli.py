@@ -57,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="seed of k-means and sampling")
     p.add_argument("--threads", type=int, default=d.threads, help="CPU threads for decoding and the model")
     p.add_argument("--device", default=d.device, help="where a model encoder runs (cpu, cuda)")
+    p.add_argument("--search", choices=("auto", "torch", "faiss"), default=d.search,
+                   help="exact pair search: faiss (faiss-cpu) where installed, else torch; same pairs either way")
     p.add_argument("--embed-only", action="store_true",
                    help="only fill the embedding cache (one task of a multi-process run), write no selection")
     p.add_argument("--part", type=_part, metavar="I/N",
@@ -77,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
                          cache=args.cache, threshold=args.threshold, keep=args.keep, against=args.against,
                          data=args.data, target=args.target, levels=args.levels, strategy=args.strategy,
                          seed=args.seed, threads=args.threads, device=args.device, sheet_rows=args.sheet_rows,
-                         part=args.part, embed_only=args.embed_only)
+                         part=args.part, embed_only=args.embed_only, search=args.search)
     if args.embed_only:
         from dinotrain.curate.run import embed_part
 

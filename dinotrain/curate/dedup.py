@@ -2,9 +2,10 @@
 
 Vectors are [n, views, dim] unit vectors; the similarity of two samples is the largest cosine over
 their pairs of views (one view for a model's CLS token, three zooms for `pixels`). The search is
-exact and blockwise (torch matmul, a bounded block of the similarity matrix at a time): n^2 dot
-products, which BENCHMARKS.md measures against faiss and which is the right tool up to a few
-hundred thousand samples on one machine; beyond that see the README's plan (sharded index).
+exact (n^2 dot products): faiss's flat inner-product range search where faiss-cpu is installed
+(faster and 3-4x less memory in BENCHMARKS.md, curate_search), else a blockwise torch matmul
+holding a bounded block of the similarity matrix; both give the same pairs. That fits up to a few
+hundred thousand samples on one machine; beyond, see the README's plan (an IVF index, sharded).
 """
 
 from __future__ import annotations
@@ -25,8 +26,26 @@ def view_max_sim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return s.reshape(a.shape[0], a.shape[1], b.shape[0], b.shape[1]).amax(dim=(1, 3)).numpy()
 
 
-def near_pairs(a: np.ndarray, threshold: float, b: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+def search_backend(name: str = "auto") -> str:
+    """'faiss' when asked for or (auto) importable, else 'torch' (BENCHMARKS.md: curate_search)."""
+    if name not in ("auto", "torch", "faiss"):
+        raise ValueError(f"search backend '{name}': use auto, torch or faiss")
+    if name == "torch":
+        return name
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        if name == "faiss":
+            raise ImportError("search backend 'faiss' needs faiss-cpu: pip install faiss-cpu") from None
+        return "torch"
+    return "faiss"
+
+
+def near_pairs(a: np.ndarray, threshold: float, b: np.ndarray | None = None,
+               backend: str = "auto") -> tuple[np.ndarray, ...]:
     """(i, j, cosine) of every pair with cosine >= threshold: within `a` (i < j) or between a and b."""
+    if search_backend(backend) == "faiss":
+        return faiss_pairs(a, threshold, b)
     other = a if b is None else b
     per_row = max(1, other.shape[0] * a.shape[1] * other.shape[1] * 4)
     block = max(1, min(a.shape[0], BLOCK_BYTES // per_row))
@@ -47,6 +66,30 @@ def near_pairs(a: np.ndarray, threshold: float, b: np.ndarray | None = None) -> 
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s).astype(np.float32)
 
 
+def faiss_pairs(a: np.ndarray, threshold: float, b: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """`near_pairs` through faiss's exact inner-product range search over every view, then the best
+    view pair per sample pair (a pair passes iff its best view pair does, so nothing is missed)."""
+    import faiss
+
+    other = a if b is None else b
+    d = a.shape[-1]
+    index = faiss.IndexFlatIP(d)
+    index.add(np.ascontiguousarray(other.reshape(-1, d), dtype=np.float32))
+    # faiss keeps sims above the radius: search a hair lower, then apply >= exactly as the torch path
+    lims, sims, ids = index.range_search(np.ascontiguousarray(a.reshape(-1, d), dtype=np.float32),
+                                         float(threshold) - 1e-6)
+    qi = np.repeat(np.arange(len(lims) - 1) // a.shape[1], np.diff(lims).astype(np.int64))
+    oj = ids // other.shape[1]
+    keep = sims >= threshold
+    if b is None:
+        keep &= qi < oj
+    qi, oj, sims = qi[keep].astype(np.int64), oj[keep].astype(np.int64), sims[keep]
+    key = qi * other.shape[0] + oj
+    order = np.lexsort((-sims, key))
+    key, first = np.unique(key[order], return_index=True)
+    return key // other.shape[0], key % other.shape[0], sims[order][first].astype(np.float32)
+
+
 def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Label of the connected group of every node (0..n-1) of the graph with edges (i, j)."""
     from scipy.sparse import coo_matrix
@@ -64,7 +107,7 @@ class Group:
     edges: list[tuple[int, int, float]]
 
 
-def duplicate_groups(vectors: np.ndarray, threshold: float, keep: str = "first") -> list[Group]:
+def duplicate_groups(vectors: np.ndarray, threshold: float, keep: str = "first", backend: str = "auto") -> list[Group]:
     """Groups of two or more near-duplicates (largest first), each with the sample it keeps.
 
     keep: "first" keeps the earliest sample (the order the shard sets were given, then manifest
@@ -72,7 +115,7 @@ def duplicate_groups(vectors: np.ndarray, threshold: float, keep: str = "first")
     """
     if keep not in ("first", "central"):
         raise ValueError(f"keep rule '{keep}': use 'first' or 'central'")
-    i, j, s = near_pairs(vectors, threshold)
+    i, j, s = near_pairs(vectors, threshold, backend=backend)
     label = components(len(vectors), i, j)
     members: dict[int, list[int]] = {}
     for idx in np.nonzero(np.bincount(label)[label] > 1)[0].tolist():
@@ -89,9 +132,10 @@ def duplicate_groups(vectors: np.ndarray, threshold: float, keep: str = "first")
     return sorted(groups, key=lambda g: (-len(g.members), g.members[0]))
 
 
-def against(vectors: np.ndarray, reference: np.ndarray, threshold: float) -> dict[int, tuple[int, float]]:
+def against(vectors: np.ndarray, reference: np.ndarray, threshold: float,
+            backend: str = "auto") -> dict[int, tuple[int, float]]:
     """Each sample with a near-duplicate in `reference`: index -> (closest reference index, cosine)."""
-    i, j, s = near_pairs(vectors, threshold, reference)
+    i, j, s = near_pairs(vectors, threshold, reference, backend)
     best: dict[int, tuple[int, float]] = {}
     for a, b, c in zip(i.tolist(), j.tolist(), s.tolist()):
         if a not in best or c > best[a][1]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dinotrain.curate.dedup import Group, against, duplicate_groups
+from dinotrain.curate.dedup import Group, against, duplicate_groups, search_backend
 from dinotrain.curate.embed import Embedded, embed_set, make_encoder
 from dinotrain.errors import UserError
 
@@ -48,6 +48,7 @@ class CurateOptions:
     sheet_rows: int = 12
     part: tuple[int, int] | None = None  # (i, n): embed only shards k with k % n == i, over all SHARDS
     embed_only: bool = False
+    search: str = "auto"  # exact pair search: faiss where installed, else torch
 
 
 @dataclass
@@ -127,7 +128,7 @@ def drop_against(pool: Pool, refs: list[str], encoder, opts: CurateOptions, thr:
     counts: dict[str, int] = {}
     for ref in refs:
         vec, names = reference_vectors(ref, encoder, opts, log)
-        hits = against(pool.vectors, vec, thr)
+        hits = against(pool.vectors, vec, thr, opts.search)
         counts[ref] = len(hits)
         for i, (j, c) in hits.items():
             drops.setdefault(i, f"against: near-duplicate of {names[j]} (cos {c:.4f})")
@@ -236,13 +237,14 @@ def run(opts: CurateOptions, command: str = "dinotrain curate", log=print) -> di
     pool = Pool.of([embed_set(root, encoder, cache_for(root, opts), log) for root in opts.shards])
     t_embed = time.perf_counter() - t0
     drops, against_counts = drop_against(pool, opts.against, encoder, opts, thr, log)
-    groups = duplicate_groups(pool.vectors, thr, opts.keep)
+    groups = duplicate_groups(pool.vectors, thr, opts.keep, opts.search)
     drop_duplicates(pool, groups, drops)
     clusters = balance(pool, drops, opts) if opts.target else None
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "selection.json").write_text(json.dumps(selection_doc(pool, drops, command)) + "\n")
     meta = {"encoder": encoder.id, "threshold": thr, "keep": opts.keep, "against": against_counts,
+            "search": search_backend(opts.search),
             "seconds": {"embed": round(t_embed, 2), "total": round(time.perf_counter() - t0, 2)}}
     rep = write_report(out, pool, groups, drops, clusters, meta, opts.sheet_rows)
     log(f"kept {rep['kept']} of {rep['samples']} samples ({rep['duplicate_groups']['count']} duplicate groups); "
