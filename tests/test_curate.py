@@ -362,3 +362,17 @@ def test_a_model_encoder_embeds_with_the_eval_extraction(cxr_shards, tmp_path):
     files = sorted((tmp_path / "cache" / "embeddings" / rep["encoder"]).glob("*.npz"))
     v = np.concatenate([np.load(f)["vectors"] for f in files])
     assert v.shape == (48, 1, 192) and np.allclose(np.linalg.norm(v, axis=-1), 1, atol=1e-5)
+
+
+def test_lloyd_in_torch_and_in_faiss_agree_from_the_same_kmeanspp_init():
+    pytest.importorskip("faiss", reason="faiss-cpu not installed")
+    from dinotrain.curate.kmeans import _lloyd_torch, kmeans, kmeans_pp
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(5 * k, 0.5, (60 + 10 * k, 8)) for k in range(6)]).astype(np.float32)
+    c_t, a_t = _lloyd_torch(x, kmeans_pp(x, 6, seed=1), 20)
+    c_f, a_f = kmeans(x, 6, iters=20, seed=1)
+    pairs = set(zip(a_t.tolist(), a_f.tolist()))
+    assert len(pairs) == 6 == len(set(a_t.tolist()))  # the same partition, labels matched one to one
+    for lt, lf in pairs:
+        np.testing.assert_allclose(c_t[lt], c_f[lf], atol=1e-4)

@@ -15,36 +15,56 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def kmeans(x: np.ndarray, k: int, iters: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(centroids [k, d], assignment [n]) by k-means++ initialisation then Lloyd iterations (L2)."""
+def kmeans_pp(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """k-means++ initial centres [k, d]: each next one drawn with probability proportional to d^2."""
     import torch
 
     n = x.shape[0]
-    k = max(1, min(int(k), n))
     g = torch.Generator().manual_seed(int(seed))
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     sq = (t * t).sum(1)
     first = int(torch.randint(n, (1,), generator=g))
     centres = [first]
     d2 = (sq - 2 * t @ t[first] + sq[first]).clamp_min(0)
-    for _ in range(1, k):  # k-means++: the next centre with probability proportional to d^2
+    for _ in range(1, k):
         p = d2 / d2.sum() if float(d2.sum()) > 0 else torch.full_like(d2, 1.0 / n)
         nxt = int(torch.multinomial(p, 1, generator=g))
         centres.append(nxt)
         d2 = torch.minimum(d2, (sq - 2 * t @ t[nxt] + sq[nxt]).clamp_min(0))
-    c = t[centres].clone()
-    assign = torch.zeros(n, dtype=torch.long)
-    for it in range(iters):
-        dist = sq[:, None] - 2 * t @ c.T + (c * c).sum(1)[None, :]
-        new = dist.argmin(1)
-        counts = torch.bincount(new, minlength=k)
-        sums = torch.zeros_like(c).index_add_(0, new, t)
-        empty = counts == 0
-        c = torch.where(empty[:, None], c, sums / counts.clamp_min(1)[:, None])
-        if it > 0 and torch.equal(new, assign):
+    return np.ascontiguousarray(x[centres], dtype=np.float32)
+
+
+def _lloyd_torch(x: np.ndarray, c: np.ndarray, iters: int) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    t, c = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(c)
+    sq, k = (t * t).sum(1), c.shape[0]
+    assign = torch.full((t.shape[0],), -1, dtype=torch.long)
+    for _ in range(iters):
+        new = (sq[:, None] - 2 * t @ c.T + (c * c).sum(1)[None, :]).argmin(1)
+        if torch.equal(new, assign):
             break
         assign = new
+        counts = torch.bincount(assign, minlength=k)
+        sums = torch.zeros_like(c).index_add_(0, assign, t)
+        c = torch.where(counts[:, None] == 0, c, sums / counts.clamp_min(1)[:, None])  # an empty one stays put
     return c.numpy(), assign.numpy()
+
+
+def kmeans(x: np.ndarray, k: int, iters: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids [k, d], assignment [n]): k-means++ initialisation, then Lloyd iterations (L2) in faiss
+    where faiss-cpu is installed (3.7-6.7x faster at 100k vectors, BENCHMARKS.md), else in torch."""
+    k = max(1, min(int(k), x.shape[0]))
+    c0 = kmeans_pp(x, k, seed)
+    try:
+        import faiss
+    except ImportError:
+        return _lloyd_torch(x, c0, iters)
+    xf = np.ascontiguousarray(x, dtype=np.float32)
+    km = faiss.Kmeans(xf.shape[1], k, niter=iters, seed=int(seed), max_points_per_centroid=10**9,
+                      min_points_per_centroid=1)
+    km.train(xf, init_centroids=c0)
+    return km.centroids.copy(), km.index.search(xf, 1)[1][:, 0].astype(np.int64)
 
 
 @dataclass
