@@ -32,8 +32,12 @@ EVAL_RESOLUTION = 84  # 6 x 6 patches
 # cores, batch 8 per process): turns --minutes into a step count. The budget is enforced anyway
 # (see `pretrain`), so a slower machine trains fewer steps instead of overrunning.
 SECONDS_PER_STEP = 0.8
-# Time kept for what follows training (evaluation of two encoders, plots), in seconds.
+# Time kept for what follows training (the teacher export when the budget cut training short,
+# evaluation of two encoders, plots), in seconds: the budget stops training this long before its end.
 AFTER_TRAINING_S = 75.0
+# Time the planned steps leave for the last step's checkpoint and teacher export inside the job;
+# once every planned step has run the job is never cancelled, so this is what keeps it in budget.
+FINAL_SAVE_S = 15.0
 # Time expected before the first step (corpus, shards, process start-up), in seconds.
 BEFORE_TRAINING_S = 60.0
 
@@ -61,12 +65,13 @@ class Plan:
 def plan(minutes: float, steps: int | None = None, images: int | None = None) -> Plan:
     """Turn a time budget into corpus size and training steps (pure; documented in --help).
 
-    Training gets what the fixed costs leave; the corpus grows with the budget (about 40
+    Training gets what the fixed costs (start-up, the final checkpoint and export, evaluation) leave;
+    the corpus grows with the budget (about 40
     images per minute) so that longer runs see more data, not just more epochs.
     """
     if minutes <= 0:
         raise ValueError(f"--minutes must be > 0, got {minutes}")
-    train_s = max(20.0, minutes * 60.0 - BEFORE_TRAINING_S - AFTER_TRAINING_S)
+    train_s = max(20.0, minutes * 60.0 - BEFORE_TRAINING_S - FINAL_SAVE_S - AFTER_TRAINING_S)
     n_steps = steps if steps is not None else max(10, int(train_s / SECONDS_PER_STEP))
     n_images = images if images is not None else int(min(3000, max(120, 40 * minutes)))
     n_images = max(30, n_images - n_images % 3)  # whole triples: equal counts per modality
@@ -190,6 +195,20 @@ class TrainOutcome:
     stopped_by_budget: bool
 
 
+def ensure_export(run_dir: Path, checkpoint_step: int) -> Path:
+    """`export/latest` of the evaluated checkpoint: the trainer writes it after its last step; a
+    run stopped by the budget (or an export interrupted in an earlier demo) gets it here, from the
+    checkpoint, with the trainer's own exporter."""
+    from dinotrain.run_layout import export_dir
+    from dinotrain.train.export import export_checkpoint
+
+    latest = export_dir(run_dir, None)
+    if (latest / "dinov2.safetensors").is_file() and export_dir(run_dir, checkpoint_step).is_dir():
+        return latest
+    export_checkpoint(run_dir)
+    return latest
+
+
 def _checkpoint_step(run_dir: Path) -> int:
     from dinotrain.train.checkpoint import list_checkpoints
 
@@ -227,9 +246,10 @@ def pretrain(run_dir: Path, overrides: list[str], steps: int, deadline: float | 
              progress: bool, entry: str | None = None) -> TrainOutcome:
     """Submit the run to the local executor and follow metrics.jsonl until every task ends.
 
-    With a `deadline` (time.monotonic() value) the job is cancelled once it passes and a complete
-    checkpoint exists: the demo then evaluates that checkpoint, so `--minutes` is a budget and
-    not a guess. A later `dinotrain demo` in the same folder resumes from it. `entry`: the
+    With a `deadline` (time.monotonic() value) the job is cancelled once it passes while planned
+    steps remain and a complete checkpoint exists: the demo then evaluates that checkpoint, so
+    `--minutes` is a budget and not a guess. Once the last step is logged the job is left to write
+    its final checkpoint and export. A later `dinotrain demo` in the same folder resumes from it. `entry`: the
     training function ('module:function'), the trainer by default.
     """
     from tqdm import tqdm
@@ -250,7 +270,7 @@ def pretrain(run_dir: Path, overrides: list[str], steps: int, deadline: float | 
         bar.n = min(steps, _last_step(metrics))
         bar.refresh()
         if (deadline is not None and not cancelled and time.monotonic() > deadline
-                and _checkpoint_step(run_dir) > 0):
+                and _last_step(metrics) < steps and _checkpoint_step(run_dir) > 0):
             bar.write(f"time budget spent at step {_last_step(metrics)}: training stopped, its checkpoint of step "
                       f"{_checkpoint_step(run_dir)} is evaluated")
             job.cancel()  # SIGINT to the local job's controller (its traceback goes to jobs/controller.log)
@@ -427,16 +447,22 @@ def run_demo(opts: DemoOptions) -> int:
     first, last = (float(total[1][0]), float(total[1][-1])) if total is not None else (None, None)
     stop = (f", stopped by the {opts.minutes:g}-minute budget at step {outcome.last_step}"
             if outcome.stopped_by_budget else "")
+    export = ensure_export(run_dir, outcome.checkpoint_step)
     say(f"[3/4] pretraining: {outcome.last_step} of {p.steps} steps{stop}; total loss "
-        f"{_num(first)} -> {_num(last)}; evaluating the checkpoint of step {outcome.checkpoint_step}")
+        f"{_num(first)} -> {_num(last)}; evaluating the checkpoint of step {outcome.checkpoint_step} "
+        f"(teacher exported to {export})")
 
-    ssl, random = str(run_dir), f"random:{ARCH}:{opts.seed}"
+    from dinotrain.eval.loading import describe_random
+
+    # the baseline is the network this run started from (its recipe and seed), not the schema's init
+    ssl, random = str(run_dir), f"random:{run_dir}"
+    baseline = describe_random(random)
     records = evaluate([ssl, random], out, "corpus", out / "eval", opts.seed, opts.progress)
     rows = probe_rows(records, ssl, random)
-    (out / "results.json").write_text(json.dumps({"plan": p.__dict__, "records": records,
+    (out / "results.json").write_text(json.dumps({"plan": p.__dict__, "records": records, "baseline": baseline,
                                                    "rejects": rejects}, indent=2, default=str))
     say("[4/4] frozen-feature probes on the latent attributes (test split):\n")
-    say(report.format_table(rows))
+    say(report.format_table(rows, baseline))
     plots = [
         report.plot_losses(metrics, out / "loss_curves.png"),
         report.plot_probes(rows, out / "probes.png"),
@@ -445,9 +471,10 @@ def run_demo(opts: DemoOptions) -> int:
     samples = sample_images(out / "shards", corpus.counts)
     if samples:
         plots.append(report.plot_images(samples, out / "samples.png", title="samples as stored in the shards (synthetic)"))
-    text = report.explain(rows, outcome.last_step, first, last, outcome.checkpoint_step)
+    text = report.explain(rows, outcome.last_step, first, last, outcome.checkpoint_step, baseline)
     (out / "REPORT.md").write_text(
-        "# dinotrain demo (synthetic data)\n\n" + "```\n" + report.format_table(rows) + "\n```\n\n" + text + "\n\n"
+        "# dinotrain demo (synthetic data)\n\n" + "```\n" + report.format_table(rows, baseline) + "\n```\n\n"
+        + text + "\n\n"
         + "\n".join(f"![{q.stem}]({q.name})" for q in plots) + "\n"
     )
     say("\n" + text + "\n")
