@@ -209,6 +209,15 @@ def ensure_export(run_dir: Path, checkpoint_step: int) -> Path:
     return latest
 
 
+def collapse_summary(run_dir: Path, metrics: list[dict]) -> str:
+    """The trainer's collapse monitor over this run's logged steps (its own lines are in the job's log)."""
+    from dinotrain.config import load_config
+    from dinotrain.train.monitor import judge_metrics
+
+    cfg = load_config(run_dir / "config.yaml")
+    return judge_metrics(metrics, int(cfg.optim.warmup_steps), cfg).summary()
+
+
 def _checkpoint_step(run_dir: Path) -> int:
     from dinotrain.train.checkpoint import list_checkpoints
 
@@ -450,7 +459,7 @@ def run_demo(opts: DemoOptions) -> int:
     export = ensure_export(run_dir, outcome.checkpoint_step)
     say(f"[3/4] pretraining: {outcome.last_step} of {p.steps} steps{stop}; total loss "
         f"{_num(first)} -> {_num(last)}; evaluating the checkpoint of step {outcome.checkpoint_step} "
-        f"(teacher exported to {export})")
+        f"(teacher exported to {export}); {collapse_summary(run_dir, metrics)}")
 
     from dinotrain.eval.loading import describe_random
 

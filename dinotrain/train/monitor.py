@@ -257,6 +257,17 @@ class CollapseWatch:
                 "printed; indicators per step in metrics.jsonl")
 
 
+def judge_metrics(rows: list[dict], warmup_steps: int, cfg=None) -> CollapseWatch:
+    """The trainer's judgement replayed over a run's metrics.jsonl rows (the logged steps after the
+    lr warm-up, as the trainer judges them): for a run whose own log is elsewhere (a job's)."""
+    watch = CollapseWatch(cfg=cfg)
+    for r in rows:
+        if int(r.get("step", 0)) > warmup_steps:
+            watch.observe(r, int(r["step"]))
+    watch.finish()
+    return watch
+
+
 def vit_flops_per_image(embed_dim: int, depth: int, tokens: int, mlp_hidden: int) -> float:
     """Forward FLOPs of one image through a ViT (matmuls only, 2 FLOPs per multiply-add)."""
     per_block = 2 * tokens * (4 * embed_dim * embed_dim + 2 * embed_dim * mlp_hidden) + 4 * tokens * tokens * embed_dim
