@@ -219,7 +219,7 @@ def collapse_summary(run_dir: Path, metrics: list[dict]) -> str:
 
 
 def _checkpoint_step(run_dir: Path) -> int:
-    from dinotrain.train.checkpoint import list_checkpoints
+    from dinotrain.run_layout import list_checkpoints  # no torch import: the budget check must be quick
 
     found = list_checkpoints(run_dir)
     return found[-1][0] if found else 0
@@ -276,14 +276,19 @@ def pretrain(run_dir: Path, overrides: list[str], steps: int, deadline: float | 
     bar = tqdm(total=steps, desc="pretraining (local executor)", unit="step", disable=not progress)
     cancelled = False
     while not job.done():
-        bar.n = min(steps, _last_step(metrics))
+        done = _last_step(metrics)
+        bar.n = min(steps, done)
         bar.refresh()
-        if (deadline is not None and not cancelled and time.monotonic() > deadline
-                and _last_step(metrics) < steps and _checkpoint_step(run_dir) > 0):
-            bar.write(f"time budget spent at step {_last_step(metrics)}: training stopped, its checkpoint of step "
-                      f"{_checkpoint_step(run_dir)} is evaluated")
-            job.cancel()  # SIGINT to the local job's controller (its traceback goes to jobs/controller.log)
-            cancelled = True
+        if deadline is not None and not cancelled and time.monotonic() > deadline:
+            # the checkpoint first, then the log: the trainer logs a step before it saves it, so a
+            # log read last that still misses planned steps means training had not finished
+            ckpt = _checkpoint_step(run_dir)
+            done = _last_step(metrics)
+            if ckpt > 0 and done < steps:
+                bar.write(f"time budget spent at step {done} of {steps}: training stopped, its checkpoint of "
+                          f"step {ckpt} is evaluated")
+                job.cancel()  # SIGINT to the local job's controller (its traceback goes to jobs/controller.log)
+                cancelled = True
         time.sleep(1.0)
     bar.n = min(steps, _last_step(metrics))
     bar.close()
