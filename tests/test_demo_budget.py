@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -44,12 +45,19 @@ def slow_trainer(cfg) -> None:
     time.sleep(300)
 
 
+def ignore_sigint() -> None:
+    """As a shell starts a background job (`dinotrain demo ... &`, nohup): SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.mark.slow
-def test_spent_budget_stops_training_quietly(cxr_shards, tmp_path):
+@pytest.mark.parametrize("background", [False, True], ids=["terminal", "background"])
+def test_spent_budget_stops_training_quietly(background, cxr_shards, tmp_path):
     run = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    # in the background the cancel's SIGINT reached no one and training ran past the budget (seen)
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(run), str(cxr_shards), ENTRY], capture_output=True,
-                          text=True, cwd=REPO, env=env, timeout=240)
+                          text=True, cwd=REPO, env=env, timeout=240, preexec_fn=ignore_sigint if background else None)
     terminal = proc.stdout + proc.stderr
     assert proc.returncode == 0, terminal[-3000:]
     assert "outcome 1 1 True" in proc.stdout

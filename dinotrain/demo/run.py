@@ -251,6 +251,27 @@ def output_to(log: Path) -> Iterator[None]:
             os.close(old)
 
 
+@contextlib.contextmanager
+def interruptible_children() -> Iterator[None]:
+    """Processes started inside the block can be interrupted (SIGINT), also when this one ignores it.
+
+    A program started in the background (`cmd &`, nohup) ignores SIGINT, and an ignored signal stays
+    ignored across exec: the job's controller would never hear the budget's cancel and training would
+    run on past it (seen). A handled signal resets to its default on exec, so handling it here for the
+    moment of the start is enough; the previous disposition comes back after.
+    """
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    if before == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if before == signal.SIG_IGN:
+            signal.signal(signal.SIGINT, before)
+
+
 def pretrain(run_dir: Path, overrides: list[str], steps: int, deadline: float | None,
              progress: bool, entry: str | None = None) -> TrainOutcome:
     """Submit the run to the local executor and follow metrics.jsonl until every task ends.
@@ -271,7 +292,7 @@ def pretrain(run_dir: Path, overrides: list[str], steps: int, deadline: float | 
     if _finished(run_dir, steps):
         return TrainOutcome(_last_step(metrics), _checkpoint_step(run_dir), False)
     cfg = load_config(None, overrides)
-    with output_to(run_dir / "jobs" / "controller.log"):
+    with output_to(run_dir / "jobs" / "controller.log"), interruptible_children():
         job = submit_run(cfg, entry=entry or DEFAULT_ENTRY)
     bar = tqdm(total=steps, desc="pretraining (local executor)", unit="step", disable=not progress)
     cancelled = False
