@@ -26,7 +26,7 @@ import sys, time
 from pathlib import Path
 from dinotrain.demo.run import pretrain, plan, train_overrides
 run, shards = Path(sys.argv[1]), Path(sys.argv[2])
-p = plan(1.0, steps=50, images=30)
+p = plan(1.0, steps=int(sys.argv[4]), images=30)
 out = pretrain(run, train_overrides(run, shards, p, 1, 0), p.steps, deadline=time.monotonic(), progress=True,
                entry=sys.argv[3])
 print("outcome", out.last_step, out.checkpoint_step, out.stopped_by_budget)
@@ -56,7 +56,7 @@ def test_spent_budget_stops_training_quietly(background, cxr_shards, tmp_path):
     run = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     # in the background the cancel's SIGINT reached no one and training ran past the budget (seen)
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(run), str(cxr_shards), ENTRY], capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(run), str(cxr_shards), ENTRY, "50"], capture_output=True,
                           text=True, cwd=REPO, env=env, timeout=240, preexec_fn=ignore_sigint if background else None)
     terminal = proc.stdout + proc.stderr
     assert proc.returncode == 0, terminal[-3000:]
@@ -67,16 +67,6 @@ def test_spent_budget_stops_training_quietly(background, cxr_shards, tmp_path):
     assert "KeyboardInterrupt" in (run / "jobs" / "controller.log").read_text()
 
 
-FINISH_SCRIPT = """
-import sys, time
-from pathlib import Path
-from dinotrain.demo.run import pretrain, plan, train_overrides
-run, shards = Path(sys.argv[1]), Path(sys.argv[2])
-p = plan(1.0, steps=2, images=30)
-out = pretrain(run, train_overrides(run, shards, p, 1, 0), p.steps, deadline=time.monotonic(), progress=True,
-               entry=sys.argv[3])
-print("outcome", out.last_step, out.checkpoint_step, out.stopped_by_budget)
-"""
 
 
 def finishing_trainer(cfg) -> None:
@@ -99,8 +89,8 @@ def finishing_trainer(cfg) -> None:
 def test_a_spent_budget_never_cuts_the_final_save_of_a_finished_run(cxr_shards, tmp_path):
     run = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-c", FINISH_SCRIPT, str(run), str(cxr_shards),
-                           "tests.test_demo_budget:finishing_trainer"], capture_output=True, text=True, cwd=REPO,
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(run), str(cxr_shards),
+                           "tests.test_demo_budget:finishing_trainer", "2"], capture_output=True, text=True, cwd=REPO,
                           env=env, timeout=240)
     terminal = proc.stdout + proc.stderr
     assert proc.returncode == 0, terminal[-3000:]

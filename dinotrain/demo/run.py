@@ -442,6 +442,31 @@ def training_crops(overrides: list[str], out: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- the whole chain
+def _pretrain_stage(out: Path, run_dir: Path, p: Plan, opts: DemoOptions, deadline: float | None):
+    """Stage 3: train (or resume, or reuse), export the evaluated checkpoint, say what happened.
+    Returns (overrides, outcome, metrics rows, (first, last) total loss)."""
+    from dinotrain.demo import report
+
+    overrides = train_overrides(run_dir, out / "shards", p, opts.processes, opts.seed)
+    plan_file = out / "train_overrides.json"
+    if plan_file.is_file() and json.loads(plan_file.read_text()) != overrides:
+        # another model/batch/process count: resuming the old run would mix two set-ups
+        shutil.rmtree(run_dir, ignore_errors=True)
+    plan_file.write_text(json.dumps(overrides, indent=1))
+    outcome = pretrain(run_dir, overrides, p.steps, deadline, opts.progress)
+    metrics = report.read_metrics(run_dir / "metrics.jsonl")
+    series = report.loss_series(metrics)
+    total = series.get("total_loss") or series.get("loss") or next(iter(series.values()), None)
+    first, last = (float(total[1][0]), float(total[1][-1])) if total is not None else (None, None)
+    stop = (f", stopped by the {opts.minutes:g}-minute budget at step {outcome.last_step}"
+            if outcome.stopped_by_budget else "")
+    export = ensure_export(run_dir, outcome.checkpoint_step)
+    print(f"[3/4] pretraining: {outcome.last_step} of {p.steps} steps{stop}; total loss "
+          f"{_num(first)} -> {_num(last)}; evaluating the checkpoint of step {outcome.checkpoint_step} "
+          f"(teacher exported to {export}); {collapse_summary(run_dir, metrics)}")
+    return overrides, outcome, metrics, (first, last)
+
+
 def run_demo(opts: DemoOptions) -> int:
     from dinotrain.demo import report
 
@@ -469,23 +494,7 @@ def run_demo(opts: DemoOptions) -> int:
         f"{manifest.get('reject_reasons', {})} (see {out / 'shards' / 'rejects.jsonl'})")
 
     run_dir = out / "run"
-    overrides = train_overrides(run_dir, out / "shards", p, opts.processes, opts.seed)
-    plan_file = out / "train_overrides.json"
-    if plan_file.is_file() and json.loads(plan_file.read_text()) != overrides:
-        # another model/batch/process count: resuming the old run would mix two set-ups
-        shutil.rmtree(run_dir, ignore_errors=True)
-    plan_file.write_text(json.dumps(overrides, indent=1))
-    outcome = pretrain(run_dir, overrides, p.steps, deadline, opts.progress)
-    metrics = report.read_metrics(run_dir / "metrics.jsonl")
-    series = report.loss_series(metrics)
-    total = series.get("total_loss") or series.get("loss") or next(iter(series.values()), None)
-    first, last = (float(total[1][0]), float(total[1][-1])) if total is not None else (None, None)
-    stop = (f", stopped by the {opts.minutes:g}-minute budget at step {outcome.last_step}"
-            if outcome.stopped_by_budget else "")
-    export = ensure_export(run_dir, outcome.checkpoint_step)
-    say(f"[3/4] pretraining: {outcome.last_step} of {p.steps} steps{stop}; total loss "
-        f"{_num(first)} -> {_num(last)}; evaluating the checkpoint of step {outcome.checkpoint_step} "
-        f"(teacher exported to {export}); {collapse_summary(run_dir, metrics)}")
+    overrides, outcome, metrics, (first, last) = _pretrain_stage(out, run_dir, p, opts, deadline)
 
     from dinotrain.eval.loading import describe_random
 
