@@ -94,3 +94,15 @@ def test_random_run_dir_is_the_runs_own_step_0_network(cxr_shards, tmp_path):
         torch.testing.assert_close(rebuilt[k], step0[k], rtol=0, atol=1e-7, msg=k)
     other_seed = load_model(f"random:{run}:6").model.state_dict()
     assert (other_seed["blocks.0.attn.qkv.weight"] - step0["blocks.0.attn.qkv.weight"]).abs().max() > 1e-2
+
+
+def test_eval_prints_which_init_each_random_model_is(test_data, tmp_path, capsys):
+    from dinotrain.cli import main as cli_main
+
+    rc = cli_main(["eval", "random:vit_tiny", f"random:{TINY}", "--tasks", "jsrt_sex", "--data", str(test_data),
+                   "--out", str(tmp_path / "e"), "--max-samples", "24", "--resolution", "56", "--bootstrap", "10",
+                   "--no-plot", "--no-progress", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "random:vit_tiny: vit_tiny at the schema's default init (LayerScale 1e-05, seed 0), not a run's recipe" in out
+    assert f"random:{TINY}: vit_tiny initialised by the run's recipe (LayerScale 0.1, seed 0), untrained" in out
