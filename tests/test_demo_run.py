@@ -142,6 +142,10 @@ def test_demo_end_to_end(tmp_path):
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert (latest / "dinov2.safetensors").is_file() and "3 of 3 steps" in again.stdout
     assert_export_is_the_checkpoint(out / "run", 3)
+    # an export cut while it copied to latest/ (an older latest/ beside the new step's folder) is redone
+    (latest / "dinov2.safetensors").write_bytes(b"an older export")
+    assert demo_run.ensure_export(out / "run", 3) == latest
+    assert_export_is_the_checkpoint(out / "run", 3)
 
 
 def assert_export_is_the_checkpoint(run: Path, step: int) -> None:

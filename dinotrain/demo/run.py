@@ -66,8 +66,8 @@ def plan(minutes: float, steps: int | None = None, images: int | None = None) ->
     """Turn a time budget into corpus size and training steps (pure; documented in --help).
 
     Training gets what the fixed costs (start-up, the final checkpoint and export, evaluation) leave;
-    the corpus grows with the budget (about 40
-    images per minute) so that longer runs see more data, not just more epochs.
+    the corpus grows with the budget (about 40 images per minute) so that longer runs see more
+    data, not just more epochs.
     """
     if minutes <= 0:
         raise ValueError(f"--minutes must be > 0, got {minutes}")
@@ -199,14 +199,17 @@ def ensure_export(run_dir: Path, checkpoint_step: int) -> Path:
     """`export/latest` of the evaluated checkpoint: the trainer writes it after its last step; a
     run stopped by the budget (or an export interrupted in an earlier demo) gets it here, from the
     checkpoint, with the trainer's own exporter."""
+    import filecmp
+
     from dinotrain.run_layout import export_dir
     from dinotrain.train.export import export_checkpoint
 
-    latest = export_dir(run_dir, None)
-    if (latest / "dinov2.safetensors").is_file() and export_dir(run_dir, checkpoint_step).is_dir():
-        return latest
+    latest, step = export_dir(run_dir, None) / "dinov2.safetensors", export_dir(run_dir, checkpoint_step)
+    # an export cut while it copied to latest/ leaves the step's folder beside an older latest/
+    if latest.is_file() and (step / latest.name).is_file() and filecmp.cmp(latest, step / latest.name, shallow=False):
+        return latest.parent
     export_checkpoint(run_dir)
-    return latest
+    return latest.parent
 
 
 def collapse_summary(run_dir: Path, metrics: list[dict]) -> str:
@@ -279,8 +282,8 @@ def pretrain(run_dir: Path, overrides: list[str], steps: int, deadline: float | 
     With a `deadline` (time.monotonic() value) the job is cancelled once it passes while planned
     steps remain and a complete checkpoint exists: the demo then evaluates that checkpoint, so
     `--minutes` is a budget and not a guess. Once the last step is logged the job is left to write
-    its final checkpoint and export. A later `dinotrain demo` in the same folder resumes from it. `entry`: the
-    training function ('module:function'), the trainer by default.
+    its final checkpoint and export. A later `dinotrain demo` in the same folder resumes from it.
+    `entry`: the training function ('module:function'), the trainer by default.
     """
     from tqdm import tqdm
 

@@ -346,7 +346,7 @@ class Trainer:
             stats.update(head_collapse_stats(teacher_out["global_cls_bottleneck"], prototype_row_sum(self.teacher), k))
             stats["student_head_bottleneck_cos"] = mean_pairwise_cosine(student_out["global_cls_bottleneck"])
         # at DINOv2's init (LayerScale 1e-5) every image has nearly the same CLS: judge collapse
-        # only after the warm-up, on the means of the last few logged steps
+        # only after the warm-up, on the means of windows of logged steps (CollapseWatch)
         if self.env.is_main and step >= self.schedules.warmup_steps:
             for w in self.collapse_watch.observe(stats, n):
                 _say(w, bar, logging.WARNING)
