@@ -544,8 +544,9 @@ def to_yaml(cfg: DictConfig) -> str:
 def save_config(cfg: DictConfig, run_dir: str | Path) -> Path:
     """Write the resolved config beside the run (`<run_dir>/config.yaml`), atomically."""
     from dinotrain.atomic import write_text
+    from dinotrain.run_layout import config_path
 
-    return write_text(Path(run_dir) / "config.yaml", to_yaml(cfg))
+    return write_text(config_path(run_dir), to_yaml(cfg))
 
 
 def reference_markdown() -> str:

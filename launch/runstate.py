@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from dinotrain.atomic import write_json
-
-SUBMISSION = "job.json"
-STATUS = "job_status.json"
+from dinotrain.run_layout import JOB_STATUS as STATUS
+from dinotrain.run_layout import SUBMISSION
 
 TERMINAL = ("done", "failed")
 

@@ -22,11 +22,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from dinotrain.run_layout import EVAL
 from launch import runstate
 
 DEFAULT_ENTRY = "dinotrain.train.loop:run"
 EVAL_ENTRY = "dinotrain.eval.run:evaluate_models"
-EVAL_SUBDIR = "eval"  # <run>/eval/results.json, read by `sweep report`
+EVAL_SUBDIR = EVAL  # <run>/eval/results.json, read by `sweep report`
 
 log = logging.getLogger("dinotrain.launch")
 

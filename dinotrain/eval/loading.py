@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dinotrain.eval.specs import SpecError
+from dinotrain.run_layout import config_path
 
 
 @dataclass
@@ -79,7 +80,7 @@ def build_model(spec: str, device: str = "cpu"):
         if not path.exists():
             raise SpecError(f"model '{spec}': no such file or folder, and not 'random:ARCH' "
                             "(give a run directory, a Hugging Face folder, a DINOv2 checkpoint or random:vit_small)")
-        if path.is_dir() and (path / "config.yaml").is_file():
+        if path.is_dir() and config_path(path).is_file():
             from dinotrain.run_layout import load_teacher
 
             state, model_cfg = load_teacher(path)
@@ -104,7 +105,7 @@ def _default_normalisation() -> tuple[float, float]:
 def normalisation(spec: str) -> tuple[float, float]:
     """(mean, std) of the inputs: a run's `data.mean`/`data.std`, else the schema's (RAD-DINO's)."""
     mean, std = _default_normalisation()
-    run_cfg = Path(spec).expanduser() / "config.yaml"
+    run_cfg = config_path(Path(spec).expanduser())
     if not spec.startswith("random:") and run_cfg.is_file():
         from omegaconf import OmegaConf
 
@@ -131,7 +132,7 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
 def trained_resolution(spec: str) -> int | None:
     """The global crop size a training run (a folder holding config.yaml) trained at; None for
     any other MODEL."""
-    run_cfg = Path(spec).expanduser() / "config.yaml"
+    run_cfg = config_path(Path(spec).expanduser())
     if spec.startswith("random:") or not run_cfg.is_file():
         return None
     from omegaconf import OmegaConf
