@@ -27,11 +27,15 @@ class ConfigError(UserError, ValueError):
     """A bad configuration: the message is one line naming the key and the fix."""
 
 
-def opt(default: Any = MISSING, help: str = "", choices: tuple | None = None, factory=None) -> Any:
-    """A schema field with help text and (for enums) the allowed values."""
+def opt(default: Any = MISSING, help: str = "", choices: tuple | None = None, factory=None,
+        cli: dict | None = None) -> Any:
+    """A schema field with help text and (for enums) the allowed values; `cli` holds argparse
+    settings where a command-line flag generated from the field differs (flag, default, help)."""
     meta = {"help": help}
     if choices is not None:
         meta["choices"] = tuple(choices)
+    if cli is not None:
+        meta["cli"] = dict(cli)
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -212,10 +216,14 @@ class LaunchConfig:
 # ----------------------------------------------------------------------------- eval
 @dataclass
 class EvalConfig:
-    tasks: list[str] = opt(help="task specs (built-in names or YAML paths) run after training", factory=list)
-    data_root: Optional[str] = opt(None, "root folder of the eval data sets (e.g. ../shared/data)")
+    tasks: list[str] = opt(help="task specs (built-in names or YAML paths) run after training", factory=list, cli={
+        "default": None, "help": "comma-separated built-in task names or YAML spec paths, or 'all' (see --list-tasks)"})
+    data_root: Optional[str] = opt(None, "root folder of the eval data sets (e.g. ../shared/data)", cli={
+        "flag": "--data", "help": "root folder holding the datasets the specs name"})
     batch_size: int = opt(32, "feature extraction batch size")
-    resolution: int = opt(518, "eval input size (RAD-DINO: resize 518 + centre crop 518)")
+    resolution: int = opt(518, "eval input size (RAD-DINO: resize 518 + centre crop 518)", cli={
+        "default": None, "help": "input size (resize + centre crop); default: the global crop size a run MODEL "
+        "trained at, else 518 (RAD-DINO's)"})
     knn_k: int = opt(20, "k of the kNN classifier")
     knn_temperature: float = opt(0.07, "kNN vote temperature (DINO)")
     bootstrap: int = opt(1000, "bootstrap resamples for 95% CIs")
@@ -539,8 +547,9 @@ def to_yaml(cfg: DictConfig) -> str:
 def save_config(cfg: DictConfig, run_dir: str | Path) -> Path:
     """Write the resolved config beside the run (`<run_dir>/config.yaml`), atomically."""
     from dinotrain.atomic import write_text
+    from dinotrain.run_layout import config_path
 
-    return write_text(Path(run_dir) / "config.yaml", to_yaml(cfg))
+    return write_text(config_path(run_dir), to_yaml(cfg))
 
 
 def reference_markdown() -> str:

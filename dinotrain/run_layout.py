@@ -5,6 +5,13 @@
     ckpt/step_0000100/          DCP checkpoint (complete when its manifest.json matches, see ckpt_manifest)
     export/step_0000100/        teacher export (hf/, dinov2.safetensors, dino_head.safetensors)
     export/latest/              a copy of the newest export
+    eval/                       `dinotrain eval` results of the run (written by launch's jobs)
+    train.lock                  who trains here now (dinotrain.train.run_lock)
+    job.json, job_status.json   what launch submitted and how the task got on (launch.runstate)
+    run.json                    a sweep run's record (launch.sweep)
+
+Every reader and writer takes these names from here, so no path is spelled twice. The module
+stays a leaf: names and path helpers at import time, torch and the models only inside functions.
 
 `load_teacher` is what `dinotrain eval` and `dinotrain export` use to read a run: it needs
 torch's checkpoint reader, not the training loop.
@@ -20,9 +27,28 @@ from typing import Any
 
 _STEP_DIR = re.compile(r"^step_(\d{7,})$")
 
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+CKPT = "ckpt"
+EXPORT = "export"
+LATEST = "latest"
+EVAL = "eval"
+LOCK = "train.lock"
+SUBMISSION = "job.json"
+JOB_STATUS = "job_status.json"
+RUN_RECORD = "run.json"
+
+
+def config_path(output_dir: str | Path) -> Path:
+    return Path(output_dir) / CONFIG
+
+
+def metrics_path(output_dir: str | Path) -> Path:
+    return Path(output_dir) / METRICS
+
 
 def ckpt_root(output_dir: str | Path) -> Path:
-    return Path(output_dir) / "ckpt"
+    return Path(output_dir) / CKPT
 
 
 def step_dir(output_dir: str | Path, step: int) -> Path:
@@ -31,8 +57,8 @@ def step_dir(output_dir: str | Path, step: int) -> Path:
 
 def export_dir(output_dir: str | Path, step: int | None) -> Path:
     """`export/step_NNNNNNN` of a step, or `export/latest` for None."""
-    root = Path(output_dir) / "export"
-    return root / ("latest" if step is None else f"step_{step:07d}")
+    root = Path(output_dir) / EXPORT
+    return root / (LATEST if step is None else f"step_{step:07d}")
 
 
 def is_complete(path: Path, checksums: bool = False) -> bool:
@@ -129,7 +155,7 @@ def load_teacher(run_dir: str | Path, say: Callable[[str], None] | None = _say) 
 
     say = say or (lambda _line: None)
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
+    cfg_path = config_path(run_dir)
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path} not found: give the output_dir of a `dinotrain train` run")
     model_cfg = OmegaConf.load(cfg_path).model

@@ -39,6 +39,7 @@ def main(args: argparse.Namespace) -> int:
 
     from launch import status
     from launch.probe import ENTRY as PROBE_ENTRY
+    from launch.runstate import State
     from launch.submit import submit_run
     from launch.task import DEFAULT_ENTRY
 
@@ -51,4 +52,4 @@ def main(args: argparse.Namespace) -> int:
 
     (final,) = status.wait_for([Path(str(cfg.output_dir)).absolute()], timeout_s=float("inf"), poll_s=2)
     print(f"job {job.job_id}: {final.state} {final.detail}".rstrip())
-    return 0 if final.state == "done" else 1
+    return 0 if final.state == State.DONE else 1

@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from dinotrain.atomic import keep_jsonl_until, write_text
+from dinotrain.run_layout import metrics_path
 from dinotrain.train.ckpt_manager import checkpoint_due  # the trainer's rule, not a copy of it
 
 ENTRY = "launch.probe:count_steps"
@@ -40,7 +41,7 @@ def count_steps(cfg: DictConfig) -> int:
         rank_sum = int(t.item())
     ckpt = out / CKPT
     start = json.loads(ckpt.read_text())["step"] if ckpt.exists() else 0
-    metrics = out / "metrics.jsonl"
+    metrics = metrics_path(out)
     if rank == 0:
         keep_jsonl_until(metrics, start)
     delay = float(os.environ.get(STEP_SECONDS_ENV, "0"))

@@ -17,6 +17,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from launch.runstate import State
+
 # SLURM's final job states (job_state_string of the base states past RUNNING/SUSPENDED)
 FINAL = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
                    "PREEMPTED", "TIMEOUT", "REVOKED"})
@@ -36,7 +38,7 @@ class JobView:
         """'final' | 'running' | 'pending': anything not known to be final or running counts as pending."""
         if self.state in FINAL or self.state == GONE:
             return "final"
-        return "running" if self.state in RUNNING else "pending"
+        return State.RUNNING if self.state in RUNNING else State.PENDING
 
 
 def _slurm(*args: str) -> subprocess.CompletedProcess | None:
@@ -105,7 +107,7 @@ def local_job_alive(job_id: str) -> bool:
 def queue_state(job_id: str, cluster: str, states: dict[str, JobView] | None) -> str | None:
     """'pending' | 'running' while the job may still run; None when it is over or unknown to SLURM."""
     if cluster == "local":
-        return "running" if local_job_alive(job_id) else None
+        return State.RUNNING if local_job_alive(job_id) else None
     if cluster != "slurm" or states is None:
         return None
     view = states.get(job_id, JobView(GONE))

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dinotrain.run_layout import EVAL, metrics_path
 from launch import status as run_status
 from launch.scaling import PowerLawFit, fit_power_law, min_sizes, no_fit_reason
 from launch.sweep import read_run_record, run_dirs
 
-RESULT_NAMES = ("eval/results.json", "results.json", "*/results.json")
+RESULT_NAMES = (f"{EVAL}/results.json", "results.json", "*/results.json")
 TRAIN_TAIL = 5  # metrics lines averaged for the end-of-training value (single steps are noisy)
 
 
@@ -94,7 +95,7 @@ def _eval_records(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _train_records(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
+    path = metrics_path(run_dir)
     if not path.exists():
         return []
     lines = []

@@ -11,15 +11,32 @@ from __future__ import annotations
 import json
 import socket
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from dinotrain.atomic import write_json
+from dinotrain.run_layout import JOB_STATUS as STATUS
+from dinotrain.run_layout import SUBMISSION
 
-SUBMISSION = "job.json"
-STATUS = "job_status.json"
 
-TERMINAL = ("done", "failed")
+class State(str, Enum):
+    """A run's state. A str, so JSON written before reads and compares the same ("done" == State.DONE),
+    and json.dumps writes the bare value."""
+
+    NEW = "new"  # no submission recorded
+    PENDING = "pending"  # submitted, not started (or the queue could not be asked)
+    RUNNING = "running"
+    REQUEUED = "requeued"  # the task asked SLURM to requeue it (preemption, time limit)
+    DONE = "done"
+    FAILED = "failed"
+
+    # the value, not "State.DONE", in f-strings and str() on every Python (3.12 changed the mixin's format)
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
+TERMINAL = (State.DONE, State.FAILED)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -54,11 +71,11 @@ def read_submission(run_dir: str | Path) -> dict[str, Any] | None:
     return _read_json(Path(run_dir) / SUBMISSION)
 
 
-def write_status(run_dir: str | Path, state: str, **extra: Any) -> None:
+def write_status(run_dir: str | Path, state: State, **extra: Any) -> None:
     """Written by rank 0 of the task: running | requeued | done | failed."""
     prev = read_status(run_dir) or {}
     data = {**prev, **extra, "state": state, "time": time.time(), "host": socket.gethostname()}
-    if state == "running":
+    if state == State.RUNNING:
         data["attempt"] = int(prev.get("attempt", 0)) + 1
     _write_json(Path(run_dir) / STATUS, data)
 

@@ -17,8 +17,9 @@ from typing import Any
 
 from launch import queue, runstate
 from launch.queue import JobView
+from launch.runstate import State
 
-STATES = ("new", "pending", "running", "requeued", "done", "failed")
+STATES = tuple(State)
 # A task marked 'requeued' asked SLURM to requeue its job. SLURM may show the old attempt as
 # ended before the requeue takes (a job can be requeued from a final state); only once its
 # restart count moved on, or this long after the request, does an ended job mean a failed run.
@@ -28,22 +29,22 @@ REQUEUE_GRACE_S = 600.0
 @dataclass(frozen=True)
 class RunState:
     run_dir: Path
-    state: str
+    state: State
     job_id: str | None = None
     detail: str = ""
 
 
 def _queued(run_dir: Path, marker: dict[str, Any], job_id: str, phase: str, slurm_state: str = "") -> RunState:
     shown = "" if slurm_state in ("", "PENDING", "RUNNING") else f"SLURM state {slurm_state}"
-    if marker.get("state") == "requeued":
+    if marker.get("state") == State.REQUEUED:
         detail = f"attempt {marker.get('attempt', 1)} requeued" + (f"; {shown}" if shown else "")
-        return RunState(run_dir, "requeued", job_id, detail)
-    return RunState(run_dir, phase, job_id, shown)
+        return RunState(run_dir, State.REQUEUED, job_id, detail)
+    return RunState(run_dir, State(phase), job_id, shown)
 
 
 def _requeue_in_flight(marker: dict[str, Any], view: JobView, now: float) -> bool:
     """The task asked for a requeue that SLURM has not carried out yet (see REQUEUE_GRACE_S)."""
-    if marker.get("state") != "requeued" or view.state == queue.GONE:
+    if marker.get("state") != State.REQUEUED or view.state == queue.GONE:
         return False
     restarted = view.restarts > int(marker.get("restarts", view.restarts))
     return not restarted and now - float(marker.get("time", now)) < REQUEUE_GRACE_S
@@ -57,24 +58,24 @@ def decide(run_dir: Path, marker: dict[str, Any], sub: dict[str, Any] | None, vi
     when the scheduler could not be asked. Pure: `run_state` does the reading.
     """
     now = time.time() if now is None else now
-    if marker.get("state") == "done":
-        return RunState(run_dir, "done", sub and str(sub.get("job_id")))
+    if marker.get("state") == State.DONE:
+        return RunState(run_dir, State.DONE, sub and str(sub.get("job_id")))
     if sub is None:
-        return RunState(run_dir, "new")
+        return RunState(run_dir, State.NEW)
     job_id, cluster = str(sub["job_id"]), sub.get("cluster", "slurm")
     if view is None:
-        return RunState(run_dir, "pending", job_id, "SLURM unavailable: state unknown")
+        return RunState(run_dir, State.PENDING, job_id, "SLURM unavailable: state unknown")
     if view.phase != "final":
         return _queued(run_dir, marker, job_id, view.phase, view.state)
-    if marker.get("state") == "failed":
-        return RunState(run_dir, "failed", job_id, str(marker.get("error", "")))
+    if marker.get("state") == State.FAILED:
+        return RunState(run_dir, State.FAILED, job_id, str(marker.get("error", "")))
     if cluster == "debug":
-        return RunState(run_dir, "failed", job_id, "debug run did not finish")
+        return RunState(run_dir, State.FAILED, job_id, "debug run did not finish")
     if _requeue_in_flight(marker, view, now):
-        return RunState(run_dir, "requeued", job_id, f"requeue requested; SLURM state {view.state}")
+        return RunState(run_dir, State.REQUEUED, job_id, f"requeue requested; SLURM state {view.state}")
     # over without writing 'done': killed, timed out for good, node failure, ...
     how = "left the queue" if view.state == queue.GONE else f"ended {view.state}"
-    return RunState(run_dir, "failed", job_id, f"job {job_id} {how} without finishing; logs: {sub.get('logs')}")
+    return RunState(run_dir, State.FAILED, job_id, f"job {job_id} {how} without finishing; logs: {sub.get('logs')}")
 
 
 def _view(sub: dict[str, Any] | None, states: dict[str, JobView] | None) -> JobView | None:
@@ -101,7 +102,7 @@ def run_state(run_dir: str | Path, states: dict[str, JobView] | None) -> RunStat
     view = _view(sub, states)  # before the markers: a task writes 'done' before its job ends
     marker = runstate.read_status(run_dir) or {}
     verdict = decide(run_dir, marker, sub, view)
-    if verdict.state != "failed" or sub.get("cluster", "slurm") != "slurm" or marker.get("state") == "failed":
+    if verdict.state != State.FAILED or sub.get("cluster", "slurm") != "slurm" or marker.get("state") == State.FAILED:
         return verdict
     fresh = queue.scontrol_state(str(sub["job_id"]))
     return decide(run_dir, runstate.read_status(run_dir) or {}, sub, fresh)

@@ -35,6 +35,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dinotrain.config import ConfigError, load_config
+from dinotrain.run_layout import RUN_RECORD
 
 SWEEP_KEYS = ("name", "base", "output_dir", "overrides", "sources", "diversity", "sizes", "models", "steps", "grid",
               "zip", "report")
@@ -316,15 +317,15 @@ def run_config(spec: DictConfig, run: RunSpec) -> DictConfig:
 
 def run_dirs(sweep_dir: str | Path) -> list[Path]:
     """The run folders of a sweep folder (those with a run.json), sorted."""
-    return sorted(p.parent for p in Path(sweep_dir).glob("runs/*/run.json"))
+    return sorted(p.parent for p in Path(sweep_dir).glob(f"runs/*/{RUN_RECORD}"))
 
 
 def write_run_record(run_dir: Path, run: RunSpec) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {"name": run.name, "axes": run.axes, "n_images": run.n_images,
               "sources": [{k: s.get(k) for k in ("name", "path", "max_samples")} for s in run.sources]}
-    (run_dir / "run.json").write_text(json.dumps(record, indent=1) + "\n")
+    (run_dir / RUN_RECORD).write_text(json.dumps(record, indent=1) + "\n")
 
 
 def read_run_record(run_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / "run.json").read_text())
+    return json.loads((Path(run_dir) / RUN_RECORD).read_text())

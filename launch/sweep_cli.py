@@ -67,6 +67,7 @@ def _status(folder: str) -> int:
     from pathlib import Path
 
     from launch import status
+    from launch.runstate import State
     from launch.sweep import run_dirs
 
     dirs = run_dirs(folder)
@@ -74,12 +75,12 @@ def _status(folder: str) -> int:
         print(f"dinotrain sweep status: {folder}: no runs (runs/*/run.json); give a sweep folder", file=sys.stderr)
         return 2
     states = status.states_of(dirs)
-    counts: dict[str, int] = {}
+    counts: dict[State, int] = {}
     for s in states:
         counts[s.state] = counts.get(s.state, 0) + 1
         print(f"{s.state:<9} {Path(s.run_dir).name:<40} {s.job_id or '-':<10} {s.detail}".rstrip())
     print("total: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    return 1 if counts.get("failed") else 0
+    return 1 if counts.get(State.FAILED) else 0
 
 
 def _report(folder: str, metric: str | None, form: str | None) -> int:

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from launch import queue
 from launch import status as run_status
 from launch.executor import sbatch_script
+from launch.runstate import State
 from launch.sweep import expand, run_config, write_run_record
 from launch.task import DEFAULT_ENTRY
 
@@ -33,7 +34,7 @@ def plan_and_submit(spec: DictConfig, dry_run: bool = False, entry: str = DEFAUL
     todo, skip = [], {}
     for r in runs:
         state = run_status.run_state(Path(cfgs[r.name].output_dir), snapshot).state
-        if state in ("new", "failed"):
+        if state in (State.NEW, State.FAILED):
             todo.append(r)
         else:
             skip[r.name] = state

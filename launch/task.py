@@ -22,11 +22,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from dinotrain.run_layout import EVAL
 from launch import runstate
+from launch.runstate import State
 
 DEFAULT_ENTRY = "dinotrain.train.loop:run"
 EVAL_ENTRY = "dinotrain.eval.run:evaluate_models"
-EVAL_SUBDIR = "eval"  # <run>/eval/results.json, read by `sweep report`
+EVAL_SUBDIR = EVAL  # <run>/eval/results.json, read by `sweep report`
 
 log = logging.getLogger("dinotrain.launch")
 
@@ -166,18 +168,18 @@ class TrainTask:
         rank = int(os.environ.get("RANK", "0"))
         job_id = _job_id()
         if rank == 0:
-            runstate.write_status(self.run_dir, "running", job_id=job_id,
+            runstate.write_status(self.run_dir, State.RUNNING, job_id=job_id,
                                   world_size=int(os.environ.get("WORLD_SIZE", "1")))
         try:
             resolve_entry(self.entry)(cfg)
             if rank == 0:
                 evaluated = self._evaluate(cfg)
-                runstate.write_status(self.run_dir, "done", evaluated=evaluated)
+                runstate.write_status(self.run_dir, State.DONE, evaluated=evaluated)
         except BaseException as e:  # BaseException: torch's CheckpointException is one
             # preemption exits through submitit's handler after checkpoint() marked the run 'requeued'
-            requeued = (runstate.read_status(self.run_dir) or {}).get("state") == "requeued"
+            requeued = (runstate.read_status(self.run_dir) or {}).get("state") == State.REQUEUED
             if rank == 0 and not requeued:
-                runstate.write_status(self.run_dir, "failed", error=f"{type(e).__name__}: {e}",
+                runstate.write_status(self.run_dir, State.FAILED, error=f"{type(e).__name__}: {e}",
                                       traceback=traceback.format_exc(limit=20))
             raise
         return str(self.run_dir)
@@ -196,5 +198,5 @@ class TrainTask:
         # SLURM's restart count at the request: status.decide tells a requeue still in flight
         # (count unchanged) from a requeued attempt that ended without a word (count moved on)
         restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
-        runstate.write_status(self.run_dir, "requeued", restarts=restarts)
+        runstate.write_status(self.run_dir, State.REQUEUED, restarts=restarts)
         return DelayedSubmission(TrainTask(self.cfg, self.entry), *args, **kwargs)

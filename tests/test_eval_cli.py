@@ -179,3 +179,34 @@ def test_dali_loader_gives_the_plain_path_features(test_data):
     a, b = out["plain"], out["dali"]
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert a.shape == b.shape == (8, 192) and cos.min() > 0.99, cos
+
+
+def test_every_eval_setting_of_the_schema_is_a_flag_with_its_choices():
+    import argparse
+    import dataclasses
+
+    from dinotrain.config import EvalConfig
+    from dinotrain.eval.cli import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    actions = {a.dest: a for a in parser._actions}
+    for f in dataclasses.fields(EvalConfig):
+        assert f.name in actions, f.name
+        assert tuple(actions[f.name].choices or ()) == f.metadata.get("choices", ()), f.name
+    args = parser.parse_args(["m", "--data", "/d", "--knn-temperature", "0.1", "--max-samples", "5"])
+    assert (args.data_root, args.knn_temperature, args.max_samples, args.resolution) == ("/d", 0.1, 5, None)
+    assert args.bootstrap == EvalConfig().bootstrap
+
+
+def test_each_builtin_task_has_one_kind_class_that_says_its_headline_metric():
+    from dinotrain.eval.kinds import KINDS, kind_of
+    from dinotrain.eval.specs import builtin_names, load_spec
+
+    kinds = {load_spec(n).kind for n in builtin_names()}
+    assert kinds <= set(KINDS) and {"classification", "regression", "segmentation"} <= kinds
+    jsrt = load_spec("jsrt_anatomy")
+    assert kind_of(jsrt).patch_tokens and kind_of(jsrt).headline_metric(jsrt).startswith("linear_head/dice_")
+    assert kind_of(load_spec("jsrt_nodule")).headline_metric(load_spec("jsrt_nodule")) in ("linear/auroc", "knn/auroc")
+    report = [n for n in builtin_names() if load_spec(n).kind in ("alignment", "report")]
+    assert all(kind_of(load_spec(n)).headline_metric(load_spec(n)) is None for n in report)

@@ -81,3 +81,16 @@ def test_done_marker_wins_and_silence_after_the_end_is_failure():
     # no answer from SLURM: unknown, never failed
     assert _decide({"state": "running"}, None).state == "pending"
     assert status.decide(RUN, {}, None, None).state == "new"
+
+
+def test_run_states_are_an_enum_that_reads_and_writes_the_old_json(tmp_path):
+    from launch import runstate
+    from launch.runstate import State
+
+    # a marker written before the enum (a bare string) decides the same as one written now
+    assert status.decide(RUN, {"state": "done"}, SUB, None).state is State.DONE
+    runstate.write_status(tmp_path, State.FAILED, error="x")
+    assert '"state": "failed"' in (tmp_path / runstate.STATUS).read_text()
+    assert runstate.read_status(tmp_path)["state"] == State.FAILED
+    assert f"{State.REQUEUED:<9}|" == "requeued |" and str(State.NEW) == "new"
+    assert status.decide(RUN, {}, SUB, JobView("RUNNING")).state is State.RUNNING

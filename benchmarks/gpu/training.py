@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dinotrain.run_layout import metrics_path
+
 
 @dataclass(frozen=True)
 class Case:
@@ -59,7 +61,7 @@ def base_overrides(shards: Path, out: Path, steps: int, batch: int, device: str,
 
 
 def metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
+    path = metrics_path(run_dir)
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
 
 
@@ -124,8 +126,8 @@ def resume_check(shards: Path, work: Path, steps: int, batch: int, device: str, 
     straight, split = work / "resume_straight", work / "resume_split"
     run(load_config(None, [*base_overrides(shards, straight, steps, batch, device, half), *common]))
     shutil.copytree(step_dir(straight, half), step_dir(split, half))
-    rows = [ln for ln in (straight / "metrics.jsonl").read_text().splitlines() if json.loads(ln)["step"] <= half]
-    (split / "metrics.jsonl").write_text("".join(ln + "\n" for ln in rows))
+    rows = [ln for ln in metrics_path(straight).read_text().splitlines() if json.loads(ln)["step"] <= half]
+    metrics_path(split).write_text("".join(ln + "\n" for ln in rows))
     run(load_config(None, [*base_overrides(shards, split, steps, batch, device, half), *common]))
     a = [r["total_loss"] for r in metrics(straight)]
     b = [r["total_loss"] for r in metrics(split)]

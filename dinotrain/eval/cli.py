@@ -2,41 +2,56 @@
 
 MODEL: a run directory, a Hugging Face folder, a DINOv2 checkpoint, `random:RUN_DIR` or `random:vit_small` (see
 `dinotrain.eval.loading`). TASKS: built-in spec names, YAML paths, or `all`, comma-separated
-(see `dinotrain.eval.specs`). Defaults come from the config schema's `eval` section.
+(see `dinotrain.eval.specs`). The settings' flags are generated from the config schema's `eval`
+section (help, choices and defaults in its fields' metadata), so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import typing
 
-from dinotrain.config import EvalConfig
+from dinotrain.config import EvalConfig, default_of
+
+
+def _flag_type(hint: typing.Any) -> type:
+    """argparse's `type` for a field: Optional[X] -> X; a list is given comma-separated."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is list:
+        return str
+    if args:
+        return args[0]
+    return hint
+
+
+def add_schema_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per `EvalConfig` field: --FIELD-NAME (or the field's `cli.flag`), dest FIELD_NAME."""
+    hints = typing.get_type_hints(EvalConfig)
+    for f in dataclasses.fields(EvalConfig):
+        cli = dict(f.metadata.get("cli", {}))
+        flag = cli.pop("flag", "--" + f.name.replace("_", "-"))
+        kw: dict[str, typing.Any] = {"dest": f.name, "default": default_of(EvalConfig, f.name),
+                                     "help": f.metadata["help"]}
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        kw.update(cli)
+        kw["help"] = kw["help"].replace("%", "%%")  # argparse formats help with %
+        typ = _flag_type(hints[f.name])
+        if typ is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif typ is not str:
+            kw["type"] = typ
+        parser.add_argument(flag, **kw)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = EvalConfig()
     parser.add_argument("models", nargs="*", metavar="MODEL",
                         help="run dir, HF folder, DINOv2 checkpoint, random:RUN_DIR or random:CONFIG.yaml (the network that "
                         "run starts from), or random:ARCH[:SEED] (the schema's init); several = side by side")
-    parser.add_argument("--tasks", default=None,
-                        help="comma-separated built-in task names or YAML spec paths, or 'all' (see --list-tasks)")
-    parser.add_argument("--data", default=d.data_root, help="root folder holding the datasets the specs name")
+    add_schema_arguments(parser)
     parser.add_argument("--out", default="eval_out", help="output folder for results.json, results.md, results.png")
-    parser.add_argument("--resolution", type=int, default=None,
-                        help="input size (resize + centre crop); default: the global crop size a run MODEL trained "
-                        f"at, else {d.resolution} (RAD-DINO's)")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="feature extraction batch size")
-    parser.add_argument("--max-samples", type=int, default=d.max_samples, help="stratified subset per task")
-    parser.add_argument("--bootstrap", type=int, default=d.bootstrap, help="bootstrap resamples for 95%% CIs")
-    parser.add_argument("--knn-k", type=int, default=d.knn_k, help="k of the kNN classifier")
-    parser.add_argument("--seg-steps", type=int, default=d.seg_steps, help="segmentation head training steps")
-    parser.add_argument("--align-steps", type=int, default=d.align_steps, help="text alignment training steps")
-    parser.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--threads", type=int, default=d.threads,
-                        help="CPU threads for torch (0 = default; 1 is fastest on a busy shared machine)")
-    parser.add_argument("--loader", default=d.loader, choices=("plain", "dali"),
-                        help="preprocessing: plain PIL + numpy, or the DALI eval loader (same recipe)")
-    parser.add_argument("--cache-dir", default=d.cache_dir, help="feature cache (default: OUT/cache)")
     parser.add_argument("--compare-to", default=None, metavar="MODEL",
                         help="one of the MODELs: also write paired.json, each other model minus this one per "
                         "metric with a paired bootstrap 95%% CI (the same resampled test items for both)")
@@ -56,7 +71,7 @@ def main(args: argparse.Namespace) -> int:
     if not args.models or not args.tasks:
         print("dinotrain eval: error: give at least one MODEL and --tasks (try --list-tasks)", file=sys.stderr)
         return 2
-    if not args.data:
+    if not args.data_root:
         print("dinotrain eval: error: --data ROOT is required (the folder holding jsrt/, covid_cxr/ ...)",
               file=sys.stderr)
         return 2
@@ -75,13 +90,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"dinotrain eval: at {args.resolution} px (--resolution)", file=sys.stderr, flush=True)
     try:
         inits = {m: describe_random(m) for m in args.models}  # which init each random: model is
-        res = evaluate_models(
-            args.models, args.tasks, args.data, args.out, max_samples=args.max_samples, with_plot=not args.no_plot,
-            resolution=args.resolution, batch_size=args.batch_size, bootstrap=args.bootstrap, knn_k=args.knn_k,
-            seg_steps=args.seg_steps, align_steps=args.align_steps, device=args.device,
-            cache_dir=args.cache_dir, progress=not args.no_progress, threads=args.threads,
-            loader=args.loader, compare_to=args.compare_to,
-        )
+        cfg = EvalConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig) if f.name != "tasks"})
+        res = evaluate_models(args.models, args.tasks, args.data_root, args.out, eval_cfg=cfg, with_plot=not args.no_plot,
+                              progress=not args.no_progress, compare_to=args.compare_to)
     except SpecError as e:
         print(f"dinotrain eval: error: {e}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from dinotrain.eval.specs import SpecError
+from dinotrain.run_layout import config_path
 
 
 @dataclass
@@ -145,7 +146,7 @@ def build_model(spec: str, device: str = "cpu"):
         if not path.exists():
             raise SpecError(f"model '{spec}': no such file or folder, and not 'random:ARCH' "
                             "(give a run directory, a Hugging Face folder, a DINOv2 checkpoint or random:vit_small)")
-        if path.is_dir() and (path / "config.yaml").is_file():
+        if path.is_dir() and config_path(path).is_file():
             from dinotrain.run_layout import load_teacher
 
             state, model_cfg = load_teacher(path)
@@ -175,7 +176,7 @@ def normalisation(spec: str) -> tuple[float, float]:
         found = _recipe_source(spec[len("random:"):])
         run_cfg = found[0] if found else None
     else:
-        run_cfg = Path(spec).expanduser() / "config.yaml"
+        run_cfg = config_path(Path(spec).expanduser())
     if run_cfg is not None and run_cfg.is_file():
         from omegaconf import OmegaConf
 
@@ -205,7 +206,7 @@ def trained_resolution(spec: str) -> int | None:
     if spec.startswith("random:"):  # random:RUN_DIR / random:CONFIG.yaml: the recipe's size
         recipe = random_recipe(spec)
         return None if recipe is None else int(recipe.data.global_crops_size)
-    run_cfg = Path(spec).expanduser() / "config.yaml"
+    run_cfg = config_path(Path(spec).expanduser())
     if not run_cfg.is_file():
         return None
     from omegaconf import OmegaConf

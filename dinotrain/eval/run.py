@@ -57,17 +57,9 @@ def evaluate_models(models: list[str], tasks: list[str] | str, data_root: str | 
 
     if not models:
         raise SpecError("no MODEL given: pass a run directory, a Hugging Face folder, a checkpoint or random:vit_small")
-    cfg = eval_cfg if eval_cfg is not None else EvalConfig()
     out = Path(out)
-    cache_dir = overrides.pop("cache_dir", None) or getattr(cfg, "cache_dir", None) or str(out / "cache")
-    fields = {f.name for f in dataclasses.fields(EvalSettings)}
-    bad = sorted(set(overrides) - fields)
-    if bad:
-        raise SpecError(f"unknown evaluation setting(s) {bad}; allowed: {sorted(fields)}")
-    base = {k: getattr(cfg, k) for k in fields if hasattr(cfg, k)}
-    settings = EvalSettings(**{**base, **overrides, "cache_dir": cache_dir or None})
-    settings.device = resolve_device(settings.device)
-    limit = max_samples if max_samples is not None else getattr(cfg, "max_samples", None)
+    settings = eval_settings(eval_cfg if eval_cfg is not None else EvalConfig(), out, max_samples, overrides)
+    cache_dir, limit = settings.cache_dir, settings.max_samples
 
     if compare_to is not None and compare_to not in models:
         raise SpecError(f"compare_to '{compare_to}' is not one of the models ({', '.join(models)})")
@@ -92,7 +84,8 @@ def evaluate_models(models: list[str], tasks: list[str] | str, data_root: str | 
         paired = paired_differences(scored, compare_to, settings) if compare_to is not None else None
     finally:
         torch.set_num_threads(threads_before)
-    settings_out = {**dataclasses.asdict(settings), "max_samples": limit}
+    # how the numbers were made; which tasks and where the data lay are recorded beside it
+    settings_out = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("tasks", "data_root")}
     paths = write_all(out, list(models), [t.spec.name for t in data], records, settings_out, with_plot)
     result = {"records": records, "paths": paths}
     if paired is not None:
@@ -101,6 +94,22 @@ def evaluate_models(models: list[str], tasks: list[str] | str, data_root: str | 
         paths["paired"] = write_paired(out, compare_to, paired)
         result["paired"] = paired
     return result
+
+
+def eval_settings(cfg: Any, out: Path, max_samples: int | None, overrides: dict[str, Any]) -> EvalSettings:
+    """The config's `eval` section with the call's overrides, the device resolved, the cache under `out`."""
+    overrides = dict(overrides)
+    cache_dir = overrides.pop("cache_dir", None) or getattr(cfg, "cache_dir", None) or str(out / "cache")
+    fields = {f.name for f in dataclasses.fields(EvalSettings)}
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise SpecError(f"unknown evaluation setting(s) {bad}; allowed: {sorted(fields)}")
+    # tasks and data_root are arguments of the call, not settings of how each task runs
+    base = {k: getattr(cfg, k) for k in fields - {"tasks", "data_root"} if hasattr(cfg, k)}
+    limit = max_samples if max_samples is not None else getattr(cfg, "max_samples", None)
+    settings = EvalSettings(**{**base, **overrides, "cache_dir": cache_dir or None, "max_samples": limit})
+    settings.device = resolve_device(settings.device)
+    return settings
 
 
 def paired_differences(scored: list[Scored], reference: str, settings: EvalSettings) -> list[dict[str, Any]]:

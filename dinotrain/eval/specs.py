@@ -9,7 +9,8 @@ Keys (defaults in `TaskSpec`):
 
     name: jsrt_nodule            # defaults to the file stem
     dataset: jsrt                # folder (or .npz file) relative to --data
-    kind: classification         # classification | regression | segmentation | alignment | report
+    kind: classification         # one of dinotrain.eval.kinds.KINDS: classification | regression |
+                                 # segmentation | alignment | report
     label_column: label          # classification / regression target column
     classes: [no_nodule, nodule] # optional: keep only these classes, in this order
     multilabel: false            # labels split on label_separator, one binary target each
@@ -44,14 +45,12 @@ from typing import Any
 import numpy as np
 import yaml
 
-from dinotrain.errors import UserError
+from dinotrain.eval.errors import SpecError
+from dinotrain.eval.kinds import KINDS, kind_of
 
-KINDS = ("classification", "regression", "segmentation", "alignment", "report")
+__all__ = ["KINDS", "PROBES", "SpecError", "TaskData", "TaskSpec", "load_spec", "load_task", "spec_from_dict"]
+
 PROBES = ("knn", "linear")
-
-
-class SpecError(UserError, ValueError):
-    """A bad task spec or data folder; the message names the file/key and the fix."""
 
 
 @dataclass
@@ -154,8 +153,9 @@ def spec_from_dict(raw: dict, source: str = "<dict>", default_name: str = "task"
     if spec.group_join and (not spec.group_column or set(spec.group_join) != {"dataset", "match_on"}):
         raise SpecError(f"task spec {source}: group_join needs group_column and exactly the keys "
                         "{dataset: <folder under --data>, match_on: <column both metadata files share>}")
-    if spec.kind == "segmentation" and not spec.structures:
-        raise SpecError(f"task spec {source}: segmentation needs 'structures: {{name: [mask folder, ...]}}'")
+    problem = kind_of(spec).check(spec)
+    if problem:
+        raise SpecError(f"task spec {source}: {problem}")
     return spec
 
 
@@ -191,24 +191,6 @@ def _file_tag(path: Path) -> str:
     """Size and mtime: a cheap fingerprint so an edited file does not reuse cached features."""
     st = path.stat()
     return f"{st.st_size}-{st.st_mtime_ns}"
-
-
-def _target_ok(spec: TaskSpec, row: dict[str, str], root: Path) -> bool:
-    if spec.kind in ("classification", "regression"):
-        value = row.get(spec.label_column, "").strip()
-        if not value:
-            return False
-        if spec.kind == "regression":
-            try:
-                return np.isfinite(float(value))
-            except ValueError:
-                return False
-        if spec.classes and not spec.multilabel:
-            return value in spec.classes
-        return True
-    if spec.kind == "segmentation":
-        return bool(row.get("mask_paths", "").strip())
-    return bool(row.get(spec.text_column, "").strip())
 
 
 def _subsample(n_rows: int, strat: list[str] | None, k: int, seed: int) -> np.ndarray:
@@ -286,13 +268,13 @@ def load_task(spec: TaskSpec, root: str | Path, max_samples: int | None = None) 
     for col in [*spec.where, *spec.exclude]:
         if rows and col not in rows[0]:
             raise SpecError(f"task '{spec.name}' ({spec.source}): column '{col}' not in {spec.dataset}'s metadata")
-    keep = []
+    keep, kind = [], kind_of(spec)
     for i, r in enumerate(rows):
         if any(r.get(c, "") not in set(map(str, v)) for c, v in spec.where.items()):
             continue
         if any(r.get(c, "") in set(map(str, v)) for c, v in spec.exclude.items()):
             continue
-        if _target_ok(spec, r, where):
+        if kind.target_ok(spec, r):
             keep.append(i)
     if not keep:
         raise SpecError(f"task '{spec.name}' ({spec.source}): no rows left after filtering {where}")
@@ -300,7 +282,7 @@ def load_task(spec: TaskSpec, root: str | Path, max_samples: int | None = None) 
     images = [images[i] for i in keep]
     keys = [keys[i] for i in keep]
 
-    strat = _strat_labels(spec, rows)
+    strat = kind.strat_labels(spec, rows)
     limit = max_samples if max_samples is not None else spec.max_samples
     if limit is not None:
         sel = _subsample(len(rows), strat, int(limit), spec.seed)
@@ -371,18 +353,6 @@ def _norm_split(value: str, spec: TaskSpec) -> str:
         raise SpecError(f"task '{spec.name}': split column '{spec.split_column}' has value '{value}' "
                         "(expected train/val/test); remove split_column to split at random")
     return v
-
-
-def _strat_labels(spec: TaskSpec, rows: list[dict[str, str]]) -> list[str]:
-    """What to stratify subsets and splits on: the class for single-label tasks, else nothing."""
-    if spec.kind == "classification" and not spec.multilabel:
-        return [r[spec.label_column].strip() for r in rows]
-    if spec.kind == "regression":
-        # quartile bins keep the target's spread similar across splits
-        v = np.asarray([float(r[spec.label_column]) for r in rows])
-        bins = np.quantile(v, [0.25, 0.5, 0.75])
-        return [str(b) for b in np.digitize(v, bins)]
-    return ["all"] * len(rows)
 
 
 def spec_hash(spec: TaskSpec) -> str:

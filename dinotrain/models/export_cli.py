@@ -42,7 +42,9 @@ def check_out(out: Path, overwrite: bool) -> None:
 
 
 def _is_run_dir(p: Path) -> bool:
-    return p.is_dir() and (p / "config.yaml").is_file() and not (p / "model.safetensors").is_file()
+    from dinotrain.run_layout import config_path
+
+    return p.is_dir() and config_path(p).is_file() and not (p / "model.safetensors").is_file()
 
 
 def load_run_teacher(run_dir: Path):
@@ -65,8 +67,9 @@ def source_preprocessor(src: Path, model) -> dict | None:
 
         from dinotrain.config import DataConfig
         from dinotrain.models.convert import run_preprocessor
+        from dinotrain.run_layout import config_path
 
-        data = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(src / "config.yaml").get("data") or {})
+        data = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(config_path(src)).get("data") or {})
         return run_preprocessor(data, model.in_chans)
     own = src / "preprocessor_config.json"
     return json.loads(own.read_text()) if src.is_dir() and own.is_file() else None

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dinotrain.run_layout import metrics_path
+
 # dense bf16 tensor-core peaks (FLOP/s) of common cards, for the MFU estimate
 _PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "L4": 121e12,
               "V100": 125e12, "RTX 4090": 165e12, "RTX 3090": 71e12}
@@ -302,7 +304,7 @@ class MetricsLog:
 
     def __init__(self, output_dir: str | Path, enabled: bool = True):
         self.enabled = enabled
-        self.path = Path(output_dir) / "metrics.jsonl"
+        self.path = metrics_path(output_dir)
         self._tb = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)

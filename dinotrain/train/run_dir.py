@@ -20,6 +20,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from dinotrain import run_layout as layout
 from dinotrain.errors import UserError
 
 log = logging.getLogger("dinotrain.train")
@@ -34,7 +35,7 @@ SHAPE_KEYS = (
 # (with another process count the loader restarts its order, see dinotrain.train.loop).
 DATA_KEYS = ("data.batch_size_per_gpu", "data.seed", "data.sources")
 # What a previous run left in its folder (moved aside together by train.resume=false).
-RUN_FILES = ("ckpt", "export", "metrics.jsonl", "eval", "config.yaml")
+RUN_FILES = (layout.CKPT, layout.EXPORT, layout.METRICS, layout.EVAL, layout.CONFIG)
 REPLACED = "replaced"
 
 
@@ -75,7 +76,7 @@ def holds_weights(out: Path) -> bool:
     """A previous run left checkpoints or exports here (what `export` / `eval` / a resume read)."""
     from dinotrain.train.checkpoint import latest_checkpoint
 
-    return latest_checkpoint(out) is not None or (out / "export").is_dir()
+    return latest_checkpoint(out) is not None or (out / layout.EXPORT).is_dir()
 
 
 def differing_keys(saved: Any, cfg: Any, world_size: int | None) -> list[str]:
@@ -107,7 +108,7 @@ def check_writable(out: Path) -> None:
 
 
 # the folders and files a run writes into, beside output_dir itself
-WRITTEN = ("ckpt", "export", "metrics.jsonl")
+WRITTEN = (layout.CKPT, layout.EXPORT, layout.METRICS)
 
 
 def check_written_paths(out: Path) -> None:
@@ -135,7 +136,7 @@ def check_written_paths(out: Path) -> None:
 def check_resumable(cfg: Any, world_size: int | None) -> None:
     """Raise UserError when output_dir holds a run these settings cannot resume (nothing is written)."""
     out = Path(str(cfg.output_dir))
-    saved_path = out / "config.yaml"
+    saved_path = layout.config_path(out)
     if not cfg.train.resume or not saved_path.is_file() or not holds_weights(out):
         return
     try:

@@ -23,8 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dinotrain.errors import UserError
-
-LOCK = "train.lock"
+from dinotrain.run_layout import LOCK  # the lock's name, with the run folder's other names
 
 
 class RunFolderLocked(UserError):

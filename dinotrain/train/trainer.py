@@ -187,10 +187,11 @@ class Trainer:
     def train(self) -> dict:
         """Resume, run the remaining steps, return a summary dict."""
         from dinotrain.atomic import keep_jsonl_until
+        from dinotrain.run_layout import metrics_path
 
         start = self.resume()
         if self.env.is_main:
-            keep_jsonl_until(self.out / "metrics.jsonl", start)  # those steps are about to run again
+            keep_jsonl_until(metrics_path(self.out), start)  # those steps are about to run again
         self.metrics = MetricsLog(self.out, enabled=self.env.is_main)
         bar = self._progress_bar(start)
         try:

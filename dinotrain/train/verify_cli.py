@@ -40,11 +40,10 @@ def _lines(run: Path, checksums: bool) -> tuple[list[str], bool]:
 
 def main(args: argparse.Namespace) -> int:
     from dinotrain.errors import UserError
-    from dinotrain.run_layout import export_dir, usable_checkpoint
-    from dinotrain.train.run_lock import LOCK
+    from dinotrain.run_layout import LOCK, config_path, export_dir, usable_checkpoint
 
     run = Path(args.run)
-    if not (run / "config.yaml").is_file():
+    if not config_path(run).is_file():
         raise UserError(f"{run}: no config.yaml: give the output_dir of a `dinotrain train` run")
     lines, clean = _lines(run, checksums=not args.quick)
     for line in lines or ["no checkpoints under ckpt/"]:
