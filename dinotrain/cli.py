@@ -43,7 +43,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "dinotrain sweep configs/sweeps/data_scaling.yaml && dinotrain sweep report runs/data_scaling",
     ),
     "study": (
-        "launch.study",
+        "launch.study.study",
         "the laptop study on real images: SSL vs random init, continual pretraining, data scaling, with CIs",
         "dinotrain study study_out --seed 0 && dinotrain study --combine out0 out1 out2 --out out0",
     ),

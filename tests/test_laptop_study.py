@@ -14,8 +14,8 @@ import pytest
 
 from dinotrain.eval.specs import load_spec, load_task
 from dinotrain.eval.tasks import EvalSettings, Scored
-from launch import study_data
-from launch.study_report import claims
+from launch.study import study_data
+from launch.study.study_report import claims
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ def test_dry_run_warns_when_the_budget_cannot_hold_the_study(test_data, tmp_path
 
 
 def test_seeds_table_says_when_both_age_probes_predicted_the_mean(tmp_path):
-    from launch.study_report import combine
+    from launch.study.study_report import combine
 
     mean = {"alpha": None, "mean_predictor": True, "chosen_by": "cv"}
     for seed, probe_random in ((0, mean), (1, {"alpha": 10.0, "mean_predictor": False, "chosen_by": "cv"})):
@@ -110,7 +110,7 @@ def test_initial_teacher_is_the_recipes_init_and_loads_in_eval(tmp_path):
 
     from dinotrain.config import load_config
     from dinotrain.eval.loading import load_model
-    from launch.study_runs import save_initial_teacher
+    from launch.study.study_runs import save_initial_teacher
 
     over = ["model.layerscale_init=0.1", "train.seed=3"]
     cfg = load_config(REPO / "configs/pretrain/tiny_cpu.yaml", over)
@@ -125,7 +125,7 @@ def test_initial_teacher_is_the_recipes_init_and_loads_in_eval(tmp_path):
 
 def test_training_part_ignores_where_a_run_goes_not_what_it_learns():
     from dinotrain.config import load_config
-    from launch.study_runs import training_part
+    from launch.study.study_runs import training_part
 
     base = REPO / "configs/pretrain/tiny_cpu.yaml"
     a = load_config(base, ["output_dir=/x/a", "launch.cluster=local", "eval.tasks=[jsrt_sex]", "train.progress=false"])
@@ -137,7 +137,7 @@ def test_training_part_ignores_where_a_run_goes_not_what_it_learns():
 
 def test_a_run_shortened_to_fit_the_budget_gets_warm_ups_that_fit():
     from dinotrain.config import load_config
-    from launch.study import fitted_warmups
+    from launch.study.study import fitted_warmups
 
     recipe = REPO / "configs/pretrain/laptop_real.yaml"  # 300 steps: warm-ups 30 (lr), 100 (teacher), 30 (freeze)
     cfg = load_config(recipe)
@@ -186,7 +186,7 @@ def test_claims_are_computed_from_the_numbers():
 
 
 def test_limits_are_computed_from_the_study_numbers():
-    from launch.study_markdown import limits
+    from launch.study.study_markdown import limits
 
     tasks = {"a_sex": {**_row(0.02, -0.08, 0.12), "n_test": 50, "random": 0.70},
              "b": {**_row(0.01, -0.02, 0.04), "n_test": 150, "random": 0.80},
@@ -221,7 +221,7 @@ def test_reevaluate_refuses_to_train(tmp_path, test_data):
     """--reevaluate trains nothing: runs of the plan that are not done are named, with the fix, before
     anything is submitted (an eval that failed in its job leaves the run 'failed', not done)."""
     from launch import runstate
-    from launch.study import DIVERSITY, StudyOptions, require_trained, sweep_spec
+    from launch.study.study import DIVERSITY, StudyOptions, require_trained, sweep_spec
 
     opts = StudyOptions(out=tmp_path / "study", data_root=test_data, reevaluate=True)
     opts.out.mkdir()
@@ -248,7 +248,7 @@ def test_local_sweep_runs_one_job_after_another_and_a_rerun_skips_what_is_done(m
     import io
 
     from launch import runstate, status
-    from launch.study_runs import LogEcho, submit_sweep
+    from launch.study.study_runs import LogEcho, submit_sweep
     from launch.sweep import load_sweep
 
     out = tmp_path / "sweep"
@@ -360,7 +360,7 @@ def test_plots_draw_a_ci_that_does_not_contain_its_estimate(tmp_path):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from launch import study_report
+    from launch.study import study_report
 
     drawn = []
     real = plt.Axes.errorbar

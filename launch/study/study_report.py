@@ -351,7 +351,7 @@ def plot_losses(run_dirs: dict[str, Path], path: Path) -> Path:
 # ----------------------------------------------------------------------------- report and seeds
 def render(out: Path, ablation: Path | None = None) -> dict[str, Path]:
     """report.md and the plots from OUT/study.json (+ OUT/seeds.json, + the recipe's ablation notes)."""
-    from launch.study_markdown import report
+    from launch.study.study_markdown import report
 
     out = Path(out)
     study = json.loads((out / "study.json").read_text())
@@ -392,7 +392,7 @@ def _run_batch(run_dir: Path) -> int | None:
     path = run_dir / "config.yaml"
     if not path.is_file():
         return None
-    from launch.study_runs import global_batch
+    from launch.study.study_runs import global_batch
 
     return global_batch(OmegaConf.load(path))
 
@@ -405,7 +405,7 @@ def _run_dirs(out: Path, study: dict) -> dict[str, Path]:
 
 def combine(folders: list[Path], out: Path) -> list[Path]:
     """seeds.json + seeds.md from several study folders; refreshes OUT/report.md when OUT is a study."""
-    from launch.study_markdown import both_at_mean, seeds_table
+    from launch.study.study_markdown import both_at_mean, seeds_table
 
     studies = []
     for f in folders:

@@ -27,7 +27,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO / "configs" / "pretrain" / "laptop_real.yaml"
 CXR_TASKS = ["jsrt_sex", "jsrt_age", "jsrt_nodule", "covid_sex", "covid_age", "covid_finding"]
 SEG_TASKS = ["jsrt_anatomy", "covid_lungs"]
@@ -120,7 +120,7 @@ def plan(opts: StudyOptions, cfg, pool: dict[str, int], eval_images: dict[str, i
         fits = int((opts.minutes * 60 - fixed) / (n_runs(sizes) * step_s))
         steps = max(1, min(int(cfg.train.max_steps), fits))
     total = fixed + n_runs(sizes) * steps * step_s
-    from launch.study_runs import global_batch
+    from launch.study.study_runs import global_batch
 
     return {"sizes": sizes, "steps": steps, "batch": global_batch(cfg), "runs": n_runs(sizes), "seconds_per_step": round(step_s, 3),
             "warmups": fitted_warmups(cfg, steps),
@@ -160,7 +160,7 @@ def print_plan(p: dict, opts: StudyOptions, pool: dict[str, int], cluster: str, 
 # ----------------------------------------------------------------------------- the study
 def resolve_cluster(choice: str) -> tuple[str, str]:
     """The launcher (`slurm` or `local`) and why: `auto` takes SLURM when a controller answers."""
-    from launch.study_runs import slurm_state
+    from launch.study.study_runs import slurm_state
 
     if choice != "auto":
         return choice, f"--cluster {choice}"
@@ -170,7 +170,7 @@ def resolve_cluster(choice: str) -> tuple[str, str]:
 
 def common_overrides(opts: StudyOptions, steps: int, cluster: str, warmups: list[str] = ()) -> list[str]:
     """Every run's overrides; `warmups` (see fitted_warmups) before the user's, which win."""
-    from launch.study_runs import slurm_cpus
+    from launch.study.study_runs import slurm_cpus
 
     cpus = slurm_cpus() if cluster == "slurm" else max(1, os.cpu_count() or 1)
     return [f"train.seed={opts.seed}", f"data.seed={opts.seed}", f"train.max_steps={steps}", "train.export_every=0",
@@ -205,14 +205,14 @@ def sweep_spec(opts: StudyOptions, data: dict, sizes: list[int], overrides: list
 
 
 def _sweep_metric(opts: StudyOptions) -> str:
-    from launch.study_report import primary_metric
+    from launch.study.study_report import primary_metric
 
     return f"{opts.scaling_tasks[0]}/{primary_metric(opts.scaling_tasks[0])}"
 
 
 def run_study(opts: StudyOptions) -> dict:
     from dinotrain.config import load_config
-    from launch import study_data, study_report
+    from launch.study import study_data, study_report
 
     t0 = time.time()
     opts.out.mkdir(parents=True, exist_ok=True)
@@ -232,7 +232,7 @@ def run_study(opts: StudyOptions) -> dict:
     write_report(opts.out / "sweep", metric=_sweep_metric(opts))  # `dinotrain sweep report`'s own table and plot
 
     log(t0, "eval: SSL vs the same network at its initial weights")
-    from launch.study_runs import save_initial_teacher
+    from launch.study.study_runs import save_initial_teacher
 
     random_dir = save_initial_teacher(load_config(runs["ssl"] / "config.yaml"), opts.out / "models" / "random_init")
     results = evaluate(opts, runs["ssl"], random_dir, runs["stage2"], runs["scratch"], t0)
@@ -293,7 +293,7 @@ def require_trained(opts: StudyOptions, spec) -> None:
 
 def _pool(opts: StudyOptions):
     """The held-out set, the pretraining images per group, and the images the evaluation reads."""
-    from launch import study_data
+    from launch.study import study_data
 
     hold = study_data.held_out(sorted(set(opts.tasks + opts.continual_tasks + opts.scaling_tasks)),
                                opts.data_root, opts.max_samples)
@@ -306,7 +306,7 @@ def _pool(opts: StudyOptions):
 def pretrain(opts: StudyOptions, p: dict, data: dict, over: list[str], cluster: str, t0: float) -> dict:
     """The sweep, then continual stages 1 and 2; returns the run folders the evaluation needs."""
     from dinotrain.config import load_config
-    from launch import study_runs
+    from launch.study import study_runs
     from launch.sweep import expand
 
     echo = study_runs.LogEcho()
@@ -436,7 +436,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     if args.combine:
-        from launch.study_report import combine
+        from launch.study.study_report import combine
 
         for p in combine([Path(d) for d in args.combine], Path(args.combine_out or args.combine[0])):
             print(p)
