@@ -147,7 +147,8 @@ def batch_for_gpu(dry_run: bool) -> int:
 def recipe(opts: GpuStudyOptions, batch: int, steps: int, out: Path, sources: list[dict]):
     """The pretraining run's validated config: the laptop recipe, scaled (GPU_RECIPE) or shrunk (DRY_RUN)."""
     from dinotrain.config import load_config
-    from launch.study.study import DEFAULT_CONFIG, fitted_warmups
+    from launch.study.options import DEFAULT_CONFIG
+    from launch.study.plan import fitted_warmups
     from launch.study.study_runs import run_config
 
     over = [*(DRY_RUN if opts.dry_run else GPU_RECIPE), f"data.batch_size_per_gpu={batch}",
