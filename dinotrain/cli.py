@@ -58,7 +58,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "dinotrain verify runs/cxr_base",
     ),
     "export": (
-        "dinotrain.models.export_cli",
+        "dinotrain.export_cli",
         "export a checkpoint's teacher to Hugging Face or DINOv2 format",
         "dinotrain export runs/cxr_base --format hf --out exported/cxr_base",
     ),
