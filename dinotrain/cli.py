@@ -22,6 +22,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "turn DICOM / PNG / JPEG / NIfTI corpora into verified WebDataset shards",
         "dinotrain shards build /data/cxr --name cxr --metadata meta.csv --out /data/shards/cxr",
     ),
+    "curate": (
+        "dinotrain.curate.cli",
+        "near-duplicates (also against eval test sets) and balanced sampling: a selection the loader filters by",
+        "dinotrain curate /data/shards/cxr --against jsrt_nodule --target 50000 --out curated/cxr",
+    ),
     "data": (
         "dinotrain.data.cli",
         "look at the training data: multi-crop previews and batch statistics",

@@ -47,6 +47,9 @@ class SourceConfig:
         None, "use a deterministic nested subset: a count (>= 1) or a fraction (< 1); null = all"
     )
     split: str = opt("train", "which split's shards to read", choices=("train", "val", "test"))
+    selection: Optional[str] = opt(
+        None, "a `dinotrain curate` selection file: train only on the samples it keeps (shards unchanged)"
+    )
 
 
 @dataclass

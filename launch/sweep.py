@@ -6,7 +6,8 @@ A sweep file (see configs/sweeps/data_scaling.yaml) holds:
   base:        the run config every run starts from (path relative to the sweep file)
   output_dir:  sweep folder: runs/<run>/ (one run dir each), jobs/ (submitit logs), the report
   overrides:   run-config keys applied to every run ({key: value} or ["key=value", ...])
-  sources:     named shard sets: NAME: PATH or NAME: {path, weight, split}
+  sources:     named shard sets: NAME: PATH or NAME: {path, weight, split, selection}; a `selection`
+               (`dinotrain curate`) makes a curated arm: sizes then count its kept samples
   diversity:   the diversity axis: named sets of sources, e.g. {cxr: [mimic], all: [mimic, us]}
   sizes:       the data-size axis: training images per run, a count (>= 1), a fraction (< 1)
                of every chosen source, or `all`
@@ -178,6 +179,16 @@ def manifest_count(path: str, split: str) -> int | None:
     return sum(counts)
 
 
+def source_count(d: dict[str, Any]) -> int | None:
+    """Samples a sweep source offers: its selection's kept ones when it has one, else its manifest's."""
+    split = str(d.get("split", "train"))
+    if d.get("selection"):
+        from dinotrain.data.selection import kept_count
+
+        return kept_count(str(d["selection"]), str(d["path"]), split)
+    return manifest_count(d["path"], split)
+
+
 # ----------------------------------------------------------------------------- expansion
 def _sources(spec: DictConfig) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
@@ -188,8 +199,10 @@ def _sources(spec: DictConfig) -> dict[str, dict[str, Any]]:
             d = {"path": v}
         if not d.get("path"):
             raise ConfigError(f"sweep sources.{name}: give a path (a shards folder or s3:// prefix)")
-        p = str(d["path"])
-        d["path"] = p if "://" in p else str(Path(p).absolute())
+        for key in ("path", "selection"):
+            p = d.get(key)
+            if p:
+                d[key] = str(p) if "://" in str(p) else str(Path(str(p)).absolute())
         d["name"] = str(name)
         out[str(name)] = d
     return out
@@ -230,7 +243,7 @@ def expand(spec: DictConfig) -> list[RunSpec]:
     sizes = [parse_size(s) for s in (spec.get("sizes") or [None])]
     if diversity == {} and any(s is not None for s in sizes):
         raise ConfigError("sweep sizes need sources: name the shard sets under 'sources' and 'diversity'")
-    counts = {n: manifest_count(d["path"], str(d.get("split", "train"))) for n, d in sources.items()}
+    counts = {n: source_count(d) for n, d in sources.items()}
     runs: list[RunSpec] = []
     for div, names in (diversity or {"base": []}).items():
         for size in sizes:
@@ -290,7 +303,8 @@ def run_config(spec: DictConfig, run: RunSpec) -> DictConfig:
     """The resolved, validated config of one run (its output_dir = <sweep>/runs/<name>)."""
     cfg = load_config(spec.base, [*spec.overrides, *run.overrides])
     if run.sources:
-        sources = [{k: v for k, v in s.items() if k in ("name", "path", "weight", "max_samples", "split")}
+        sources = [{k: v for k, v in s.items() if k in ("name", "path", "weight", "max_samples", "split",
+                                                             "selection")}
                    for s in run.sources]
         cfg = OmegaConf.merge(cfg, {"data": {"sources": sources}})  # lists are replaced, typed as SourceConfig
     cfg.output_dir = str(Path(spec.output_dir) / "runs" / run.name)

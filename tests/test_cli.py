@@ -12,7 +12,7 @@ import pytest
 from dinotrain.cli import COMMANDS
 
 REPO = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ["shards", "train", "launch", "sweep", "eval", "export", "verify", "demo", "data", "study"]
+SUBCOMMANDS = ["shards", "train", "launch", "sweep", "eval", "export", "verify", "demo", "data", "study", "curate"]
 
 
 def dinotrain(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:

@@ -30,6 +30,7 @@ from dinotrain.data.augment import AugmentSpec, sample_params
 from dinotrain.data.masking import batch_masks
 from dinotrain.data.mixture import SEED_AUGMENT, SEED_MASK, MixtureStream, make_source
 from dinotrain.data.pipeline import GraphSpec, resolve_device, train_pipeline
+from dinotrain.data.selection import apply_selection
 from dinotrain.data.shard_index import DataError, SampleRef, ShardReader, index_source, sample_span
 from dinotrain.data.torch_loader import TorchProducer, resolve_backend
 
@@ -83,7 +84,8 @@ class TrainLoader:
         self.batch_size = int(d.batch_size_per_gpu)
         self.seed = int(d.seed)
         sources = [
-            make_source(s.name, s.path, s.weight, index_source(s.path, s.split), s.max_samples, self.seed)
+            make_source(s.name, s.path, s.weight, apply_selection(index_source(s.path, s.split), s.selection, s.path),
+                        s.max_samples, self.seed)
             for s in d.sources
         ]
         self.stream = MixtureStream(sources, self.batch_size, world_size, self.seed)

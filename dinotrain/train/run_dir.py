@@ -41,8 +41,8 @@ REPLACED = "replaced"
 def _value(cfg: Any, key: str) -> Any:
     v = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
     if key == "data.sources" and v is not None:
-        # the loader's identity of a source: name, subset and split (weights may change)
-        return [(s.get("name"), s.get("max_samples"), s.get("split", "train")) for s in v]
+        # the loader's identity of a source: name, subset, split and selection (weights may change)
+        return [(s.get("name"), s.get("max_samples"), s.get("split", "train"), s.get("selection")) for s in v]
     return OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
 
 
@@ -87,7 +87,8 @@ def differing_keys(saved: Any, cfg: Any, world_size: int | None) -> list[str]:
 def _shown(cfg: Any, key: str) -> str:
     v = _value(cfg, key)
     if key == "data.sources":
-        return "[" + ", ".join(f"{n}" + (f" max_samples={m}" if m is not None else "") for n, m, _ in v) + "]"
+        return "[" + ", ".join(f"{n}" + (f" max_samples={m}" if m is not None else "") + (f" selection={sel}" if sel else "")
+                               for n, m, _, sel in v) + "]"
     return str(v)
 
 
