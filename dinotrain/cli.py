@@ -2,7 +2,7 @@
 
 The CLI is the composition root: it names each subcommand's module by string and imports it
 only when needed, so `dinotrain --help` stays fast and `dinotrain` (the library) never
-imports `launch` or `shards`. A subcommand module provides `add_arguments(parser)` and
+imports `launch` or `shards` (tests/test_architecture.py holds it). A subcommand module provides `add_arguments(parser)` and
 `main(args) -> int`; its heavy imports (torch, DALI) happen inside `main`.
 """
 
@@ -68,7 +68,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "dinotrain export runs/cxr_base --format hf --out exported/cxr_base",
     ),
     "demo": (
-        "dinotrain.demo",
+        "launch.demo",
         "the whole chain on a built-in synthetic corpus, on a laptop, in minutes",
         "dinotrain demo --out demo_out --minutes 10",
     ),

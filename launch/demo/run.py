@@ -80,7 +80,7 @@ def _num(v: float | None) -> str:
 # ----------------------------------------------------------------------------- stages
 def build_corpus(root: Path, n: int, seed: int, progress: bool):
     """The synthetic corpus under `root`, reused when a previous demo made the same one."""
-    from dinotrain.demo.synthetic import CorpusInfo, make_corpus
+    from launch.demo.synthetic import CorpusInfo, make_corpus
 
     done = root / ".done"
     stamp = f"n={n} seed={seed} size={IMAGE_SIZE}"
@@ -101,7 +101,7 @@ def build_corpus(root: Path, n: int, seed: int, progress: bool):
 
 def build_shards(corpus: Path, out: Path, progress: bool) -> dict:
     """`shards build` over the corpus' image folders joined with its metadata.csv; returns the manifest."""
-    from dinotrain.demo.synthetic import MODALITIES
+    from launch.demo.synthetic import MODALITIES
     from shards.build import build_shards as build
 
     manifest = out / "manifest.json"
@@ -166,7 +166,7 @@ def train_overrides(run_dir: Path, shards: Path, p: Plan, processes: int, seed: 
 def _last_step(metrics: Path) -> int:
     if not metrics.is_file():
         return 0
-    from dinotrain.demo.report import read_metrics
+    from launch.demo.report import read_metrics
 
     try:
         rows = read_metrics(metrics)
@@ -324,7 +324,7 @@ def evaluate(models: list[str], data_root: Path, dataset: str, out: Path, seed: 
 
 def probe_rows(records: list[dict], ssl: str, random: str):
     """The primary metric of each task, model `ssl` vs model `random`, as report.ProbeRow."""
-    from dinotrain.demo.report import ProbeRow
+    from launch.demo.report import ProbeRow
 
     rows = []
     for spec, probe, metric, higher in eval_specs("-"):
@@ -388,7 +388,7 @@ def training_crops(overrides: list[str], out: Path) -> Path:
 
 # ----------------------------------------------------------------------------- the whole chain
 def run_demo(opts: DemoOptions) -> int:
-    from dinotrain.demo import report
+    from launch.demo import report
 
     out = Path(opts.out).absolute()
     if opts.fresh and out.exists():
