@@ -167,8 +167,8 @@ def _rows(nodes: list[str], folders: set[str]) -> dict[str, tuple[float, float]]
 
 
 def draw(root: Path, out: Path, title: str) -> None:
-    """The folder graph of the tree at `root` as a PNG: arrows point at what is imported; red ones
-    break the plan (a forbidden floor, or part of a loop)."""
+    """The folder graph of the tree at `root` as a PNG: arrows point at what is imported, in the
+    importer's floor colour; red ones break the plan (a forbidden floor, or part of a loop)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,7 +188,7 @@ def draw(root: Path, out: Path, title: str) -> None:
             red = (a, b) in bad
             ax.add_patch(FancyArrowPatch(pos[a], pos[b], arrowstyle="-|>", mutation_scale=10, shrinkA=14,
                                          shrinkB=14, connectionstyle="arc3,rad=0.08", lw=2.2 if red else 0.7,
-                                         color="crimson" if red else "0.55", zorder=3 if red else 1))
+                                         color="crimson" if red else _EDGE[a.split(".")[0].split(":")[0]], zorder=3 if red else 1))
     for n, (x, y) in pos.items():
         ax.text(x, y, _label(n, sub | {"launch.demo"}), ha="center", va="center",
                 fontsize=8.5, zorder=4, bbox={"boxstyle": "round", "fc": _colour(n), "ec": "0.3"})
@@ -208,6 +208,9 @@ def _label(n: str, folders: set[str]) -> str:
     if n == "dinotrain":
         return "__init__"
     return n.replace("dinotrain.", "").replace("launch.", "launch/") + ("/" if n in folders else "")
+
+
+_EDGE = {"shards": "0.5", "dinotrain": "#6f8fb0", "launch": "#e0a060"}  # an arrow has its importer's floor colour
 
 
 def _colour(n: str) -> str:
