@@ -415,3 +415,13 @@ def test_study_settings_refuse_a_wrong_file(tmp_path, text, says):
     (tmp_path / "s.yaml").write_text(text)
     with pytest.raises(ValueError, match=says):
         load_settings(tmp_path / "s.yaml")
+
+
+def test_the_plan_writes_study_json_as_published():
+    """study.json's `plan` is asdict(StudyPlan): the published studies' keys, in their order."""
+    from dataclasses import fields
+
+    from launch.study.plan import StudyPlan
+
+    published = json.loads((REPO / "docs/results/laptop_study/study.json").read_text())["plan"]
+    assert [f.name for f in fields(StudyPlan)] == list(published)
