@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from launch.demo import run as demo_run
 from launch.demo.synthetic import make_corpus
@@ -118,10 +121,64 @@ def test_demo_end_to_end(tmp_path):
     assert steps[-1] == 3
     records = json.loads((out / "results.json").read_text())["records"]
     models = {r["model"] for r in records}
-    assert models == {str(out / "run"), f"random:{demo_run.ARCH}:0"}
+    # the baseline is the run's own starting network (its recipe and seed), named as such
+    assert models == {str(out / "run"), f"random:{out / 'run'}"}
+    baseline = "vit_tiny initialised by the run's recipe (LayerScale 0.1, seed 0), untrained"
+    assert f"step-0 init: {baseline}" in proc.stdout and f"step-0 init: {baseline}" in (out / "REPORT.md").read_text()
+    assert json.loads((out / "results.json").read_text())["baseline"] == baseline
     assert {r["task"] for r in records} == {s[0]["name"] for s in demo_run.eval_specs("corpus")}
     # tiny test splits may leave one class (AUROC undefined), but every MAE is a number
     assert all(np.isfinite(r["value"]) for r in records if r["metric"] == "mae")
     table = proc.stdout[proc.stdout.index("SSL pretrained"):]
     assert all(s[0]["name"] in table for s in demo_run.eval_specs("corpus"))
     assert "stopped by" not in proc.stdout and "synthetic" in proc.stdout
+    assert "time budget spent" not in proc.stdout + proc.stderr
+    assert "collapse monitor: no warning" in proc.stdout
+    latest = out / "run" / "export" / "latest"
+    assert (latest / "dinov2.safetensors").is_file() and (latest / "hf" / "config.json").is_file()
+    # a finished demo run again repairs a missing export (the issue's rerun said done and left none)
+    shutil.rmtree(out / "run" / "export")
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert (latest / "dinov2.safetensors").is_file() and "3 of 3 steps" in again.stdout
+    assert_export_is_the_checkpoint(out / "run", 3)
+    # an export cut while it copied to latest/ (an older latest/ beside the new step's folder) is redone
+    (latest / "dinov2.safetensors").write_bytes(b"an older export")
+    assert demo_run.ensure_export(out / "run", 3) == latest
+    assert_export_is_the_checkpoint(out / "run", 3)
+
+
+def assert_export_is_the_checkpoint(run: Path, step: int) -> None:
+    """export/latest and export/step_N hold the teacher of checkpoint N, loadable as an HF model."""
+    from safetensors.torch import load_file
+
+    from dinotrain.models.convert import from_hf
+    from dinotrain.run_layout import load_teacher
+
+    assert (run / "export" / f"step_{step:07d}").is_dir()
+    exported = load_file(str(run / "export" / "latest" / "dinov2.safetensors"))
+    teacher, _ = load_teacher(run)  # the newest checkpoint
+    assert set(exported) == set(teacher) and all(torch.equal(exported[k], teacher[k]) for k in teacher)
+    hf = from_hf(run / "export" / "latest" / "hf").state_dict()
+    assert torch.equal(hf["pos_embed"], teacher["pos_embed"])
+
+
+@pytest.mark.slow
+def test_demo_with_a_tiny_budget_still_exports_and_reports(tmp_path):
+    """A budget spent before training ends: fewer steps than planned, said once; the checkpoint
+    is evaluated and exported; the table printed."""
+    out = tmp_path / "demo"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "dinotrain", "demo", "--out", str(out), "--minutes", "1.4", "--images", "60"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    terminal = proc.stdout + proc.stderr
+    assert proc.returncode == 0, terminal[-3000:]
+    planned = demo_run.plan(1.4).steps
+    spent = re.search(r"time budget spent at step (\d+) of (\d+): training stopped, its checkpoint of step (\d+)",
+                      terminal)
+    assert spent and int(spent.group(2)) == planned and int(spent.group(1)) < planned, terminal[-3000:]
+    ckpt = int(spent.group(3))
+    assert "stopped by the 1.4-minute budget" in proc.stdout and f"checkpoint of step {ckpt}" in proc.stdout
+    assert "SSL pretrained" in proc.stdout and (out / "REPORT.md").is_file()
+    assert_export_is_the_checkpoint(out / "run", ckpt)
+    assert "Traceback" not in terminal

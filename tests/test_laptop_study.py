@@ -110,7 +110,7 @@ def test_initial_teacher_is_the_recipes_init_and_loads_in_eval(tmp_path):
 
     from dinotrain.config import load_config
     from dinotrain.eval.loading import load_model
-    from launch.study.study_runs import save_initial_teacher
+    from dinotrain.train.initial import save_initial_teacher
 
     over = ["model.layerscale_init=0.1", "train.seed=3"]
     cfg = load_config(REPO / "configs/pretrain/tiny_cpu.yaml", over)

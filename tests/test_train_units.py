@@ -14,16 +14,6 @@ import torch.nn.functional as F
 from dinotrain.config import load_config
 from dinotrain.train.checkpoint import from_jsonable, latest_checkpoint, list_checkpoints, to_jsonable
 from dinotrain.train.meta_arch import LossParams, compute_losses, ema_update
-from dinotrain.train.monitor import (
-    CollapseWatch,
-    collapse_stats,
-    collapse_warnings,
-    effective_rank,
-    head_collapse_stats,
-    mean_pairwise_cosine,
-    prototype_cosine,
-    unit_row_sum,
-)
 from dinotrain.train.optim import apply_step_values, build_optimizer, param_multipliers
 from dinotrain.train.schedules import StepValues
 
@@ -181,81 +171,7 @@ def test_ema_update_is_the_momentum_average():
         torch.testing.assert_close(p.detach(), 0.9 * t0 + 0.1 * s.detach())
 
 
-# ----------------------------------------------------------------------------- monitoring
-def test_collapse_indicators():
-    torch.manual_seed(0)
-    spread = torch.randn(64, 32)
-    collapsed = torch.ones(64, 32) + 1e-6 * torch.randn(64, 32)
-    # informative targets: each image peaked on its own prototype, all 10 in use over the batch
-    peaked = torch.softmax(5 * F.one_hot(torch.arange(64) % 10, 10).float(), dim=-1)
-    one_proto = F.one_hot(torch.zeros(64, dtype=torch.long), 10).float()
-    good = collapse_stats(spread, peaked)
-    bad = collapse_stats(collapsed, one_proto)
-    assert 0.7 < good["cls_std"] < 1.3 and good["cls_effective_rank"] > 15
-    assert bad["cls_std"] < 1e-3
-    assert good["teacher_batch_entropy"] == pytest.approx(math.log(10), rel=1e-2)
-    assert bad["teacher_batch_entropy"] < 1e-3
-    assert collapse_warnings(good, 10) == []
-    warnings = collapse_warnings(bad, 10)
-    assert len(warnings) == 2 and "step 10" in warnings[0] and "optim.lr" in warnings[0]
-    # uniform targets are the collapse the CLS indicators miss: they get their own warning
-    uniform = collapse_warnings(collapse_stats(spread, torch.full((64, 10), 0.1)), 10)
-    assert len(uniform) == 1 and "uniform" in uniform[0]
-    line = torch.outer(torch.randn(50), torch.randn(8))
-    assert effective_rank(line) == pytest.approx(1.0, abs=0.05)
-
-
-def test_head_collapse_indicators_match_brute_force_and_shard():
-    torch.manual_seed(0)
-    x = torch.randn(33, 16) + 0.5
-    z = F.normalize(x, dim=-1)
-    brute = (z @ z.T)[~torch.eye(33, dtype=torch.bool)].mean()
-    assert mean_pairwise_cosine(x) == pytest.approx(float(brute), abs=1e-6)
-    # prototypes sharded by row (as FSDP2 does): the shards' sums add up to the whole one
-    w = torch.randn(40, 16)
-    whole = prototype_cosine(unit_row_sum(w), 40)
-    assert prototype_cosine(unit_row_sum(w[:13]) + unit_row_sum(w[13:]), 40) == pytest.approx(whole, abs=1e-6)
-    zw = F.normalize(w, dim=-1)
-    assert whole == pytest.approx(float((zw @ zw.T)[~torch.eye(40, dtype=torch.bool)].mean()), abs=1e-6)
-
-    spread = head_collapse_stats(torch.randn(64, 32), unit_row_sum(torch.randn(256, 32)), 256)
-    assert abs(spread["head_bottleneck_cos"]) < 0.05 and abs(spread["prototype_cos"]) < 0.05
-    same_point = torch.ones(64, 32) + 1e-3 * torch.randn(64, 32)
-    one_direction = torch.ones(256, 32) + 1e-3 * torch.randn(256, 32)
-    bad = head_collapse_stats(same_point, unit_row_sum(one_direction), 256)
-    assert bad["head_bottleneck_cos"] > 0.999 and bad["prototype_cos"] > 0.999
-    warnings = collapse_warnings(bad, 7)
-    assert len(warnings) == 2 and "bottleneck" in warnings[0] and "prototypes" in warnings[1]
-    assert collapse_warnings(spread, 7) == []
-
-
-def test_collapse_watch_judges_a_window_not_one_step():
-    healthy = {"head_bottleneck_cos": 0.3, "teacher_entropy": 4.0, "teacher_max_entropy": math.log(256),
-               "prototype_cos": 0.01, "cls_std": 0.5}
-    # one step of a small batch of similar images looks collapsed: no warning (seen in CI)
-    watch = CollapseWatch(window=5, min_logs=3)
-    said = []
-    for step in range(5, 30):
-        stats = dict(healthy, head_bottleneck_cos=0.99) if step == 9 else healthy
-        assert collapse_warnings(stats, step) == [] or step == 9
-        said += watch.observe(stats, step)
-    assert said == []
-    # a collapse persists: warned once the window's mean crosses, with the steps it covers, then
-    # repeated every `repeat_every` logs only; NaN indicators (one prototype) are left out of means
-    watch = CollapseWatch(window=5, min_logs=3, repeat_every=10)
-    collapsed = dict(healthy, head_bottleneck_cos=0.999, prototype_cos=float("nan"))
-    said = [(step, w) for step in range(5, 30) for w in watch.observe(collapsed, step)]
-    assert [s for s, _ in said] == [7, 17, 27]
-    assert said[0][1].startswith("steps 5-7: the DINO head maps every image") and "0.9990" in said[0][1]
-    assert "steps 23-27" in said[2][1]
-    # before min_logs nothing is judged
-    watch = CollapseWatch(window=5, min_logs=3)
-    assert watch.observe(collapsed, 0) == [] and watch.observe(collapsed, 1) == []
-    assert len(watch.observe(collapsed, 2)) == 1
-    with pytest.raises(ValueError, match="min_logs"):
-        CollapseWatch(window=2, min_logs=3)
-
-
+# ----------------------------------------------------------------------------- monitoring (more: test_train_monitor.py)
 def test_head_reports_the_bottleneck_its_logits_come_from():
     from dinotrain.models.heads import DINOHead
 

@@ -1,6 +1,6 @@
 """`dinotrain eval MODEL... --tasks TASKS [--data ROOT] [--out DIR]`.
 
-MODEL: a run directory, a Hugging Face folder, a DINOv2 checkpoint or `random:vit_small` (see
+MODEL: a run directory, a Hugging Face folder, a DINOv2 checkpoint, `random:RUN_DIR` or `random:vit_small` (see
 `dinotrain.eval.loading`). TASKS: built-in spec names, YAML paths, or `all`, comma-separated
 (see `dinotrain.eval.specs`). Defaults come from the config schema's `eval` section.
 """
@@ -16,7 +16,8 @@ from dinotrain.config import EvalConfig
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = EvalConfig()
     parser.add_argument("models", nargs="*", metavar="MODEL",
-                        help="run dir, HF folder, DINOv2 checkpoint, or random:ARCH[:SEED]; several = side by side")
+                        help="run dir, HF folder, DINOv2 checkpoint, random:RUN_DIR or random:CONFIG.yaml (the network that "
+                        "run starts from), or random:ARCH[:SEED] (the schema's init); several = side by side")
     parser.add_argument("--tasks", default=None,
                         help="comma-separated built-in task names or YAML spec paths, or 'all' (see --list-tasks)")
     parser.add_argument("--data", default=d.data_root, help="root folder holding the datasets the specs name")
@@ -64,7 +65,7 @@ def main(args: argparse.Namespace) -> int:
     if Path(args.out).exists() and not Path(args.out).is_dir():
         print(f"dinotrain eval: error: --out {args.out} is a file: give a folder (it is created)", file=sys.stderr)
         return 2
-    from dinotrain.eval.loading import default_resolution
+    from dinotrain.eval.loading import default_resolution, describe_random
     from dinotrain.eval.run import evaluate_models
 
     if args.resolution is None:
@@ -73,6 +74,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         print(f"dinotrain eval: at {args.resolution} px (--resolution)", file=sys.stderr, flush=True)
     try:
+        inits = {m: describe_random(m) for m in args.models}  # which init each random: model is
         res = evaluate_models(
             args.models, args.tasks, args.data, args.out, max_samples=args.max_samples, with_plot=not args.no_plot,
             resolution=args.resolution, batch_size=args.batch_size, bootstrap=args.bootstrap, knn_k=args.knn_k,
@@ -87,5 +89,8 @@ def main(args: argparse.Namespace) -> int:
 
     print(markdown(list(args.models), [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
                                        for r in res["records"]]))
+    for m, what in inits.items():
+        if what:
+            print(f"{m}: {what}")
     print(f"wrote {', '.join(str(p) for p in res['paths'].values())}")
     return 0

@@ -1,7 +1,11 @@
 """MODEL arguments of `dinotrain eval`: what each string means and how it becomes a backbone.
 
-- `random:ARCH` or `random:ARCH:SEED`  a randomly initialised backbone (the floor every trained
-  model must beat), e.g. `random:vit_small`.
+- `random:RUN_DIR`, `random:CONFIG.yaml` (optionally `:SEED`)  the network a run of that recipe
+  starts from: its arch, LayerScale init and `train.seed`, built by the trainer's own code
+  (`dinotrain.train.initial`) and read with the run's input normalisation. The floor a trained
+  model must beat is its own step 0.
+- `random:ARCH` or `random:ARCH:SEED`  the schema's default init of ARCH (DINOv2's LayerScale
+  1e-5), e.g. `random:vit_small`; `describe_random` says which init a `random:` name is.
 - a run directory (holds `config.yaml`)  its teacher, via `dinotrain.run_layout.load_teacher`
   (newest complete checkpoint, else `export/latest`).
 - a Hugging Face folder (holds `config.json`, e.g. a downloaded `microsoft/rad-dino`), or an
@@ -58,20 +62,82 @@ def _convert(path: Path):
     return convert.load_backbone(path)  # HF folder, or a file in HF or DINOv2 naming
 
 
+def _recipe_source(rest: str) -> tuple[Path, int | None] | None:
+    """(run config path, seed or None) of `RUN_DIR`, `CONFIG.yaml`, or either with `:SEED`."""
+    cands = [(rest, None)]
+    head, _, tail = rest.rpartition(":")
+    if head and tail.isdigit():
+        cands.append((head, int(tail)))
+    for path, seed in cands:
+        p = Path(path).expanduser()
+        if p.is_dir() and (p / "config.yaml").is_file():
+            return p / "config.yaml", seed
+        if p.is_file() and p.suffix in (".yaml", ".yml"):
+            return p, seed
+    return None
+
+
+def random_recipe(spec: str):
+    """The run config (DictConfig) a `random:RUN_DIR` / `random:CONFIG.yaml[:SEED]` name builds
+    from, or None when the name is `random:ARCH[:SEED]`."""
+    found = _recipe_source(spec[len("random:"):])
+    if found is None:
+        return None
+    from dinotrain.config import ConfigError, load_config
+
+    path, seed = found
+    try:
+        return load_config(path, [f"train.seed={seed}"] if seed is not None else [])
+    except ConfigError as e:
+        raise SpecError(f"model '{spec}': {e}") from e
+
+
+def _random_arch(spec: str) -> tuple[str, int]:
+    from dinotrain.models.vit import ARCHS
+
+    parts = spec.split(":")
+    arch = parts[1] if len(parts) > 1 and parts[1] else "vit_small"
+    if arch not in ARCHS:
+        raise SpecError(f"model '{spec}': unknown arch '{arch}' and not a run folder or config file; use one of "
+                        f"{', '.join(ARCHS)}, or random:RUN_DIR / random:CONFIG.yaml for the init a run starts from")
+    try:
+        seed = int(parts[2]) if len(parts) > 2 else 0
+    except ValueError:
+        raise SpecError(f"model '{spec}': seed '{parts[2]}' is not an integer (random:ARCH:SEED)") from None
+    return arch, seed
+
+
+def describe_random(spec: str) -> str | None:
+    """Which init a `random:` model is, in words (None for other models)."""
+    if not spec.startswith("random:"):
+        return None
+    cfg = random_recipe(spec)
+    if cfg is not None:
+        from dinotrain.train.initial import describe_init
+
+        return describe_init(cfg)
+    from dinotrain.config import ModelConfig, default_of
+
+    arch, seed = _random_arch(spec)
+    return (f"{arch} at the schema's default init (LayerScale {float(default_of(ModelConfig, 'layerscale_init')):g}, "
+            f"seed {seed}), not a run's recipe: random:RUN_DIR or random:CONFIG.yaml builds the network a run "
+            "starts from")
+
+
 def build_model(spec: str, device: str = "cpu"):
     """The backbone named by a MODEL argument (see the module docstring)."""
     import torch
 
-    if spec.startswith("random:"):
-        parts = spec.split(":")
-        arch = parts[1] if len(parts) > 1 and parts[1] else "vit_small"
-        seed = int(parts[2]) if len(parts) > 2 else 0
+    recipe = random_recipe(spec) if spec.startswith("random:") else None
+    if recipe is not None:
+        from dinotrain.train.initial import initial_backbone
+
+        model, _ = initial_backbone(recipe)
+    elif spec.startswith("random:"):
+        arch, seed = _random_arch(spec)
         from dinotrain.config import ModelConfig
         from dinotrain.models import build_backbone
-        from dinotrain.models.vit import ARCHS
 
-        if arch not in ARCHS:
-            raise SpecError(f"model '{spec}': unknown arch '{arch}'; use one of {', '.join(ARCHS)}")
         torch.manual_seed(seed)  # the same name gives the same weights (and shares the feature cache)
         model = build_backbone(ModelConfig(arch=arch), device="cpu", drop_path_rate=0.0)
     else:
@@ -102,10 +168,15 @@ def _default_normalisation() -> tuple[float, float]:
 
 
 def normalisation(spec: str) -> tuple[float, float]:
-    """(mean, std) of the inputs: a run's `data.mean`/`data.std`, else the schema's (RAD-DINO's)."""
+    """(mean, std) of the inputs: a run's (or a `random:` recipe's) `data.mean`/`data.std`, else the
+    schema's (RAD-DINO's)."""
     mean, std = _default_normalisation()
-    run_cfg = Path(spec).expanduser() / "config.yaml"
-    if not spec.startswith("random:") and run_cfg.is_file():
+    if spec.startswith("random:"):
+        found = _recipe_source(spec[len("random:"):])
+        run_cfg = found[0] if found else None
+    else:
+        run_cfg = Path(spec).expanduser() / "config.yaml"
+    if run_cfg is not None and run_cfg.is_file():
         from omegaconf import OmegaConf
 
         data = OmegaConf.load(run_cfg).get("data") or {}
@@ -131,8 +202,11 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
 def trained_resolution(spec: str) -> int | None:
     """The global crop size a training run (a folder holding config.yaml) trained at; None for
     any other MODEL."""
+    if spec.startswith("random:"):  # random:RUN_DIR / random:CONFIG.yaml: the recipe's size
+        recipe = random_recipe(spec)
+        return None if recipe is None else int(recipe.data.global_crops_size)
     run_cfg = Path(spec).expanduser() / "config.yaml"
-    if spec.startswith("random:") or not run_cfg.is_file():
+    if not run_cfg.is_file():
         return None
     from omegaconf import OmegaConf
 

@@ -7,6 +7,7 @@ teacher what `dinotrain eval` feeds it."""
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -63,3 +64,26 @@ def export_teacher(teacher: SSLNetwork, model, ssl, output_dir: str | Path, step
         _replace_dir(final, export_dir(output_dir, None))
     barrier()
     return final
+
+
+def export_checkpoint(run_dir: str | Path) -> Path:
+    """`export/step_N/` and `export/latest/` from the run's newest complete checkpoint, in this one
+    process (no process group): what a run stopped before its final export (a time budget, a
+    preemption) lacks. The teacher is the run's network with the checkpoint's weights, written by
+    `export_teacher` as the trainer writes it."""
+    from dinotrain.config import load_config
+    from dinotrain.dcp_local import load_in_one_process
+    from dinotrain.run_layout import step_of, usable_checkpoint
+    from dinotrain.train.initial import initial_teacher
+
+    # the full check (checksums), as eval and export do: a broken newest checkpoint is skipped
+    ckpt = usable_checkpoint(run_dir, warn=lambda line: print(f"warning: {line}", file=sys.stderr))
+    if ckpt is None:
+        raise FileNotFoundError(f"{run_dir}: no complete checkpoint under ckpt/ to export")
+    step = step_of(ckpt)
+    teacher, cfg = initial_teacher(load_config(Path(run_dir) / "config.yaml"))
+    state = {"teacher": teacher.state_dict()}
+    load_in_one_process(state, ckpt)  # in place, into the teacher's own tensors
+    teacher.load_state_dict(state["teacher"])
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), created_group=False)
+    return export_teacher(teacher, cfg.model, cfg.ssl, run_dir, step, env, data=cfg.data)

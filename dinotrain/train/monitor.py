@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -98,48 +98,97 @@ def head_collapse_stats(bottleneck: torch.Tensor, prototype_row_sum: torch.Tenso
     }
 
 
-def collapse_warnings(stats: dict[str, float], step: int, until: int | None = None) -> list[str]:
-    """Human advice when the indicators look like a collapse (empty when healthy). `stats` are one
-    step's indicators, or (with `until`) their means over the logged steps `step`..`until`."""
-    where = f"step {step}" if until is None else f"steps {step}-{until}"
+@dataclass(frozen=True)
+class CollapseThresholds:
+    """When an indicator (its mean over a window of logged steps) alerts. Calibrated on real images
+    (README "Collapse indicators"): healthy runs of tiny_cpu.yaml, laptop_real.yaml and the demo's
+    recipe stay clear of every line (the closest: tiny_cpu.yaml on brain MRI, head cosine 0.990 and
+    targets 0.007 nats from uniform), a from-scratch run at DINOv2's LayerScale 1e-5 crosses the
+    head and target lines from its first window on (>= 0.998 and <= 0.003 nats)."""
+
+    cls_std_below: float = 0.05  # CLS features of all images nearly one point
+    one_prototype_below: float = 0.05  # batch entropy under this fraction of ln K (and < ln 2)
+    head_bottleneck_cos_above: float = 0.995  # every image at one point of the DINO head
+    prototype_cos_above: float = 0.9  # every prototype pointing one way
+    # ln K - teacher entropy = the targets' mean KL divergence from uniform, in nats, whatever K is:
+    # how much a target says about its image
+    target_nats_below: float = 0.005
+
+
+THRESHOLDS = CollapseThresholds()
+
+
+def collapse_findings(stats: dict[str, float], th: CollapseThresholds = THRESHOLDS) -> list[tuple[str, str]]:
+    """(kind, what is wrong) for each indicator past its line; empty when healthy. `stats`: one
+    step's indicators or their means over a window."""
     out = []
-    if stats.get("cls_std", 1.0) < 0.05:
-        out.append(
-            f"{where}: CLS features have almost no spread (cls_std={stats['cls_std']:.3g}, "
-            f"effective rank {stats.get('cls_effective_rank', float('nan')):.2f}): the representation is "
-            "collapsing. Lower optim.lr, lengthen optim.warmup_steps, keep ssl.koleo_loss_weight > 0, and "
-            "check that the data are not near-identical images"
-        )
-    if stats.get("teacher_batch_entropy", 1.0) < 0.05 * stats.get("teacher_max_entropy", 1.0) and \
-            stats.get("teacher_batch_entropy", 1.0) < math.log(2):
-        out.append(
-            f"{where}: the teacher assigns every image to the same prototype "
-            f"(batch entropy {stats['teacher_batch_entropy']:.3g} nats): use ssl.centering=sinkhorn_knopp, "
-            "raise ssl.warmup_teacher_temp_steps or lower ssl.teacher_temp"
-        )
-    if stats.get("head_bottleneck_cos", 0.0) > 0.98:
-        out.append(
-            f"{where}: the DINO head maps every image to nearly the same bottleneck vector "
-            f"(mean pairwise cosine {stats['head_bottleneck_cos']:.4f}): the teacher's targets carry no "
-            "information about the image, and the DINO loss keeps it that way. From scratch with DINOv2's "
-            "LayerScale init (1e-5) the CLS token does not depend on the image at the first step: start "
-            "from pretrained weights (model.pretrained) or, for a small run, raise model.layerscale_init "
-            "(0.1 in configs/pretrain/laptop_real.yaml)"
-        )
-    if stats.get("prototype_cos", 0.0) > 0.9:
-        out.append(
-            f"{where}: the DINO head's prototypes all point the same way (mean pairwise cosine "
-            f"{stats['prototype_cos']:.4f}): every logit is equal whatever the input. Restart with a longer "
-            "optim.freeze_last_layer_steps and a lower optim.lr"
-        )
-    max_h = stats.get("teacher_max_entropy", 0.0)
-    if max_h > 0 and stats.get("teacher_entropy", 0.0) > 0.995 * max_h:
-        out.append(
-            f"{where}: the teacher's targets are uniform (entropy {stats['teacher_entropy']:.4f} of "
-            f"ln K = {max_h:.4f}): the DINO and iBOT terms sit at their trivial value. See the head "
-            "indicators (head_bottleneck_cos, prototype_cos) in metrics.jsonl"
-        )
+    if stats.get("cls_std", 1.0) < th.cls_std_below:
+        out.append(("cls", f"CLS features have almost no spread (cls_std {stats['cls_std']:.3g} < {th.cls_std_below:g}, "
+                           f"effective rank {stats.get('cls_effective_rank', float('nan')):.2f})"))
+    batch_h, max_h = stats.get("teacher_batch_entropy", 1.0), stats.get("teacher_max_entropy", 0.0)
+    if batch_h < th.one_prototype_below * max(max_h, 1.0) and batch_h < math.log(2):
+        out.append(("one_prototype", f"the teacher assigns every image to the same prototype (batch entropy "
+                                     f"{batch_h:.3g} nats)"))
+    if stats.get("head_bottleneck_cos", 0.0) > th.head_bottleneck_cos_above:
+        out.append(("head", "the DINO head maps every image to nearly the same bottleneck vector (mean pairwise "
+                            f"cosine {stats['head_bottleneck_cos']:.4f} > {th.head_bottleneck_cos_above:g})"))
+    if stats.get("prototype_cos", 0.0) > th.prototype_cos_above:
+        out.append(("prototypes", "the DINO head's prototypes all point the same way (mean pairwise cosine "
+                                  f"{stats['prototype_cos']:.4f} > {th.prototype_cos_above:g})"))
+    if max_h > 0 and "teacher_entropy" in stats and max_h - stats["teacher_entropy"] < th.target_nats_below:
+        out.append(("uniform", f"the teacher's targets are uniform (entropy {stats['teacher_entropy']:.4f} of "
+                               f"ln K = {max_h:.4f}: {max_h - stats['teacher_entropy']:.4f} nats from uniform < "
+                               f"{th.target_nats_below:g}), so the DINO and iBOT terms sit at their trivial value"))
     return out
+
+
+def _get(cfg, key: str):
+    """`cfg.a.b` or None (no config, or a config without that key)."""
+    for part in key.split("."):
+        cfg = getattr(cfg, part, None) if cfg is not None else None
+    return cfg
+
+
+def collapse_advice(kinds: list[str], cfg=None) -> str:
+    """What to change for these findings, leaving out what the run's config (`cfg`, the full run
+    config) already does; without a config, every usual remedy."""
+    def now(key: str) -> str:
+        return f" (now {_get(cfg, key)})" if _get(cfg, key) is not None else ""
+
+    tips: list[str] = []
+    if {"head", "uniform"} & set(kinds):
+        if cfg is None or not _get(cfg, "model.pretrained"):
+            tips.append("start from pretrained weights (model.pretrained)")
+        ls = _get(cfg, "model.layerscale_init")
+        if ls is None or float(ls) < 0.1:
+            tips.append(f"raise model.layerscale_init{now('model.layerscale_init')} to 0.1 (at DINOv2's 1e-5 a "
+                        "from-scratch CLS token does not depend on the image at the first step)")
+    if {"cls", "head", "uniform"} & set(kinds):
+        tips.append(f"lower optim.lr{now('optim.lr')} or lengthen optim.warmup_steps{now('optim.warmup_steps')}")
+        if _get(cfg, "ssl.koleo_loss_weight") is not None and float(_get(cfg, "ssl.koleo_loss_weight")) <= 0:
+            tips.append("set ssl.koleo_loss_weight > 0 (now 0)")
+    if "one_prototype" in kinds:
+        if _get(cfg, "ssl.centering") != "sinkhorn_knopp":
+            tips.append(f"use ssl.centering=sinkhorn_knopp{now('ssl.centering')}")
+        tips.append(f"raise ssl.warmup_teacher_temp_steps{now('ssl.warmup_teacher_temp_steps')} or lower "
+                    f"ssl.teacher_temp{now('ssl.teacher_temp')}")
+    if "prototypes" in kinds:
+        tips.append(f"restart with a longer optim.freeze_last_layer_steps{now('optim.freeze_last_layer_steps')}")
+    if "cls" in kinds:
+        tips.append("check that the data are not near-identical images (dinotrain data preview)")
+    return "; ".join(dict.fromkeys(tips))
+
+
+def collapse_warning(stats: dict[str, float], first: int, last: int, cfg=None,
+                     th: CollapseThresholds = THRESHOLDS) -> str | None:
+    """One line for the indicators' means over logged steps `first`..`last`: what is wrong and
+    what to change (None when healthy)."""
+    found = collapse_findings(stats, th)
+    if not found:
+        return None
+    where = f"step {first}" if first == last else f"steps {first}-{last}"
+    advice = collapse_advice([k for k, _ in found], cfg)
+    return f"collapse warning, {where}: " + "; ".join(t for _, t in found) + (f". Try: {advice}" if advice else "")
 
 
 def window_means(history: list[dict]) -> dict[str, float]:
@@ -153,36 +202,74 @@ def window_means(history: list[dict]) -> dict[str, float]:
 
 
 class CollapseWatch:
-    """Judges the collapse indicators over the last `window` logged steps, never over one step: a
-    small batch is sometimes a few near-identical images, whose bottleneck vectors and targets
-    agree for that step alone (seen in CI: one step of a healthy batch-4 run at bottleneck cosine
-    0.98). A collapse persists, so the window's means see it; a warning of one kind is repeated at
-    most every `repeat_every` logs."""
+    """Judges the collapse indicators over windows of `window` logged steps (one after the other),
+    never over one step: a small batch is sometimes a few near-identical images, whose bottleneck
+    vectors and targets agree for that step alone (seen in CI: one step of a healthy batch-4 run at
+    bottleneck cosine 0.98). A collapse persists, so the window's means see it. At most one warning
+    per window; the same findings again only after `repeat_every` windows; `summary()` counts them.
+    `cfg`: the run's config, so that the advice leaves out what it already does."""
 
-    def __init__(self, window: int = 5, min_logs: int = 3, repeat_every: int = 10):
+    def __init__(self, window: int = 5, min_logs: int = 3, repeat_every: int = 10, cfg=None,
+                 thresholds: CollapseThresholds = THRESHOLDS):
         if not 1 <= min_logs <= window:
             raise ValueError(f"CollapseWatch: need 1 <= min_logs ({min_logs}) <= window ({window})")
-        self._history: deque[tuple[int, dict]] = deque(maxlen=window)
-        self._min_logs, self._repeat_every = min_logs, repeat_every
-        self._n_logs = 0
-        self._last_warned: dict[str, int] = {}
+        self._block: list[tuple[int, dict]] = []
+        self._window, self._min_logs, self._repeat_every = window, min_logs, repeat_every
+        self._cfg, self._th = cfg, thresholds
+        self.windows = 0  # windows judged
+        self.alerts: dict[str, int] = {}  # windows that alerted, per kind
+        self.alerting_windows = 0
+        self.printed = 0
+        self._last_printed: dict[frozenset, int] = {}
 
     def observe(self, stats: dict[str, float], step: int) -> list[str]:
-        """Add one logged step's indicators; the warnings to print now."""
-        self._history.append((step, stats))
-        self._n_logs += 1
-        if len(self._history) < self._min_logs:
+        """Add one logged step's indicators; the warning to print now (at most one)."""
+        self._block.append((step, stats))
+        if len(self._block) < self._window:
             return []
-        first = self._history[0][0]
-        means = window_means([s for _, s in self._history])
-        out = []
-        for w in collapse_warnings(means, first, step):
-            kind = w.split(":", 1)[1][:40]
-            last = self._last_warned.get(kind)
-            if last is None or self._n_logs - last >= self._repeat_every:
-                self._last_warned[kind] = self._n_logs
-                out.append(w)
-        return out
+        return self._judge()
+
+    def finish(self) -> list[str]:
+        """Judge the last, partial window (when it holds at least `min_logs` steps)."""
+        return self._judge() if len(self._block) >= self._min_logs else []
+
+    def _judge(self) -> list[str]:
+        block, self._block = self._block, []
+        self.windows += 1
+        means = window_means([s for _, s in block])
+        found = collapse_findings(means, self._th)
+        if not found:
+            return []
+        self.alerting_windows += 1
+        kinds = frozenset(k for k, _ in found)
+        for k in kinds:
+            self.alerts[k] = self.alerts.get(k, 0) + 1
+        last = self._last_printed.get(kinds)
+        if last is not None and self.windows - last < self._repeat_every:
+            return []
+        self._last_printed[kinds] = self.windows
+        self.printed += 1
+        return [collapse_warning(means, block[0][0], block[-1][0], self._cfg, self._th)]
+
+    def summary(self) -> str:
+        """One line for the end of training."""
+        n = f"{self.windows} window(s) of up to {self._window} logged steps"
+        if not self.alerting_windows:
+            return f"collapse monitor: no warning ({n} judged after the lr warm-up)"
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.alerts.items()))
+        return (f"collapse monitor: {self.alerting_windows} of {n} alerted ({kinds}); {self.printed} warning(s) "
+                "printed; indicators per step in metrics.jsonl")
+
+
+def judge_metrics(rows: list[dict], warmup_steps: int, cfg=None) -> CollapseWatch:
+    """The trainer's judgement replayed over a run's metrics.jsonl rows (the logged steps after the
+    lr warm-up, as the trainer judges them): for a run whose own log is elsewhere (a job's)."""
+    watch = CollapseWatch(cfg=cfg)
+    for r in rows:
+        if int(r.get("step", 0)) > warmup_steps:
+            watch.observe(r, int(r["step"]))
+    watch.finish()
+    return watch
 
 
 def vit_flops_per_image(embed_dim: int, depth: int, tokens: int, mlp_hidden: int) -> float:

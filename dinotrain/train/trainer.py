@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,14 @@ def prototype_row_sum(net: SSLNetwork) -> torch.Tensor:
     return s
 
 
+def _say(msg: str, bar, level: int) -> None:
+    """A message on its own line: above the progress bar (tqdm redraws it below) when there is one."""
+    if bar is not None:
+        bar.write(f"{logging.getLevelName(level).lower()}: {msg}", file=sys.stderr)
+    else:
+        log.log(level, msg)
+
+
 class Trainer:
     """One run's networks, optimiser, loader and state, and the loop over them."""
 
@@ -159,7 +168,7 @@ class Trainer:
         self.last_export: Path | None = None
         self.last_losses: dict[str, float] = {}
         self._images, self._t_window = 0, time.perf_counter()
-        self.collapse_watch = CollapseWatch()
+        self.collapse_watch = CollapseWatch(cfg=cfg)  # the config: advice leaves out what it already does
 
     # ------------------------------------------------------------------------- the run
     @property
@@ -187,6 +196,10 @@ class Trainer:
         try:
             for step in range(start, self.policy.max_steps):
                 self.train_step(step, first=step == start, bar=bar)
+            if self.env.is_main and start < self.policy.max_steps:
+                for w in self.collapse_watch.finish():
+                    _say(w, bar, logging.WARNING)
+                _say(self.collapse_watch.summary(), bar, logging.INFO)
         finally:
             if bar is not None:
                 bar.close()
@@ -320,7 +333,7 @@ class Trainer:
         return gnorms
 
     # ------------------------------------------------------------------------- reporting, saving
-    def _monitor(self, n: int, step: int, student_out: dict, teacher_out: dict, params: LossParams) -> dict:
+    def _monitor(self, n: int, step: int, student_out: dict, teacher_out: dict, params: LossParams, bar=None) -> dict:
         """Collapse indicators of this step, and rate-limited warnings when they look bad.
         Called on every rank at log steps (the prototype sum is a collective under FSDP)."""
         with torch.no_grad():
@@ -330,17 +343,17 @@ class Trainer:
             stats.update(head_collapse_stats(teacher_out["global_cls_bottleneck"], prototype_row_sum(self.teacher), k))
             stats["student_head_bottleneck_cos"] = mean_pairwise_cosine(student_out["global_cls_bottleneck"])
         # at DINOv2's init (LayerScale 1e-5) every image has nearly the same CLS: judge collapse
-        # only after the warm-up, on the means of the last few logged steps
+        # only after the warm-up, on the means of windows of logged steps (CollapseWatch)
         if self.env.is_main and step >= self.schedules.warmup_steps:
             for w in self.collapse_watch.observe(stats, n):
-                log.warning(w)
+                _say(w, bar, logging.WARNING)
         return stats
 
     def _log(self, n: int, step: int, out: StepOutput, values: StepValues, gnorms: dict, bar) -> None:
         now = time.perf_counter()
         elapsed = max(now - self._t_window, 1e-9)
         step_time = sum(self.timer.phases.values())
-        stats = self._monitor(n, step, out.student_out, out.teacher_out, out.params)
+        stats = self._monitor(n, step, out.student_out, out.teacher_out, out.params, bar)
         record = {"step": n, **out.losses, **values.as_dict(), **gnorms, **stats,
                   "images_per_s": self._images / elapsed, "step_time_s": step_time,
                   **{f"time_{k}_s": v for k, v in self.timer.phases.items()},

@@ -32,8 +32,12 @@ EVAL_RESOLUTION = 84  # 6 x 6 patches
 # cores, batch 8 per process): turns --minutes into a step count. The budget is enforced anyway
 # (see `pretrain`), so a slower machine trains fewer steps instead of overrunning.
 SECONDS_PER_STEP = 0.8
-# Time kept for what follows training (evaluation of two encoders, plots), in seconds.
+# Time kept for what follows training (the teacher export when the budget cut training short,
+# evaluation of two encoders, plots), in seconds: the budget stops training this long before its end.
 AFTER_TRAINING_S = 75.0
+# Time the planned steps leave for the last step's checkpoint and teacher export inside the job;
+# once every planned step has run the job is never cancelled, so this is what keeps it in budget.
+FINAL_SAVE_S = 15.0
 # Time expected before the first step (corpus, shards, process start-up), in seconds.
 BEFORE_TRAINING_S = 60.0
 
@@ -61,12 +65,13 @@ class Plan:
 def plan(minutes: float, steps: int | None = None, images: int | None = None) -> Plan:
     """Turn a time budget into corpus size and training steps (pure; documented in --help).
 
-    Training gets what the fixed costs leave; the corpus grows with the budget (about 40
-    images per minute) so that longer runs see more data, not just more epochs.
+    Training gets what the fixed costs (start-up, the final checkpoint and export, evaluation) leave;
+    the corpus grows with the budget (about 40 images per minute) so that longer runs see more
+    data, not just more epochs.
     """
     if minutes <= 0:
         raise ValueError(f"--minutes must be > 0, got {minutes}")
-    train_s = max(20.0, minutes * 60.0 - BEFORE_TRAINING_S - AFTER_TRAINING_S)
+    train_s = max(20.0, minutes * 60.0 - BEFORE_TRAINING_S - FINAL_SAVE_S - AFTER_TRAINING_S)
     n_steps = steps if steps is not None else max(10, int(train_s / SECONDS_PER_STEP))
     n_images = images if images is not None else int(min(3000, max(120, 40 * minutes)))
     n_images = max(30, n_images - n_images % 3)  # whole triples: equal counts per modality
@@ -190,8 +195,34 @@ class TrainOutcome:
     stopped_by_budget: bool
 
 
+def ensure_export(run_dir: Path, checkpoint_step: int) -> Path:
+    """`export/latest` of the evaluated checkpoint: the trainer writes it after its last step; a
+    run stopped by the budget (or an export interrupted in an earlier demo) gets it here, from the
+    checkpoint, with the trainer's own exporter."""
+    import filecmp
+
+    from dinotrain.run_layout import export_dir
+    from dinotrain.train.export import export_checkpoint
+
+    latest, step = export_dir(run_dir, None) / "dinov2.safetensors", export_dir(run_dir, checkpoint_step)
+    # an export cut while it copied to latest/ leaves the step's folder beside an older latest/
+    if latest.is_file() and (step / latest.name).is_file() and filecmp.cmp(latest, step / latest.name, shallow=False):
+        return latest.parent
+    export_checkpoint(run_dir)
+    return latest.parent
+
+
+def collapse_summary(run_dir: Path, metrics: list[dict]) -> str:
+    """The trainer's collapse monitor over this run's logged steps (its own lines are in the job's log)."""
+    from dinotrain.config import load_config
+    from dinotrain.train.monitor import judge_metrics
+
+    cfg = load_config(run_dir / "config.yaml")
+    return judge_metrics(metrics, int(cfg.optim.warmup_steps), cfg).summary()
+
+
 def _checkpoint_step(run_dir: Path) -> int:
-    from dinotrain.train.checkpoint import list_checkpoints
+    from dinotrain.run_layout import list_checkpoints  # no torch import: the budget check must be quick
 
     found = list_checkpoints(run_dir)
     return found[-1][0] if found else 0
@@ -223,14 +254,36 @@ def output_to(log: Path) -> Iterator[None]:
             os.close(old)
 
 
+@contextlib.contextmanager
+def interruptible_children() -> Iterator[None]:
+    """Processes started inside the block can be interrupted (SIGINT), also when this one ignores it.
+
+    A program started in the background (`cmd &`, nohup) ignores SIGINT, and an ignored signal stays
+    ignored across exec: the job's controller would never hear the budget's cancel and training would
+    run on past it (seen). A handled signal resets to its default on exec, so handling it here for the
+    moment of the start is enough; the previous disposition comes back after.
+    """
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    if before == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if before == signal.SIG_IGN:
+            signal.signal(signal.SIGINT, before)
+
+
 def pretrain(run_dir: Path, overrides: list[str], steps: int, deadline: float | None,
              progress: bool, entry: str | None = None) -> TrainOutcome:
     """Submit the run to the local executor and follow metrics.jsonl until every task ends.
 
-    With a `deadline` (time.monotonic() value) the job is cancelled once it passes and a complete
-    checkpoint exists: the demo then evaluates that checkpoint, so `--minutes` is a budget and
-    not a guess. A later `dinotrain demo` in the same folder resumes from it. `entry`: the
-    training function ('module:function'), the trainer by default.
+    With a `deadline` (time.monotonic() value) the job is cancelled once it passes while planned
+    steps remain and a complete checkpoint exists: the demo then evaluates that checkpoint, so
+    `--minutes` is a budget and not a guess. Once the last step is logged the job is left to write
+    its final checkpoint and export. A later `dinotrain demo` in the same folder resumes from it.
+    `entry`: the training function ('module:function'), the trainer by default.
     """
     from tqdm import tqdm
 
@@ -242,19 +295,24 @@ def pretrain(run_dir: Path, overrides: list[str], steps: int, deadline: float | 
     if _finished(run_dir, steps):
         return TrainOutcome(_last_step(metrics), _checkpoint_step(run_dir), False)
     cfg = load_config(None, overrides)
-    with output_to(run_dir / "jobs" / "controller.log"):
+    with output_to(run_dir / "jobs" / "controller.log"), interruptible_children():
         job = submit_run(cfg, entry=entry or DEFAULT_ENTRY)
     bar = tqdm(total=steps, desc="pretraining (local executor)", unit="step", disable=not progress)
     cancelled = False
     while not job.done():
-        bar.n = min(steps, _last_step(metrics))
+        done = _last_step(metrics)
+        bar.n = min(steps, done)
         bar.refresh()
-        if (deadline is not None and not cancelled and time.monotonic() > deadline
-                and _checkpoint_step(run_dir) > 0):
-            bar.write(f"time budget spent at step {_last_step(metrics)}: training stopped, its checkpoint of step "
-                      f"{_checkpoint_step(run_dir)} is evaluated")
-            job.cancel()  # SIGINT to the local job's controller (its traceback goes to jobs/controller.log)
-            cancelled = True
+        if deadline is not None and not cancelled and time.monotonic() > deadline:
+            # the checkpoint first, then the log: the trainer logs a step before it saves it, so a
+            # log read last that still misses planned steps means training had not finished
+            ckpt = _checkpoint_step(run_dir)
+            done = _last_step(metrics)
+            if ckpt > 0 and done < steps:
+                bar.write(f"time budget spent at step {done} of {steps}: training stopped, its checkpoint of "
+                          f"step {ckpt} is evaluated")
+                job.cancel()  # SIGINT to the local job's controller (its traceback goes to jobs/controller.log)
+                cancelled = True
         time.sleep(1.0)
     bar.n = min(steps, _last_step(metrics))
     bar.close()
@@ -387,6 +445,31 @@ def training_crops(overrides: list[str], out: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- the whole chain
+def _pretrain_stage(out: Path, run_dir: Path, p: Plan, opts: DemoOptions, deadline: float | None):
+    """Stage 3: train (or resume, or reuse), export the evaluated checkpoint, say what happened.
+    Returns (overrides, outcome, metrics rows, (first, last) total loss)."""
+    from launch.demo import report
+
+    overrides = train_overrides(run_dir, out / "shards", p, opts.processes, opts.seed)
+    plan_file = out / "train_overrides.json"
+    if plan_file.is_file() and json.loads(plan_file.read_text()) != overrides:
+        # another model/batch/process count: resuming the old run would mix two set-ups
+        shutil.rmtree(run_dir, ignore_errors=True)
+    plan_file.write_text(json.dumps(overrides, indent=1))
+    outcome = pretrain(run_dir, overrides, p.steps, deadline, opts.progress)
+    metrics = report.read_metrics(run_dir / "metrics.jsonl")
+    series = report.loss_series(metrics)
+    total = series.get("total_loss") or series.get("loss") or next(iter(series.values()), None)
+    first, last = (float(total[1][0]), float(total[1][-1])) if total is not None else (None, None)
+    stop = (f", stopped by the {opts.minutes:g}-minute budget at step {outcome.last_step}"
+            if outcome.stopped_by_budget else "")
+    export = ensure_export(run_dir, outcome.checkpoint_step)
+    print(f"[3/4] pretraining: {outcome.last_step} of {p.steps} steps{stop}; total loss "
+          f"{_num(first)} -> {_num(last)}; evaluating the checkpoint of step {outcome.checkpoint_step} "
+          f"(teacher exported to {export}); {collapse_summary(run_dir, metrics)}")
+    return overrides, outcome, metrics, (first, last)
+
+
 def run_demo(opts: DemoOptions) -> int:
     from launch.demo import report
 
@@ -414,29 +497,19 @@ def run_demo(opts: DemoOptions) -> int:
         f"{manifest.get('reject_reasons', {})} (see {out / 'shards' / 'rejects.jsonl'})")
 
     run_dir = out / "run"
-    overrides = train_overrides(run_dir, out / "shards", p, opts.processes, opts.seed)
-    plan_file = out / "train_overrides.json"
-    if plan_file.is_file() and json.loads(plan_file.read_text()) != overrides:
-        # another model/batch/process count: resuming the old run would mix two set-ups
-        shutil.rmtree(run_dir, ignore_errors=True)
-    plan_file.write_text(json.dumps(overrides, indent=1))
-    outcome = pretrain(run_dir, overrides, p.steps, deadline, opts.progress)
-    metrics = report.read_metrics(run_dir / "metrics.jsonl")
-    series = report.loss_series(metrics)
-    total = series.get("total_loss") or series.get("loss") or next(iter(series.values()), None)
-    first, last = (float(total[1][0]), float(total[1][-1])) if total is not None else (None, None)
-    stop = (f", stopped by the {opts.minutes:g}-minute budget at step {outcome.last_step}"
-            if outcome.stopped_by_budget else "")
-    say(f"[3/4] pretraining: {outcome.last_step} of {p.steps} steps{stop}; total loss "
-        f"{_num(first)} -> {_num(last)}; evaluating the checkpoint of step {outcome.checkpoint_step}")
+    overrides, outcome, metrics, (first, last) = _pretrain_stage(out, run_dir, p, opts, deadline)
 
-    ssl, random = str(run_dir), f"random:{ARCH}:{opts.seed}"
+    from dinotrain.eval.loading import describe_random
+
+    # the baseline is the network this run started from (its recipe and seed), not the schema's init
+    ssl, random = str(run_dir), f"random:{run_dir}"
+    baseline = describe_random(random)
     records = evaluate([ssl, random], out, "corpus", out / "eval", opts.seed, opts.progress)
     rows = probe_rows(records, ssl, random)
-    (out / "results.json").write_text(json.dumps({"plan": p.__dict__, "records": records,
+    (out / "results.json").write_text(json.dumps({"plan": p.__dict__, "records": records, "baseline": baseline,
                                                    "rejects": rejects}, indent=2, default=str))
     say("[4/4] frozen-feature probes on the latent attributes (test split):\n")
-    say(report.format_table(rows))
+    say(report.format_table(rows, baseline))
     plots = [
         report.plot_losses(metrics, out / "loss_curves.png"),
         report.plot_probes(rows, out / "probes.png"),
@@ -445,9 +518,10 @@ def run_demo(opts: DemoOptions) -> int:
     samples = sample_images(out / "shards", corpus.counts)
     if samples:
         plots.append(report.plot_images(samples, out / "samples.png", title="samples as stored in the shards (synthetic)"))
-    text = report.explain(rows, outcome.last_step, first, last, outcome.checkpoint_step)
+    text = report.explain(rows, outcome.last_step, first, last, outcome.checkpoint_step, baseline)
     (out / "REPORT.md").write_text(
-        "# dinotrain demo (synthetic data)\n\n" + "```\n" + report.format_table(rows) + "\n```\n\n" + text + "\n\n"
+        "# dinotrain demo (synthetic data)\n\n" + "```\n" + report.format_table(rows, baseline) + "\n```\n\n"
+        + text + "\n\n"
         + "\n".join(f"![{q.stem}]({q.name})" for q in plots) + "\n"
     )
     say("\n" + text + "\n")

@@ -215,7 +215,7 @@ def evaluate(opts: GpuStudyOptions, ssl_dir: Path, t0: float) -> dict:
 
     from dinotrain.config import load_config
     from dinotrain.eval.run import evaluate_models
-    from launch.study.study_runs import save_initial_teacher
+    from dinotrain.train.initial import save_initial_teacher
 
     random_dir = save_initial_teacher(load_config(ssl_dir / "config.yaml"), opts.out / "models" / "step0")
     log(t0, f"eval: {len(opts.tasks)} tasks at {opts.resolution} px, {opts.bootstrap} bootstrap resamples")

@@ -122,7 +122,7 @@ def run_study(opts: StudyOptions) -> dict:
     write_report(opts.out / "sweep", metric=_sweep_metric(opts))  # `dinotrain sweep report`'s own table and plot
 
     log(t0, "eval: SSL vs the same network at its initial weights")
-    from launch.study.study_runs import save_initial_teacher
+    from dinotrain.train.initial import save_initial_teacher
 
     random_dir = save_initial_teacher(load_config(runs.ssl / "config.yaml"), opts.out / "models" / "random_init")
     results = evaluate(opts, runs.ssl, random_dir, runs.stage2, runs.scratch, t0)

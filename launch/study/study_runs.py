@@ -1,4 +1,5 @@
-"""The laptop study's pretraining runs, through the real launcher, and the random-init baseline.
+"""The laptop study's pretraining runs, through the real launcher; its random-init baseline is
+`dinotrain.train.initial.save_initial_teacher` (the run's own step-0 network).
 
 Runs go through `launch` exactly as a user's would: the data-scaling sweep with
 `launch.sweep_run.plan_and_submit` (one SLURM job array) or, without SLURM, one local job per
@@ -12,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -174,36 +174,3 @@ def submit(cfg: DictConfig, echo: LogEcho | None = None) -> Path:
     elif state == "done" and echo is not None:
         echo.skip([d])
     return d
-
-
-# ----------------------------------------------------------------------------- random init
-def save_initial_teacher(run_cfg: DictConfig, out_dir: Path) -> Path:
-    """The run's teacher before its first step, as a folder `dinotrain eval` loads.
-
-    The networks are built by the trainer's own `build_networks` from the run's config (same
-    arch, LayerScale init, seed), and exported by its `export_teacher`: config.yaml +
-    export/latest/. `random:ARCH` would use the schema's defaults, not this recipe's init.
-    """
-    import torch
-
-    from dinotrain.config import save_config
-    from dinotrain.train.distributed import init_distributed
-    from dinotrain.train.export import export_teacher
-    from dinotrain.train.networks import build_networks
-
-    cfg = OmegaConf.create(OmegaConf.to_container(run_cfg, resolve=True))
-    cfg.output_dir = str(out_dir)
-    cfg.model.pretrained = None
-    cfg.model.pretrained_head = None
-    env = init_distributed(cfg)
-    try:
-        with warnings.catch_warnings():
-            # the trainer handles CPU DTensor init per shard itself (build_networks) and says so
-            warnings.filterwarnings("ignore", message=r"DTensor random operators")
-            _, teacher = build_networks(cfg.model, cfg.ssl, cfg.parallel, cfg.train.seed, env.device, env.world_size)
-        export_teacher(teacher, cfg.model, cfg.ssl, cfg.output_dir, 0, env, data=cfg.data)
-    finally:
-        if env.created_group:
-            torch.distributed.destroy_process_group()
-    save_config(cfg, out_dir)
-    return out_dir
