@@ -2,7 +2,7 @@
 
 The CLI is the composition root: it names each subcommand's module by string and imports it
 only when needed, so `dinotrain --help` stays fast and `dinotrain` (the library) never
-imports `launch` or `shards`. A subcommand module provides `add_arguments(parser)` and
+imports `launch` or `shards` (tests/test_architecture.py holds it). A subcommand module provides `add_arguments(parser)` and
 `main(args) -> int`; its heavy imports (torch, DALI) happen inside `main`.
 """
 
@@ -48,7 +48,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "dinotrain sweep configs/sweeps/data_scaling.yaml && dinotrain sweep report runs/data_scaling",
     ),
     "study": (
-        "launch.study",
+        "launch.study.study",
         "the laptop study on real images: SSL vs random init, continual pretraining, data scaling, with CIs",
         "dinotrain study study_out --seed 0 && dinotrain study --combine out0 out1 out2 --out out0",
     ),
@@ -63,12 +63,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "dinotrain verify runs/cxr_base",
     ),
     "export": (
-        "dinotrain.models.export_cli",
+        "dinotrain.export_cli",
         "export a checkpoint's teacher to Hugging Face or DINOv2 format",
         "dinotrain export runs/cxr_base --format hf --out exported/cxr_base",
     ),
     "demo": (
-        "dinotrain.demo",
+        "launch.demo",
         "the whole chain on a built-in synthetic corpus, on a laptop, in minutes",
         "dinotrain demo --out demo_out --minutes 10",
     ),

@@ -24,7 +24,7 @@ ENTRY = "tests.test_demo_budget:slow_trainer"
 SCRIPT = """
 import sys, time
 from pathlib import Path
-from dinotrain.demo.run import pretrain, plan, train_overrides
+from launch.demo.run import pretrain, plan, train_overrides
 run, shards = Path(sys.argv[1]), Path(sys.argv[2])
 p = plan(1.0, steps=int(sys.argv[4]), images=30)
 out = pretrain(run, train_overrides(run, shards, p, 1, 0), p.steps, deadline=time.monotonic(), progress=True,

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from dinotrain.demo.synthetic import (
+from launch.demo.synthetic import (
     COLUMNS,
     DICOM_FILES,
     MODALITIES,
@@ -110,7 +110,7 @@ def test_age_shows_as_bone_density_and_sex_as_silhouette():
     size, n = 96, 40
     ages = np.linspace(20, 90, n)
     contrast, widths = [], {"F": [], "M": []}
-    from dinotrain.demo.synthetic import bone_density
+    from launch.demo.synthetic import bone_density
 
     for i, age in enumerate(ages):
         rng = _rng(11, "xr_chest", i)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dinotrain.demo.report import (
+from launch.demo.report import (
     ProbeRow,
     explain,
     format_table,

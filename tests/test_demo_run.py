@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from dinotrain.demo import run as demo_run
-from dinotrain.demo.synthetic import make_corpus
+from launch.demo import run as demo_run
+from launch.demo.synthetic import make_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 

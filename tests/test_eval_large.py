@@ -15,7 +15,7 @@ import pytest
 
 from dinotrain.cli import main as cli_main
 from dinotrain.eval.specs import SpecError, load_spec, load_task, spec_from_dict
-from launch import study_data
+from launch.study import study_data
 
 LARGE = ["ham10000_large", "ham10000_large_sex", "ham10000_large_age", "brain_mri_large"]
 MIXED_LABEL_GROUPS = {"g1", "g47"}  # shared/data README section 9: identical images under two labels

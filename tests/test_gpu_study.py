@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from launch import gpu_study
+from launch.study import gpu_study
 
 REPO = Path(__file__).resolve().parents[1]
 

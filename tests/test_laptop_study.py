@@ -14,8 +14,8 @@ import pytest
 
 from dinotrain.eval.specs import load_spec, load_task
 from dinotrain.eval.tasks import EvalSettings, Scored
-from launch import study_data
-from launch.study_report import claims
+from launch.study import study_data
+from launch.study.study_report import claims
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ def test_dry_run_warns_when_the_budget_cannot_hold_the_study(test_data, tmp_path
 
 
 def test_seeds_table_says_when_both_age_probes_predicted_the_mean(tmp_path):
-    from launch.study_report import combine
+    from launch.study.study_report import combine
 
     mean = {"alpha": None, "mean_predictor": True, "chosen_by": "cv"}
     for seed, probe_random in ((0, mean), (1, {"alpha": 10.0, "mean_predictor": False, "chosen_by": "cv"})):
@@ -125,7 +125,7 @@ def test_initial_teacher_is_the_recipes_init_and_loads_in_eval(tmp_path):
 
 def test_training_part_ignores_where_a_run_goes_not_what_it_learns():
     from dinotrain.config import load_config
-    from launch.study_runs import training_part
+    from launch.study.study_runs import training_part
 
     base = REPO / "configs/pretrain/tiny_cpu.yaml"
     a = load_config(base, ["output_dir=/x/a", "launch.cluster=local", "eval.tasks=[jsrt_sex]", "train.progress=false"])
@@ -137,7 +137,7 @@ def test_training_part_ignores_where_a_run_goes_not_what_it_learns():
 
 def test_a_run_shortened_to_fit_the_budget_gets_warm_ups_that_fit():
     from dinotrain.config import load_config
-    from launch.study import fitted_warmups
+    from launch.study.plan import fitted_warmups
 
     recipe = REPO / "configs/pretrain/laptop_real.yaml"  # 300 steps: warm-ups 30 (lr), 100 (teacher), 30 (freeze)
     cfg = load_config(recipe)
@@ -186,7 +186,7 @@ def test_claims_are_computed_from_the_numbers():
 
 
 def test_limits_are_computed_from_the_study_numbers():
-    from launch.study_markdown import limits
+    from launch.study.study_markdown import limits
 
     tasks = {"a_sex": {**_row(0.02, -0.08, 0.12), "n_test": 50, "random": 0.70},
              "b": {**_row(0.01, -0.02, 0.04), "n_test": 150, "random": 0.80},
@@ -221,17 +221,18 @@ def test_reevaluate_refuses_to_train(tmp_path, test_data):
     """--reevaluate trains nothing: runs of the plan that are not done are named, with the fix, before
     anything is submitted (an eval that failed in its job leaves the run 'failed', not done)."""
     from launch import runstate
-    from launch.study import DIVERSITY, StudyOptions, require_trained, sweep_spec
+    from launch.study.settings import laptop
+    from launch.study.study import StudyOptions, require_trained, sweep_spec
 
     opts = StudyOptions(out=tmp_path / "study", data_root=test_data, reevaluate=True)
     opts.out.mkdir()
-    data = {"groups": {g: {"path": str(tmp_path / g)} for g in sorted({g for v in DIVERSITY.values() for g in v})}}
+    data = {"groups": {g: {"path": str(tmp_path / g)} for g in sorted({g for v in laptop().diversity.values() for g in v})}}
     spec = sweep_spec(opts, data, [6, 12], [])
     with pytest.raises(RuntimeError) as e:
         require_trained(opts, spec)
     for name in ("cxr-n6", "all-n12", "stage1", "stage2_from_stage1", "rerun without --reevaluate"):
         assert name in str(e.value)
-    for d in [*(opts.out / "sweep" / "runs" / f"{v}-n{n}" for v in DIVERSITY for n in (6, 12)),
+    for d in [*(opts.out / "sweep" / "runs" / f"{v}-n{n}" for v in laptop().diversity for n in (6, 12)),
               *(opts.out / "runs" / n for n in ("stage1", "stage2_from_stage1"))]:
         runstate.write_status(d, "done")
     require_trained(opts, spec)  # all done: nothing to say
@@ -248,7 +249,7 @@ def test_local_sweep_runs_one_job_after_another_and_a_rerun_skips_what_is_done(m
     import io
 
     from launch import runstate, status
-    from launch.study_runs import LogEcho, submit_sweep
+    from launch.study.study_runs import LogEcho, submit_sweep
     from launch.sweep import load_sweep
 
     out = tmp_path / "sweep"
@@ -360,7 +361,7 @@ def test_plots_draw_a_ci_that_does_not_contain_its_estimate(tmp_path):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from launch import study_report
+    from launch.study import study_report
 
     drawn = []
     real = plt.Axes.errorbar
@@ -381,3 +382,46 @@ def test_plots_draw_a_ci_that_does_not_contain_its_estimate(tmp_path):
     (mid, _, xerr, _), (_, smid, _, yerr) = drawn
     assert np.allclose([mid[0] - xerr[0], mid[0] + xerr[0]], [0.06, 0.2])
     assert np.allclose(smid - yerr, [-0.14, -0.13, 0.0]) and np.allclose(smid + yerr, [-0.05, 0.005, 0.2])
+
+
+def test_study_options_and_flags_are_spelled_once(tmp_path, monkeypatch):
+    """Every StudyOptions field with help has its flag; no flag = the dataclass default (one data_root
+    default); --quick takes configs/study/laptop.yaml's values; flags given win, --set adds to --quick's."""
+    import argparse
+    from dataclasses import fields
+
+    from launch.study.options import StudyOptions, add_option_flags, options_from_args
+    from launch.study.settings import laptop
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    add_option_flags(ap)
+    flags = {a.dest for a in ap._actions} - {"help", "out"}
+    assert flags == {f.name for f in fields(StudyOptions) if "cli" in f.metadata}
+    monkeypatch.setenv("DINOTRAIN_TEST_DATA", str(tmp_path / "d"))
+    plain = options_from_args(ap.parse_args([str(tmp_path / "o")]))
+    assert plain.data_root == StudyOptions(out=tmp_path).data_root == tmp_path / "d"
+    assert plain.tasks == [*laptop().cxr_tasks, *laptop().other_tasks, *laptop().seg_tasks] and plain.bootstrap == 1000
+    quick = options_from_args(ap.parse_args([str(tmp_path / "o"), "--quick", "--bootstrap", "7", "--set", "a.b=1"]))
+    assert (quick.quick, quick.steps, quick.resolution, quick.bootstrap) == (True, 2, 56, 7)
+    assert quick.overrides == [*laptop().quick["overrides"], "a.b=1"]
+
+
+@pytest.mark.parametrize("text, says", [("tasks: [a]\n", r"s.yaml: Key 'tasks' not in 'StudySettings'"),
+                                         ("timings: {train_img_per_s: 1}\n", "missing mandatory value: train_ref_tokens")])
+def test_study_settings_refuse_a_wrong_file(tmp_path, text, says):
+    from launch.study.settings import load_settings
+
+    (tmp_path / "s.yaml").write_text(text)
+    with pytest.raises(ValueError, match=says):
+        load_settings(tmp_path / "s.yaml")
+
+
+def test_the_plan_writes_study_json_as_published():
+    """study.json's `plan` is asdict(StudyPlan): the published studies' keys, in their order."""
+    from dataclasses import fields
+
+    from launch.study.plan import StudyPlan
+
+    published = json.loads((REPO / "docs/results/laptop_study/study.json").read_text())["plan"]
+    assert [f.name for f in fields(StudyPlan)] == list(published)

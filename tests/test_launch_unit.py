@@ -244,10 +244,10 @@ def test_report_with_two_sizes_tabulates_points_and_fits_nothing(tmp_path):
 def test_report_fits_one_metric_by_the_studys_rule_and_never_noise(tmp_path):
     """Issue 22: 22 fit rows, 'y = 0.6 · n^0' with R² 0.98 while each point's CI was ±0.15. Now only
     the report's metric is fitted, by the study's rule (`no_fit_reason`, one function for both)."""
-    import launch.study_report
+    import launch.study.study_report
 
     assert report.no_fit_reason is scaling.no_fit_reason
-    assert "def no_fit_reason" not in Path(launch.study_report.__file__).read_text()
+    assert "def no_fit_reason" not in Path(launch.study.study_report.__file__).read_text()
     root = _fake_sweep(tmp_path)
     for d in sorted(root.glob("runs/cxr-n*")):  # a flat trend inside wide CIs: noise, not a law
         res = json.loads((d / "eval" / "results.json").read_text())

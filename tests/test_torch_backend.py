@@ -168,7 +168,8 @@ def _laptop_losses(shards: Path, out: Path, backend: str, seed: int, steps: int)
     """Losses of a short run of the laptop recipe (its warm-ups scaled to `steps`, as the study does)."""
     from dinotrain.config import load_config
     from dinotrain.train import run
-    from launch.study import DEFAULT_CONFIG, fitted_warmups
+    from launch.study.options import DEFAULT_CONFIG
+    from launch.study.plan import fitted_warmups
 
     base = load_config(DEFAULT_CONFIG)
     cfg = load_config(DEFAULT_CONFIG, [

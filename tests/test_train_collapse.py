@@ -56,7 +56,7 @@ def test_tiny_recipe_teacher_targets_depend_on_the_image(mixed_shards, tmp_path)
 
 def _demo_recipe(steps: int) -> list[str]:
     """The demo's training overrides (one process with the batch of each of its ranks), for `steps`."""
-    from dinotrain.demo.run import plan, train_overrides
+    from launch.demo.run import plan, train_overrides
 
     return [o for o in train_overrides(Path("/unused"), Path("/unused"), plan(1.0, steps=steps), 1, 0)
             if not o.startswith(("output_dir", "data.sources", "train.log_every", "train.checkpoint_every"))]

@@ -59,7 +59,7 @@ DICOM_FILES = (
 
 README = """SYNTHETIC DEMO CORPUS -- not medical data.
 
-Made by `dinotrain demo` (dinotrain.demo.synthetic.make_corpus, seed={seed}).
+Made by `dinotrain demo` (launch.demo.synthetic.make_corpus, seed={seed}).
 Every PNG here is procedurally generated: no patient, no real image. Latent attributes
 (age -> bone density, sex -> silhouette, label -> lesion) are in metadata.csv.
 The files in dicom/ are the public test files shipped inside pydicom (some deliberately broken).

@@ -9,7 +9,7 @@ step-0 weights on the laptop study's tasks, with paired bootstrap CIs. Phases:
   prepare  (here, on the CPU, before the device call) a copy of the study's datasets with every
            image's shorter side brought down to --size (masks alike, nearest): the study's
            resolution, small enough to travel with the working tree (the 64 MiB limit)
-  run      (on the GPU) shards of that copy (launch.study_data), a short compiled calibration run
+  run      (on the GPU) shards of that copy (launch.study.study_data), a short compiled calibration run
            that measures the step time, the pretraining run sized to the remaining budget, the
            evaluation (dinotrain.eval), OUT/study.json and OUT/report.md
 
@@ -28,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CARRY_BYTES = 60 * 2**20  # what may travel with the working tree: 64 MiB, less the code and wheels
 TASKS = ["jsrt_sex", "jsrt_age", "jsrt_nodule", "covid_sex", "covid_age", "covid_finding", "busi", "brain_mri",
          "ham10000", "ham10000_sex", "ham10000_age", "jsrt_anatomy", "covid_lungs"]  # the laptop study's
@@ -75,7 +75,7 @@ def log(t0: float, text: str) -> None:
 # ----------------------------------------------------------------------------- prepare (CPU)
 def needed_datasets(tasks: list[str]) -> list[str]:
     from dinotrain.eval.specs import load_spec
-    from launch.study_data import GROUPS
+    from launch.study.study_data import GROUPS
 
     return sorted({load_spec(t).dataset for t in tasks} | {d for g in GROUPS.values() for d, _ in g})
 
@@ -147,8 +147,9 @@ def batch_for_gpu(dry_run: bool) -> int:
 def recipe(opts: GpuStudyOptions, batch: int, steps: int, out: Path, sources: list[dict]):
     """The pretraining run's validated config: the laptop recipe, scaled (GPU_RECIPE) or shrunk (DRY_RUN)."""
     from dinotrain.config import load_config
-    from launch.study import DEFAULT_CONFIG, fitted_warmups
-    from launch.study_runs import run_config
+    from launch.study.options import DEFAULT_CONFIG
+    from launch.study.plan import fitted_warmups
+    from launch.study.study_runs import run_config
 
     over = [*(DRY_RUN if opts.dry_run else GPU_RECIPE), f"data.batch_size_per_gpu={batch}",
             f"train.seed={opts.seed}", f"data.seed={opts.seed}"]
@@ -214,7 +215,7 @@ def evaluate(opts: GpuStudyOptions, ssl_dir: Path, t0: float) -> dict:
 
     from dinotrain.config import load_config
     from dinotrain.eval.run import evaluate_models
-    from launch.study_runs import save_initial_teacher
+    from dinotrain.train.initial import save_initial_teacher
 
     random_dir = save_initial_teacher(load_config(ssl_dir / "config.yaml"), opts.out / "models" / "step0")
     log(t0, f"eval: {len(opts.tasks)} tasks at {opts.resolution} px, {opts.bootstrap} bootstrap resamples")
@@ -229,7 +230,7 @@ def evaluate(opts: GpuStudyOptions, ssl_dir: Path, t0: float) -> dict:
 
 def assemble(opts: GpuStudyOptions, plan: dict, data: dict, results: dict, minutes: float) -> dict:
     """study.json: the laptop study's comparison rows and SSL claim, for one run on one GPU."""
-    from launch.study_report import _comparisons, _headline, claims, run_summaries
+    from launch.study.study_report import _comparisons, _headline, claims, run_summaries
 
     rows = _headline(_comparisons(results["ssl"], results["ssl_dir"], ("ssl", "random")), opts.tasks, ("ssl", "random"))
     study = {"kind": "gpu_study", "seed": opts.seed, "minutes": round(minutes, 2), "dry_run": opts.dry_run,
@@ -257,7 +258,7 @@ def machine() -> dict:
 
 
 def report_md(study: dict) -> str:
-    from launch.study_markdown import _comparison_table, _runs_table
+    from launch.study.study_markdown import _comparison_table, _runs_table
 
     p, c = study["plan"], study["claims"]["ssl_beats_random"]
     m = study["machine"]
@@ -280,7 +281,7 @@ def report_md(study: dict) -> str:
 
 
 def run_study(opts: GpuStudyOptions) -> dict:
-    from launch import study_data, study_report
+    from launch.study import study_data, study_report
 
     t0 = time.time()
     opts.out.mkdir(parents=True, exist_ok=True)
@@ -300,7 +301,7 @@ def run_study(opts: GpuStudyOptions) -> dict:
 
 # ----------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m launch.gpu_study", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m launch.study.gpu_study", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     pp = sub.add_parser("prepare", help="shrink the study's datasets to travel (CPU, before the device call)")

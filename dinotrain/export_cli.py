@@ -1,4 +1,5 @@
-"""`dinotrain export CHECKPOINT --format hf|dinov2 --out DIR`: hand a backbone to others.
+"""`dinotrain export CHECKPOINT --format hf|dinov2 --out DIR`: hand a backbone to others (a run's
+teacher through run_layout.load_teacher: this CLI sits above models/ and run_layout, so their arrows run one way).
 
 CHECKPOINT is a weights file (.safetensors, or a .pth/.pt loadable without pickle) in DINOv2 or
 Hugging Face naming, a Hugging Face folder (config.json + model.safetensors), or a run directory

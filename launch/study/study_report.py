@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,7 @@ def scaling_rows(sweep_dirs: list[Path], tasks: list[str]) -> list[dict]:
     return sorted(rows, key=lambda x: (x["task"], x["diversity"], x["images"]))
 
 
-def assemble(opts, plan: dict, data: dict, results: dict, sweep_dirs: list[Path], cluster: str,
+def assemble(opts, plan, data: dict, results: dict, sweep_dirs: list[Path], cluster: str,
              minutes: float) -> dict:
     ssl = _comparisons(results["ssl"], results["ssl_dir"], ("ssl", "random"))
     cont = _comparisons(results["continual"], results["stage2_dir"], ("from_stage1", "from_scratch"))
@@ -99,7 +100,7 @@ def assemble(opts, plan: dict, data: dict, results: dict, sweep_dirs: list[Path]
         "tasks": _headline(ssl, opts.tasks, ("ssl", "random")),
         "continual": _headline(cont, opts.continual_tasks, ("from_stage1", "from_scratch")),
         "scaling": scaling_rows(sweep_dirs, opts.scaling_tasks),
-        "plan": plan, "cluster": cluster, "quick": opts.quick, "data": data,
+        "plan": asdict(plan), "cluster": cluster, "quick": opts.quick, "data": data,
         "recipe": str(opts.config), "overrides": list(opts.overrides),
         "eval": {"resolution": opts.resolution, "bootstrap": opts.bootstrap, "max_samples": opts.max_samples,
                  "seg_steps": opts.seg_steps, "ci": "95% percentile bootstrap over test images (whole patients "
@@ -351,7 +352,7 @@ def plot_losses(run_dirs: dict[str, Path], path: Path) -> Path:
 # ----------------------------------------------------------------------------- report and seeds
 def render(out: Path, ablation: Path | None = None) -> dict[str, Path]:
     """report.md and the plots from OUT/study.json (+ OUT/seeds.json, + the recipe's ablation notes)."""
-    from launch.study_markdown import report
+    from launch.study.study_markdown import report
 
     out = Path(out)
     study = json.loads((out / "study.json").read_text())
@@ -392,7 +393,7 @@ def _run_batch(run_dir: Path) -> int | None:
     path = run_dir / "config.yaml"
     if not path.is_file():
         return None
-    from launch.study_runs import global_batch
+    from launch.study.study_runs import global_batch
 
     return global_batch(OmegaConf.load(path))
 
@@ -405,7 +406,7 @@ def _run_dirs(out: Path, study: dict) -> dict[str, Path]:
 
 def combine(folders: list[Path], out: Path) -> list[Path]:
     """seeds.json + seeds.md from several study folders; refreshes OUT/report.md when OUT is a study."""
-    from launch.study_markdown import both_at_mean, seeds_table
+    from launch.study.study_markdown import both_at_mean, seeds_table
 
     studies = []
     for f in folders:

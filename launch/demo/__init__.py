@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dinotrain.demo.run import DemoOptions, run_demo
+    from launch.demo.run import DemoOptions, run_demo
 
     opts = DemoOptions(
         out=args.out, minutes=args.minutes, seed=args.seed, processes=args.processes,

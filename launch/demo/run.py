@@ -85,7 +85,7 @@ def _num(v: float | None) -> str:
 # ----------------------------------------------------------------------------- stages
 def build_corpus(root: Path, n: int, seed: int, progress: bool):
     """The synthetic corpus under `root`, reused when a previous demo made the same one."""
-    from dinotrain.demo.synthetic import CorpusInfo, make_corpus
+    from launch.demo.synthetic import CorpusInfo, make_corpus
 
     done = root / ".done"
     stamp = f"n={n} seed={seed} size={IMAGE_SIZE}"
@@ -106,7 +106,7 @@ def build_corpus(root: Path, n: int, seed: int, progress: bool):
 
 def build_shards(corpus: Path, out: Path, progress: bool) -> dict:
     """`shards build` over the corpus' image folders joined with its metadata.csv; returns the manifest."""
-    from dinotrain.demo.synthetic import MODALITIES
+    from launch.demo.synthetic import MODALITIES
     from shards.build import build_shards as build
 
     manifest = out / "manifest.json"
@@ -171,7 +171,7 @@ def train_overrides(run_dir: Path, shards: Path, p: Plan, processes: int, seed: 
 def _last_step(metrics: Path) -> int:
     if not metrics.is_file():
         return 0
-    from dinotrain.demo.report import read_metrics
+    from launch.demo.report import read_metrics
 
     try:
         rows = read_metrics(metrics)
@@ -382,7 +382,7 @@ def evaluate(models: list[str], data_root: Path, dataset: str, out: Path, seed: 
 
 def probe_rows(records: list[dict], ssl: str, random: str):
     """The primary metric of each task, model `ssl` vs model `random`, as report.ProbeRow."""
-    from dinotrain.demo.report import ProbeRow
+    from launch.demo.report import ProbeRow
 
     rows = []
     for spec, probe, metric, higher in eval_specs("-"):
@@ -448,7 +448,7 @@ def training_crops(overrides: list[str], out: Path) -> Path:
 def _pretrain_stage(out: Path, run_dir: Path, p: Plan, opts: DemoOptions, deadline: float | None):
     """Stage 3: train (or resume, or reuse), export the evaluated checkpoint, say what happened.
     Returns (overrides, outcome, metrics rows, (first, last) total loss)."""
-    from dinotrain.demo import report
+    from launch.demo import report
 
     overrides = train_overrides(run_dir, out / "shards", p, opts.processes, opts.seed)
     plan_file = out / "train_overrides.json"
@@ -471,7 +471,7 @@ def _pretrain_stage(out: Path, run_dir: Path, p: Plan, opts: DemoOptions, deadli
 
 
 def run_demo(opts: DemoOptions) -> int:
-    from dinotrain.demo import report
+    from launch.demo import report
 
     out = Path(opts.out).absolute()
     if opts.fresh and out.exists():

@@ -24,143 +24,33 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = REPO / "configs" / "pretrain" / "laptop_real.yaml"
-CXR_TASKS = ["jsrt_sex", "jsrt_age", "jsrt_nodule", "covid_sex", "covid_age", "covid_finding"]
-SEG_TASKS = ["jsrt_anatomy", "covid_lungs"]
-OTHER_TASKS = ["busi", "brain_mri", "ham10000", "ham10000_sex", "ham10000_age"]
-DIVERSITY = {"cxr": ["cxr"], "all": ["cxr", "derm", "us", "mri", "ct"]}
-STAGE1 = ["derm", "us", "mri", "ct"]
-
-# Idle 2-core figures (issue 14): the trainer does ~20 img/s at batch 32 with 2 x 56 px global and
-# 4 x 28 px local crops (48 patch tokens per image); time scales with the tokens. The others are
-# rough: process start + DALI pipeline per run, shard building, frozen features at 112 px.
-TRAIN_IMG_PER_S, TRAIN_REF_TOKENS = 20.0, 48
-RUN_OVERHEAD_S = 45.0
-SHARD_IMG_PER_S = 40.0
-EVAL_IMG_PER_S_112 = 40.0
-EVAL_FIXED_S = 420.0  # probes, segmentation heads and bootstraps of the three evaluations
+from launch.study.options import StudyOptions, add_option_flags, options_from_args
+from launch.study.plan import StudyPlan, plan, print_plan
+from launch.study.settings import laptop
 
 
-@dataclass
-class StudyOptions:
-    out: Path
-    seed: int = 0
-    data_root: Path = Path("../shared/data")
-    config: Path = DEFAULT_CONFIG
-    minutes: float = 55.0  # the wall-clock budget the default step count is sized to
-    steps: int | None = None  # per run; None = the recipe's train.max_steps, lowered to fit `minutes`
-    sizes: list[int] | None = None  # None = cxr pool / 9, / 3, all of it
-    tasks: list[str] = field(default_factory=lambda: CXR_TASKS + OTHER_TASKS + SEG_TASKS)
-    continual_tasks: list[str] = field(default_factory=lambda: CXR_TASKS + SEG_TASKS)
-    scaling_tasks: list[str] = field(default_factory=lambda: list(CXR_TASKS))
-    resolution: int = 112
-    bootstrap: int = 1000
-    seg_steps: int = 300
-    max_samples: int | None = None
-    shard_size: int = 80
-    images_per_group: int | None = None
-    cluster: str = "auto"
-    overrides: list[str] = field(default_factory=list)
-    quick: bool = False
-    reevaluate: bool = False  # evaluate runs finished by an earlier invocation again (after an eval change)
+@dataclass(frozen=True)
+class Pretrained:
+    """The run folders `pretrain` leaves: what the evaluation and the report read."""
 
-
-QUICK = dict(steps=2, sizes=[6, 12, 18], tasks=["jsrt_sex", "jsrt_anatomy"], continual_tasks=["jsrt_sex"],
-             scaling_tasks=["jsrt_sex"], resolution=56, bootstrap=30, seg_steps=10, max_samples=60, shard_size=64,
-             images_per_group=18,
-             overrides=["data.batch_size_per_gpu=4", "data.local_crops_number=2", "data.num_threads=1",
-                        "train.checkpoint_every=2", "train.log_every=1", "ssl.head_n_prototypes=64",
-                        "ssl.head_hidden_dim=64", "ssl.head_bottleneck_dim=32", "optim.warmup_steps=1",
-                        "optim.freeze_last_layer_steps=1", "ssl.warmup_teacher_temp_steps=1",
-                        # process start dominates tiny runs: two at once on a 2-core node
-                        "launch.cpus_per_task=1", "launch.array_parallelism=2"])
+    sweep: list[Path]  # the sweep's runs
+    ssl: Path  # the sweep's `all` run at the largest size
+    stage2: Path  # continual stage 2, initialised from stage 1
+    scratch: Path  # stage 2's twin from scratch (the sweep's cxr run at the largest size, or its own run)
+    trained: list[Path]  # every run this study trained
 
 
 def log(t0: float, text: str) -> None:
     print(f"[{(time.time() - t0) / 60:5.1f} min] {text}", file=sys.stderr, flush=True)
 
 
-# ----------------------------------------------------------------------------- plan
-def tokens_per_image(cfg) -> int:
-    d, p = cfg.data, cfg.model.patch_size
-    return d.global_crops_number * (d.global_crops_size // p) ** 2 + d.local_crops_number * (d.local_crops_size // p) ** 2
-
-
-def seconds_per_step(cfg) -> float:
-    rate = TRAIN_IMG_PER_S * TRAIN_REF_TOKENS / max(1, tokens_per_image(cfg))
-    return cfg.data.batch_size_per_gpu / rate
-
-
-def n_runs(sizes: list[int]) -> int:
-    return 2 * len(sizes) + 2  # sweep + stage 1 + stage 2 (stage 2 from scratch is the sweep's cxr run)
-
-
-def eval_seconds(opts: StudyOptions, images: dict[str, int]) -> float:
-    """Feature extraction: SSL and random on every task, 2 continual models and every sweep run on CXR."""
-    per_img = (opts.resolution / 112) ** 2 / EVAL_IMG_PER_S_112
-    all_imgs, cxr_imgs = images.get("all", 0), images.get("cxr", 0)
-    n_sweep = 2 * len(opts.sizes or [0, 0, 0])
-    return per_img * (2 * all_imgs + (n_sweep + 1) * cxr_imgs) + EVAL_FIXED_S * (0.1 if opts.quick else 1.0)
-
-
-def plan(opts: StudyOptions, cfg, pool: dict[str, int], eval_images: dict[str, int]) -> dict:
-    """Sizes, steps per run and the wall-clock estimate (idle 2-core machine)."""
-    cxr = pool["cxr"]
-    sizes = sorted({min(int(s), cxr) for s in opts.sizes}) if opts.sizes else \
-        sorted({max(1, round(cxr / 9)), max(1, round(cxr / 3)), cxr})
-    shards_s = sum(pool.values()) / SHARD_IMG_PER_S
-    fixed = shards_s + eval_seconds(opts, eval_images) + n_runs(sizes) * RUN_OVERHEAD_S
-    step_s = seconds_per_step(cfg)
-    steps = opts.steps
-    if steps is None:
-        fits = int((opts.minutes * 60 - fixed) / (n_runs(sizes) * step_s))
-        steps = max(1, min(int(cfg.train.max_steps), fits))
-    total = fixed + n_runs(sizes) * steps * step_s
-    from launch.study_runs import global_batch
-
-    return {"sizes": sizes, "steps": steps, "batch": global_batch(cfg), "runs": n_runs(sizes), "seconds_per_step": round(step_s, 3),
-            "warmups": fitted_warmups(cfg, steps),
-            "estimate_minutes": round(total / 60, 1), "estimate_parts_minutes": {
-                "shards": round(shards_s / 60, 1), "train": round(n_runs(sizes) * (steps * step_s + RUN_OVERHEAD_S) / 60, 1),
-                "eval": round(eval_seconds(opts, eval_images) / 60, 1)}}
-
-
-def fitted_warmups(cfg, steps: int) -> list[str]:
-    """Overrides that shorten the recipe's warm-ups in proportion when a run has fewer steps than
-    its train.max_steps (the config refuses a warm-up longer than the run; pure)."""
-    from omegaconf import OmegaConf
-
-    from dinotrain.config import WARMUPS
-
-    total = int(cfg.train.max_steps)
-    if steps >= total:
-        return []
-    return [f"{key}={int(OmegaConf.select(cfg, key)) * steps // total}" for key in WARMUPS]
-
-
-def print_plan(p: dict, opts: StudyOptions, pool: dict[str, int], cluster: str, why: str) -> None:
-    print(f"study plan (seed {opts.seed}, cluster {cluster}: {why}; recipe {opts.config}):", file=sys.stderr)
-    print("  pretraining pool after holding out the test splits: "
-          + ", ".join(f"{g} {n}" for g, n in pool.items()), file=sys.stderr)
-    print(f"  {p['runs']} runs x {p['steps']} steps (~{p['seconds_per_step']} s/step idle): sweep sizes "
-          f"{p['sizes']} x {list(DIVERSITY)}, stage 1 on {'+'.join(STAGE1)}, stage 2 on cxr", file=sys.stderr)
-    print(f"  eval at {opts.resolution} px, {opts.bootstrap} bootstrap resamples, tasks {', '.join(opts.tasks)}",
-          file=sys.stderr)
-    parts = ", ".join(f"{k} {v}" for k, v in p["estimate_parts_minutes"].items())
-    print(f"  estimate on an idle 2-core machine: {p['estimate_minutes']} min ({parts})", file=sys.stderr)
-    if p["estimate_minutes"] > opts.minutes:
-        print(f"  warning: the estimate is over --minutes {opts.minutes:g} ({p['steps']} step(s) per run): fewer "
-              "--steps, --sizes or --tasks, or a lower --resolution, shorten it", file=sys.stderr)
-
-
 # ----------------------------------------------------------------------------- the study
 def resolve_cluster(choice: str) -> tuple[str, str]:
     """The launcher (`slurm` or `local`) and why: `auto` takes SLURM when a controller answers."""
-    from launch.study_runs import slurm_state
+    from launch.study.study_runs import slurm_state
 
     if choice != "auto":
         return choice, f"--cluster {choice}"
@@ -170,7 +60,7 @@ def resolve_cluster(choice: str) -> tuple[str, str]:
 
 def common_overrides(opts: StudyOptions, steps: int, cluster: str, warmups: list[str] = ()) -> list[str]:
     """Every run's overrides; `warmups` (see fitted_warmups) before the user's, which win."""
-    from launch.study_runs import slurm_cpus
+    from launch.study.study_runs import slurm_cpus
 
     cpus = slurm_cpus() if cluster == "slurm" else max(1, os.cpu_count() or 1)
     return [f"train.seed={opts.seed}", f"data.seed={opts.seed}", f"train.max_steps={steps}", "train.export_every=0",
@@ -197,7 +87,7 @@ def sweep_spec(opts: StudyOptions, data: dict, sizes: list[int], overrides: list
     spec = {"name": f"laptop_study_seed{opts.seed}", "base": str(Path(opts.config).resolve()),
             "output_dir": str(opts.out / "sweep"),
             "sources": {g: v["path"] for g, v in data["groups"].items()},
-            "diversity": DIVERSITY, "sizes": sizes, "overrides": run_over,
+            "diversity": laptop().diversity, "sizes": sizes, "overrides": run_over,
             "report": {"metric": _sweep_metric(opts), "form": "power"}}
     path = opts.out / "sweep.yaml"
     path.write_text(OmegaConf.to_yaml(OmegaConf.create(spec)))
@@ -205,14 +95,14 @@ def sweep_spec(opts: StudyOptions, data: dict, sizes: list[int], overrides: list
 
 
 def _sweep_metric(opts: StudyOptions) -> str:
-    from launch.study_report import primary_metric
+    from launch.study.study_report import primary_metric
 
     return f"{opts.scaling_tasks[0]}/{primary_metric(opts.scaling_tasks[0])}"
 
 
 def run_study(opts: StudyOptions) -> dict:
     from dinotrain.config import load_config
-    from launch import study_data, study_report
+    from launch.study import study_data, study_report
 
     t0 = time.time()
     opts.out.mkdir(parents=True, exist_ok=True)
@@ -224,9 +114,9 @@ def run_study(opts: StudyOptions) -> dict:
     log(t0, "data: building shard sets")
     data = study_data.prepare(opts.data_root, opts.out / "data", hold, opts.shard_size, opts.images_per_group)
     previous = _previous_study(opts)
-    runs = pretrain(opts, p, data, common_overrides(opts, p["steps"], cluster, p["warmups"]), cluster, t0)
+    runs = pretrain(opts, p, data, common_overrides(opts, p.steps, cluster, p.warmups), cluster, t0)
     if opts.reevaluate:
-        reevaluate_runs(runs["trained"], eval_overrides(opts, opts.out / "cache"), t0)
+        reevaluate_runs(runs.trained, eval_overrides(opts, opts.out / "cache"), t0)
     from launch.report import write_report
 
     write_report(opts.out / "sweep", metric=_sweep_metric(opts))  # `dinotrain sweep report`'s own table and plot
@@ -234,16 +124,16 @@ def run_study(opts: StudyOptions) -> dict:
     log(t0, "eval: SSL vs the same network at its initial weights")
     from dinotrain.train.initial import save_initial_teacher
 
-    random_dir = save_initial_teacher(load_config(runs["ssl"] / "config.yaml"), opts.out / "models" / "random_init")
-    results = evaluate(opts, runs["ssl"], random_dir, runs["stage2"], runs["scratch"], t0)
+    random_dir = save_initial_teacher(load_config(runs.ssl / "config.yaml"), opts.out / "models" / "random_init")
+    results = evaluate(opts, runs.ssl, random_dir, runs.stage2, runs.scratch, t0)
     log(t0, "report")
     minutes = (time.time() - t0) / 60
-    study = study_report.assemble(opts, p, data, results, runs["sweep"], cluster,
+    study = study_report.assemble(opts, p, data, results, runs.sweep, cluster,
                                   minutes=previous["minutes"] if previous else minutes)
     if previous:  # the study's wall clock stays the run that trained; this invocation only re-evaluated
         study["reevaluated_minutes"] = round(minutes, 2)
     study["cluster_reason"] = why
-    study["runs"] = study_report.run_summaries(runs["trained"])
+    study["runs"] = study_report.run_summaries(runs.trained)
     (opts.out / "study.json").write_text(json.dumps(study_report.clean(study), indent=1, allow_nan=False) + "\n")
     study_report.render(opts.out, ablation=Path(opts.config).with_suffix(".ablation.md"))
     log(t0, f"done: {opts.out / 'report.md'}")
@@ -293,7 +183,7 @@ def require_trained(opts: StudyOptions, spec) -> None:
 
 def _pool(opts: StudyOptions):
     """The held-out set, the pretraining images per group, and the images the evaluation reads."""
-    from launch import study_data
+    from launch.study import study_data
 
     hold = study_data.held_out(sorted(set(opts.tasks + opts.continual_tasks + opts.scaling_tasks)),
                                opts.data_root, opts.max_samples)
@@ -303,23 +193,23 @@ def _pool(opts: StudyOptions):
     return hold, pool, eval_images
 
 
-def pretrain(opts: StudyOptions, p: dict, data: dict, over: list[str], cluster: str, t0: float) -> dict:
+def pretrain(opts: StudyOptions, p: StudyPlan, data: dict, over: list[str], cluster: str, t0: float) -> Pretrained:
     """The sweep, then continual stages 1 and 2; returns the run folders the evaluation needs."""
     from dinotrain.config import load_config
-    from launch import study_runs
+    from launch.study import study_runs
     from launch.sweep import expand
 
     echo = study_runs.LogEcho()
-    log(t0, f"pretrain: sweep {p['sizes']} x {list(DIVERSITY)} ({cluster})")
-    spec = sweep_spec(opts, data, p["sizes"], over)
+    log(t0, f"pretrain: sweep {p.sizes} x {list(laptop().diversity)} ({cluster})")
+    spec = sweep_spec(opts, data, p.sizes, over)
     if opts.reevaluate:
         require_trained(opts, spec)
     sweep_dirs = study_runs.submit_sweep(spec, cluster, echo)
-    largest = max(p["sizes"])
+    largest = max(p.sizes)
     ssl_dir, scratch_dir = (opts.out / "sweep" / "runs" / f"{d}-n{largest}" for d in ("all", "cxr"))
     stage1 = study_runs.run_config(str(opts.config), over, [{"name": g, "path": data["groups"][g]["path"]}
-                                                            for g in STAGE1], opts.out / "runs" / "stage1")
-    log(t0, "pretrain: continual stage 1 on " + "+".join(STAGE1))
+                                                            for g in laptop().stage1], opts.out / "runs" / "stage1")
+    log(t0, "pretrain: continual stage 1 on " + "+".join(laptop().stage1))
     s1 = study_runs.submit(stage1, echo)
     study_runs.wait_done([s1], echo)
     export = s1 / "export" / "latest"
@@ -338,7 +228,7 @@ def pretrain(opts: StudyOptions, p: dict, data: dict, over: list[str], cluster: 
         scratch_dir = study_runs.submit(scratch, echo)
         study_runs.wait_done([scratch_dir], echo)
         trained.append(scratch_dir)
-    return {"sweep": sweep_dirs, "ssl": ssl_dir, "stage2": s2, "scratch": scratch_dir, "trained": trained}
+    return Pretrained(sweep=sweep_dirs, ssl=ssl_dir, stage2=s2, scratch=scratch_dir, trained=trained)
 
 
 def _without_init(cfg):
@@ -368,60 +258,16 @@ def evaluate(opts: StudyOptions, ssl_dir: Path, random_dir: Path, stage2: Path, 
 
 
 # ----------------------------------------------------------------------------- CLI
-def _list(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (__doc__ or "").split("\n\n")[0] + "\n\n" + "\n".join((__doc__ or "").split("\n")[2:])
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("out", nargs="?", metavar="OUT", help="output folder (data/, sweep/, runs/, eval/, report)")
-    parser.add_argument("--seed", type=int, default=0, help="train.seed and data.seed of every run (default 0)")
-    parser.add_argument("--data", default=None,
-                        help="folder holding jsrt/, covid_cxr/, ... (default $DINOTRAIN_TEST_DATA, else ../shared/data)")
-    parser.add_argument("--config", default=None,
-                        help="the pretraining recipe (default: configs/pretrain/laptop_real.yaml of this checkout)")
-    parser.add_argument("--minutes", type=float, default=55.0,
-                        help="wall-clock budget on an idle 2-core machine that sizes the default --steps (55)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="training steps of every run (default: the recipe's, lowered to fit --minutes)")
-    parser.add_argument("--sizes", type=lambda s: [int(x) for x in _list(s)], default=None,
-                        help="sweep sizes in training images, e.g. 40,130,400 (default: the CXR pool /9, /3, all)")
-    parser.add_argument("--tasks", type=_list, default=None, help="SSL-vs-random tasks (comma-separated)")
-    parser.add_argument("--resolution", type=int, default=112, help="eval input size (default 112; 518 is slow on CPU)")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of every CI (default 1000)")
-    parser.add_argument("--cluster", choices=("auto", "slurm", "local"), default="auto",
-                        help="auto: SLURM when sbatch is installed and squeue answers, else local jobs")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="run-config override for every run (repeatable), e.g. --set data.num_threads=2")
-    parser.add_argument("--quick", action="store_true",
-                        help="a shrunk study in minutes (2 steps, 18 images per group, 2 tasks): checks the "
-                        "machinery, not the science")
+    add_option_flags(parser)  # one per StudyOptions field (launch.study.options)
     parser.add_argument("--combine", nargs="+", metavar="OUT_SEED",
                         help="merge several study folders (seeds) into --out/seeds.md and seeds.json")
     parser.add_argument("--out", dest="combine_out", default=None, help="with --combine: where seeds.md and seeds.json go "
                         "(default: the first folder, whose report.md then gets the seeds table)")
-    parser.add_argument("--reevaluate", action="store_true",
-                        help="evaluate again the runs an earlier invocation trained (the sweep runs' own CXR "
-                        "probes too), e.g. after a probe or metric change; trains nothing (refuses if a run is "
-                        "not done), frozen features come from OUT/cache, study.json keeps the training "
-                        "invocation's wall clock")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and its time estimate only")
-
-
-def options_from_args(args: argparse.Namespace) -> StudyOptions:
-    data = args.data or os.environ.get("DINOTRAIN_TEST_DATA") or str(REPO.parent / "shared" / "data")
-    kw = dict(out=Path(args.out).absolute(), seed=args.seed, data_root=Path(data).absolute(),
-              config=Path(args.config or DEFAULT_CONFIG).absolute(), minutes=args.minutes, resolution=args.resolution,
-              bootstrap=args.bootstrap, cluster=args.cluster, reevaluate=args.reevaluate)
-    if args.quick:
-        kw.update(QUICK, quick=True)
-    for name in ("steps", "sizes", "tasks"):
-        if getattr(args, name) is not None:
-            kw[name] = getattr(args, name)
-    opts = StudyOptions(**kw)
-    opts.overrides = [*opts.overrides, *args.overrides]
-    return opts
 
 
 def main(args: argparse.Namespace) -> int:
@@ -436,7 +282,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     if args.combine:
-        from launch.study_report import combine
+        from launch.study.study_report import combine
 
         for p in combine([Path(d) for d in args.combine], Path(args.combine_out or args.combine[0])):
             print(p)
@@ -463,6 +309,6 @@ def _dry_run(opts: StudyOptions) -> int:
     _, pool, eval_images = _pool(opts)
     p = plan(opts, load_config(opts.config, opts.overrides), pool, eval_images)
     print_plan(p, opts, pool, *resolve_cluster(opts.cluster))
-    print(json.dumps({"plan": p, "options": {k: str(v) if isinstance(v, Path) else v
+    print(json.dumps({"plan": asdict(p), "options": {k: str(v) if isinstance(v, Path) else v
                                              for k, v in asdict(opts).items()}}, indent=1))
-    return 0 if math.isfinite(p["estimate_minutes"]) else 1
+    return 0 if math.isfinite(p.estimate_minutes) else 1
