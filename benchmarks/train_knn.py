@@ -111,7 +111,7 @@ def run_check(steps: int, n_covid: int, batch: int, out_dir: Path) -> dict:
     if not (DATA / "jsrt" / "metadata.csv").is_file() or not (DATA / "covid_cxr" / "metadata.csv").is_file():
         raise Skip(f"real images missing under {DATA} (jsrt/, covid_cxr/)")
     from dinotrain.config import load_config
-    from dinotrain.run_layout import load_teacher
+    from dinotrain.run_teacher import load_teacher
     from dinotrain.train import run
     from shards.build import build_shards
 

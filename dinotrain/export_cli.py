@@ -52,7 +52,7 @@ def load_run_teacher(run_dir: Path):
     """The teacher backbone of a run: its newest checkpoint, else its latest export."""
     from dinotrain.models.convert import from_dinov2
     from dinotrain.models.vit import build_backbone
-    from dinotrain.run_layout import load_teacher
+    from dinotrain.run_teacher import load_teacher
 
     state_dict, model_cfg = load_teacher(run_dir)
     return from_dinov2(state_dict, build_backbone(model_cfg, device="meta"))

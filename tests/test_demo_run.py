@@ -153,7 +153,7 @@ def assert_export_is_the_checkpoint(run: Path, step: int) -> None:
     from safetensors.torch import load_file
 
     from dinotrain.models.convert import from_hf
-    from dinotrain.run_layout import load_teacher
+    from dinotrain.run_teacher import load_teacher
 
     assert (run / "export" / f"step_{step:07d}").is_dir()
     exported = load_file(str(run / "export" / "latest" / "dinov2.safetensors"))

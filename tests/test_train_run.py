@@ -111,7 +111,7 @@ def test_exported_teacher_loads_with_from_hf_and_transformers(reference_run):
     from safetensors.torch import load_file
 
     from dinotrain.models.convert import from_hf, load_dino_head
-    from dinotrain.run_layout import load_teacher
+    from dinotrain.run_teacher import load_teacher
 
     latest = reference_run / "export" / "latest"
     ours = from_hf(latest / "hf").eval()

@@ -147,7 +147,7 @@ def build_model(spec: str, device: str = "cpu"):
             raise SpecError(f"model '{spec}': no such file or folder, and not 'random:ARCH' "
                             "(give a run directory, a Hugging Face folder, a DINOv2 checkpoint or random:vit_small)")
         if path.is_dir() and config_path(path).is_file():
-            from dinotrain.run_layout import load_teacher
+            from dinotrain.run_teacher import load_teacher
 
             state, model_cfg = load_teacher(path)
             model = _from_state(state, model_cfg, spec)
