@@ -166,9 +166,6 @@ class TrainConfig:
     max_nonfinite_steps: int = opt(0, "skipped non-finite steps tolerated before stopping")
     deterministic: bool = opt(False, "deterministic kernels (slower; used for exact-resume tests)")
     progress: bool = opt(True, "progress bar on rank 0")
-    debug_nan_step: Optional[int] = opt(
-        None, "testing aid: make the DINO loss NaN at this step (1-based) to exercise the non-finite guard"
-    )
 
 
 # ----------------------------------------------------------------------------- parallel
