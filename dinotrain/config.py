@@ -238,7 +238,7 @@ class Config:
 
 def default_of(section: type, name: str) -> Any:
     """The schema's default of field `name` of a section dataclass: what code that mirrors a
-    section (AugmentSpec, LossParams, EvalSettings) uses as its own defaults."""
+    section (EvalSettings, the eval loader) uses as its own defaults."""
     f = section.__dataclass_fields__[name]
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()

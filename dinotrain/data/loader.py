@@ -26,7 +26,7 @@ from collections import deque
 
 import numpy as np
 
-from dinotrain.data.augment import AugmentSpec, sample_params
+from dinotrain.data.augment import augment_section, sample_params
 from dinotrain.data.masking import batch_masks
 from dinotrain.data.mixture import SEED_AUGMENT, SEED_MASK, MixtureStream, make_source
 from dinotrain.data.pipeline import GraphSpec, resolve_device, train_pipeline
@@ -87,7 +87,7 @@ class TrainLoader:
             for s in d.sources
         ]
         self.stream = MixtureStream(sources, self.batch_size, world_size, self.seed)
-        self.spec = AugmentSpec.from_config(d)
+        self.aug = augment_section(d)  # the data section, read per crop
         patch = int(cfg.model.patch_size)
         self.grid = int(d.global_crops_size) // patch
         self.mask_args = (float(cfg.ssl.mask_ratio_min), float(cfg.ssl.mask_ratio_max),
@@ -174,10 +174,10 @@ class TrainLoader:
                 # the next good sample of this batch stands in: deterministic, batch size kept
                 items[i] = items[next((j for j in good if j > i), good[0])]
         rng = np.random.default_rng([self.seed, SEED_AUGMENT, step, self.rank])
-        params = [sample_params(rng, it[4][0], it[4][1], self.spec) for it in items]
+        params = [sample_params(rng, it[4][0], it[4][1], self.aug) for it in items]
         masks = batch_masks(
             np.random.default_rng([self.seed, SEED_MASK, step, self.rank]),
-            self.spec.n_global * self.batch_size,
+            self.aug.global_crops_number * self.batch_size,
             self.grid,
             *self.mask_args,
         )
@@ -205,9 +205,10 @@ class TrainLoader:
 
             dev = torch.device("cuda", self.device_id or 0) if self.device == "gpu" else torch.device("cpu")
             self._torch = self._torch or TorchProducer(self._draw, self.graph.gray, self.num_threads, self.prefetch,
-                                                       self.spec.n_global, self.spec.n_local, self.graph, dev)
+                                                       self.aug.global_crops_number, self.aug.local_crops_number,
+                                                       self.graph, dev)
             return
-        self._pipe = train_pipeline(self._produce, self.spec, self.graph, self.batch_size, self.num_threads,
+        self._pipe = train_pipeline(self._produce, self.aug, self.graph, self.batch_size, self.num_threads,
                                     self.device, self.device_id, self.prefetch)
 
     def _stop(self) -> None:
@@ -264,7 +265,7 @@ class TrainLoader:
                 raise err from None
             raise
         meta = self._pending.popleft()
-        ng, nl = self.spec.n_global, self.spec.n_local
+        ng, nl = self.aug.global_crops_number, self.aug.local_crops_number
         local = (_stack_crops(outs[ng:], self.device, self.device_id) if nl else
                  torch.empty((0, self.graph.channels, self.graph.local_size, self.graph.local_size)))
         return meta, _stack_crops(outs[:ng], self.device, self.device_id), local
