@@ -23,6 +23,7 @@ import json
 import logging
 import warnings
 from collections import deque
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 
@@ -33,9 +34,31 @@ from dinotrain.data.pipeline import GraphSpec, resolve_device, train_pipeline
 from dinotrain.data.shard_index import DataError, SampleRef, ShardReader, index_source, sample_span
 from dinotrain.data.torch_loader import TorchProducer, resolve_backend
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+class Batch(TypedDict):
+    """One training batch, as the loader makes it (the module docstring gives the shapes): the
+    names and types its consumers (the trainer, the losses, `data preview`) read. Every tensor
+    goes to the training device; the lists and `aug_params` stay on the host."""
+
+    global_crops: torch.Tensor
+    local_crops: torch.Tensor
+    masks: torch.Tensor
+    mask_indices_list: torch.Tensor
+    masks_weight: torch.Tensor
+    n_masked_patches: torch.Tensor
+    upperbound: int
+    keys: list[str]
+    dataset: list[str]
+    modality: list[str]
+    source: list[str]
+    aug_params: np.ndarray  # [B, n_crops, N_PARAMS]: what was applied (preview, tests)
 
 
 def probe_image(data: bytes, ext: str) -> tuple[int, int] | None:
@@ -222,7 +245,7 @@ class TrainLoader:
     def __iter__(self):
         return self
 
-    def __next__(self) -> dict:
+    def __next__(self) -> Batch:
         import torch
 
         if self._pipe is None and self._torch is None:
@@ -238,20 +261,20 @@ class TrainLoader:
         self._consumed = meta["state"]
         self._skipped += meta["skipped"]
         m = meta["masks"]
-        return {
-            "global_crops": global_crops,
-            "local_crops": local_crops,
-            "masks": torch.from_numpy(m["masks"]),
-            "mask_indices_list": torch.from_numpy(m["mask_indices_list"]),
-            "masks_weight": torch.from_numpy(m["masks_weight"]),
-            "n_masked_patches": torch.tensor([m["n_masked_patches"]], dtype=torch.long),
-            "upperbound": m["upperbound"],
-            "keys": meta["keys"],
-            "dataset": meta["dataset"],
-            "modality": meta["modality"],
-            "source": meta["source"],
-            "aug_params": meta["params"],  # [B, n_crops, N_PARAMS]: what was applied (preview, tests)
-        }
+        return Batch(
+            global_crops=global_crops,
+            local_crops=local_crops,
+            masks=torch.from_numpy(m["masks"]),
+            mask_indices_list=torch.from_numpy(m["mask_indices_list"]),
+            masks_weight=torch.from_numpy(m["masks_weight"]),
+            n_masked_patches=torch.tensor([m["n_masked_patches"]], dtype=torch.long),
+            upperbound=m["upperbound"],
+            keys=meta["keys"],
+            dataset=meta["dataset"],
+            modality=meta["modality"],
+            source=meta["source"],
+            aug_params=meta["params"],
+        )
 
     def _next_dali(self):
         import torch

@@ -14,12 +14,16 @@ the step's.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from dinotrain.config import SSLConfig
 from dinotrain.losses import dino_loss, ibot_loss, koleo_loss, sinkhorn_knopp, softmax_center
+
+if TYPE_CHECKING:
+    from dinotrain.data.loader import Batch
 
 
 class SSLNetwork(nn.Module):
@@ -134,7 +138,7 @@ def teacher_targets(teacher: TeacherTargets, ssl: SSLConfig, teacher_temp: float
     return cls_t, patch_t
 
 
-def compute_losses(student_out: dict, teacher: TeacherTargets, batch: dict, ssl: SSLConfig, n_global_crops: int,
+def compute_losses(student_out: dict, teacher: TeacherTargets, batch: Batch, ssl: SSLConfig, n_global_crops: int,
                    teacher_temp: float) -> LossTerms:
     """DINO (global + local), iBOT and KoLeo terms and their weighted sum, DINOv2's normalisation.
 

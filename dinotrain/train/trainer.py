@@ -20,6 +20,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -51,6 +52,9 @@ from dinotrain.train.parallel import param_dtype
 from dinotrain.train.policy import SavePolicy
 from dinotrain.train.schedules import Schedules, StepValues
 from dinotrain.train.state import TrainState
+
+if TYPE_CHECKING:
+    from dinotrain.data.loader import Batch
 
 log = logging.getLogger("dinotrain.train")
 
@@ -230,8 +234,8 @@ class Trainer:
         log_now = self.policy.log_now(n, first)
         self.timer.start(sync=log_now)
         # every tensor of the batch goes to the device; its lists and arrays (keys, aug_params) stay
-        batch = {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
-                 for k, v in next(self.loader).items()}
+        batch: Batch = {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+                        for k, v in next(self.loader).items()}
         self.timer.lap("data")
         values = self.schedules.at(step)
         apply_step_values(self.optimizer, values)
@@ -247,7 +251,7 @@ class Trainer:
                 bar.update(1)
         self._save(n)
 
-    def _forward(self, batch: dict) -> tuple[dict, TeacherTargets]:
+    def _forward(self, batch: Batch) -> tuple[dict, TeacherTargets]:
         g = batch["global_crops"]
         idx = batch["mask_indices_list"].long()
         with self.autocast if self.autocast is not None else contextlib.nullcontext():
@@ -259,7 +263,7 @@ class Trainer:
                                               dino_center=self.state.dino_center, ibot_center=self.state.ibot_center)
         return s_out, teacher
 
-    def forward_backward(self, batch: dict, teacher_temp: float, n: int) -> StepOutput | None:
+    def forward_backward(self, batch: Batch, teacher_temp: float, n: int) -> StepOutput | None:
         """Teacher and student forward, losses, backward (fp16: scaled, unscaled, checked).
         None when the step must be skipped; raises NonFiniteLossError past the tolerance."""
         s_out, teacher = self._forward(batch)
