@@ -59,7 +59,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("dinotrain.train")
 
 
-
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN/inf more often than `train.max_nonfinite_steps` allows."""
 
