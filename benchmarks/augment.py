@@ -42,27 +42,27 @@ def baseline_one(data: bytes, params: np.ndarray, spec) -> list[np.ndarray]:
     """DINOv2's recipe on a PIL image: crop/flip/blur in PIL, jitter/solarise/normalise in numpy."""
     from PIL import Image, ImageFilter
 
-    from dinotrain.data.augment import BLUR, BRIGHT, CONTRAST, GAMMA, SIGMA, SOLAR, X0, X1, Y0, Y1
+    from dinotrain.data.augment import Col
 
     img = Image.open(io.BytesIO(data))
     img.load()
     w, h = img.size
     crops = []
     for c, p in enumerate(params):
-        size = 224 if c < spec.n_global else 98
-        x0, x1 = sorted((p[X0], p[X1]))
-        box = (x0 * w, p[Y0] * h, x1 * w, p[Y1] * h)
+        size = 224 if c < spec.global_crops_number else 98
+        x0, x1 = sorted((p[Col.X0], p[Col.X1]))
+        box = (x0 * w, p[Col.Y0] * h, x1 * w, p[Col.Y1] * h)
         im = img.resize((size, size), Image.BICUBIC, box=box)
-        if p[X0] > p[X1]:
+        if p[Col.X0] > p[Col.X1]:
             im = im.transpose(Image.FLIP_LEFT_RIGHT)
         x = np.asarray(im, dtype=np.float32) / 255.0
-        x = np.clip(x * p[BRIGHT], 0, 1)
+        x = np.clip(x * p[Col.BRIGHT], 0, 1)
         m = x.mean()
-        x = np.clip((x - m) * p[CONTRAST] + m, 0, 1) ** p[GAMMA]
-        if p[BLUR]:
-            im = Image.fromarray((x * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(float(p[SIGMA])))
+        x = np.clip((x - m) * p[Col.CONTRAST] + m, 0, 1) ** p[Col.GAMMA]
+        if p[Col.BLUR]:
+            im = Image.fromarray((x * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(float(p[Col.SIGMA])))
             x = np.asarray(im, dtype=np.float32) / 255.0
-        if p[SOLAR]:
+        if p[Col.SOLAR]:
             x = np.where(x >= 0.5, 1.0 - x, x)
         x = (x - MEAN) / STD
         crops.append(np.repeat(x[None], 3, 0))
@@ -97,8 +97,8 @@ def decode_resize_pipeline(arrays, params, spec, n: int):
         enc, prm = fn.external_source(source=lambda: (arrays, params), num_outputs=2, batch=True,
                                       dtype=[types.UINT8, types.FLOAT], ndim=[1, 2])
         img = _decode(enc, gpu=False, gray=True, dtype=types.UINT16)
-        return tuple(_resized_crop(img, prm, c, 224 if c < spec.n_global else 98)
-                     for c in range(spec.n_global + spec.n_local))
+        return tuple(_resized_crop(img, prm, c, 224 if c < spec.global_crops_number else 98)
+                     for c in range(spec.global_crops_number + spec.local_crops_number))
 
     pipe = graph()
     pipe.build()
@@ -106,12 +106,13 @@ def decode_resize_pipeline(arrays, params, spec, n: int):
 
 
 def run(quick: bool = False) -> dict:
-    from dinotrain.data.augment import AugmentSpec, sample_params
+    from dinotrain.config import DataConfig
+    from dinotrain.data.augment import sample_params
     from dinotrain.data.pipeline import GraphSpec, train_pipeline
 
     n = 8 if quick else 32
     images = load_images(n)
-    spec = AugmentSpec()
+    spec = DataConfig()
     rng = np.random.default_rng(0)
     params = [sample_params(rng, 518, 518, spec) for _ in images]
     arrays = [np.frombuffer(b, dtype=np.uint8) for b in images]
@@ -146,7 +147,7 @@ def run(quick: bool = False) -> dict:
         ratio_row(f"{n} imgs, same work (process CPU time)", n / cpu_base, n / cpu_dali,
                   baseline_name="PIL+numpy", candidate_name="DALI CPU", unit="img/cpu-s", higher_is_better=True),
         # the most the full graph could reach on this CPU: its decode and resize alone
-        ratio_row(f"ceiling: DALI decode + the {spec.n_global + spec.n_local} resized crops only (CPU time)",
+        ratio_row(f"ceiling: DALI decode + the {spec.global_crops_number + spec.local_crops_number} resized crops only (CPU time)",
                   n / cpu_base, n / cpu_floor, baseline_name="PIL+numpy (whole recipe)",
                   candidate_name="DALI decode+resize", unit="img/cpu-s", higher_is_better=True),
     ]

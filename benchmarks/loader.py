@@ -96,7 +96,8 @@ def run(quick: bool = False) -> dict:
     import webdataset as wds
 
     from benchmarks.augment import baseline_one
-    from dinotrain.data.augment import AugmentSpec, sample_params
+    from dinotrain.config import DataConfig
+    from dinotrain.data.augment import sample_params
     from dinotrain.data.masking import batch_masks
 
     n_images, batch = (32, 8) if quick else (128, 16)
@@ -106,7 +107,7 @@ def run(quick: bool = False) -> dict:
         t_dali, c_dali = loader_timing(shards, batch, steps, "dali")
         t_torch, c_torch = loader_timing(shards, batch, steps, "torch")
 
-        spec = AugmentSpec()
+        spec = DataConfig()
         tars = sorted(str(p) for p in shards.glob("*.tar"))
         rng = np.random.default_rng(0)
         t0, c0 = time.perf_counter(), cpu_now()

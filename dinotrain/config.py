@@ -15,6 +15,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -27,15 +28,22 @@ class ConfigError(UserError, ValueError):
     """A bad configuration: the message is one line naming the key and the fix."""
 
 
-def opt(default: Any = MISSING, help: str = "", choices: tuple | None = None, factory=None,
-        cli: dict | None = None) -> Any:
-    """A schema field with help text and (for enums) the allowed values; `cli` holds argparse
-    settings where a command-line flag generated from the field differs (flag, default, help)."""
-    meta = {"help": help}
+def opt(default: Any = MISSING, help: str = "", choices: tuple | None = None, factory=None, shape: bool = False,
+        data: bool = False, probability: bool = False, warmup: str | None = None, cli: dict | None = None) -> Any:
+    """A schema field with help text, (for enums) the allowed values, and the key's roles, kept in
+    the field's metadata so that code that needs the keys of a role reads them here (`keys_with`):
+    `shape`: the tensors of a checkpoint depend on it (a resume with another value cannot load
+    them); `data`: the loader's saved position depends on it; `probability`: must lie in [0, 1];
+    `warmup`: a schedule's ramp length in steps, with what a ramp cut short never reaches.
+    `cli` holds argparse settings where a command-line flag generated from the field differs
+    (flag, default, help)."""
+    meta: dict[str, Any] = {"help": help}
     if choices is not None:
         meta["choices"] = tuple(choices)
     if cli is not None:
         meta["cli"] = dict(cli)
+    roles = {"shape": shape, "data": data, "probability": probability, "warmup": warmup}
+    meta.update({name: value for name, value in roles.items() if value})
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -58,32 +66,34 @@ class SourceConfig:
 
 @dataclass
 class DataConfig:
-    sources: list[SourceConfig] = opt(help="shard sets to train on (the diversity axis)", factory=list)
-    batch_size_per_gpu: int = opt(40, "images per process and step (RAD-DINO: 40 per GPU)")
+    sources: list[SourceConfig] = opt(help="shard sets to train on (the diversity axis)", factory=list, data=True)
+    batch_size_per_gpu: int = opt(40, "images per process and step (RAD-DINO: 40 per GPU)", data=True)
     num_threads: int = opt(4, "DALI CPU threads per process")
     device: str = opt("auto", "where DALI decodes and augments", choices=("auto", "cpu", "gpu"))
     backend: str = opt("auto", "training loader: dali, or torch (Pillow decode in data.num_threads worker processes, "
                        "batched torch augmentation on data.device); auto = dali when importable",
                        choices=("auto", "dali", "torch"))
     channels: int = opt(3, "channels fed to the model; grayscale is repeated (RAD-DINO: 3)", choices=(1, 3))
-    seed: int = opt(0, "seed of sample order, subsets and augmentation")
+    seed: int = opt(0, "seed of sample order, subsets and augmentation", data=True)
     global_crops_number: int = opt(2, "global crops per image (DINO uses 2)")
     global_crops_size: int = opt(224, "global crop side in pixels")
     global_crops_scale: list[float] = opt(help="area fraction range of global crops", factory=lambda: [0.32, 1.0])
     local_crops_number: int = opt(8, "local crops per image")
     local_crops_size: int = opt(98, "local crop side in pixels")
     local_crops_scale: list[float] = opt(help="area fraction range of local crops", factory=lambda: [0.05, 0.32])
-    flip_p: float = opt(0.5, "probability of a horizontal flip")
-    intensity_p: float = opt(0.8, "probability of brightness/contrast/gamma jitter")
+    flip_p: float = opt(0.5, "probability of a horizontal flip", probability=True)
+    intensity_p: float = opt(0.8, "probability of brightness/contrast/gamma jitter", probability=True)
     brightness: float = opt(0.4, "brightness jitter amplitude (multiplicative)")
     contrast: float = opt(0.4, "contrast jitter amplitude")
     gamma: float = opt(0.2, "gamma jitter amplitude (gamma in [1-g, 1+g])")
     # dinov2's code hands `1 - p` to RandomApply: its "p=1.0 / 0.1" crops are blurred with 0.0 / 0.9,
     # which is what RAD-DINO's weights trained with (the paper's labels: 1.0 / 0.1 / 0.5)
-    blur_p_global1: float = opt(0.0, "probability of Gaussian blur on the first global crop (dinov2's code; paper label 1.0)")
-    blur_p_global2: float = opt(0.9, "probability of Gaussian blur on the second global crop (dinov2's code; paper label 0.1)")
-    solarize_p_global2: float = opt(0.2, "probability of solarisation on the second global crop")
-    blur_p_local: float = opt(0.5, "probability of Gaussian blur on each local crop")
+    blur_p_global1: float = opt(0.0, "probability of Gaussian blur on the first global crop (dinov2's code; paper label 1.0)",
+                                 probability=True)
+    blur_p_global2: float = opt(0.9, "probability of Gaussian blur on the second global crop (dinov2's code; paper label 0.1)",
+                                 probability=True)
+    solarize_p_global2: float = opt(0.2, "probability of solarisation on the second global crop", probability=True)
+    blur_p_local: float = opt(0.5, "probability of Gaussian blur on each local crop", probability=True)
     mean: float = opt(0.5307, "normalisation mean (RAD-DINO)")
     std: float = opt(0.2583, "normalisation std (RAD-DINO)")
 
@@ -92,14 +102,14 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     arch: str = opt(
-        "vit_base", "backbone size", choices=("vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant2")
-    )
-    patch_size: int = opt(14, "patch side in pixels")
-    img_size: int = opt(518, "size the position embeddings are defined for (DINOv2: 518 = 37 x 14)")
-    in_chans: int = opt(3, "input channels (1 for grayscale-native models)")
-    num_register_tokens: int = opt(0, "register tokens (RAD-DINO: 0)")
+        "vit_base", "backbone size", choices=("vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant2"),
+        shape=True)
+    patch_size: int = opt(14, "patch side in pixels", shape=True)
+    img_size: int = opt(518, "size the position embeddings are defined for (DINOv2: 518 = 37 x 14)", shape=True)
+    in_chans: int = opt(3, "input channels (1 for grayscale-native models)", shape=True)
+    num_register_tokens: int = opt(0, "register tokens (RAD-DINO: 0)", shape=True)
     ffn: str = opt("auto", "feed-forward layer (auto: swiglu for vit_giant2 as DINOv2, mlp otherwise)",
-                   choices=("auto", "mlp", "swiglu"))
+                   choices=("auto", "mlp", "swiglu"), shape=True)
     layerscale_init: float = opt(1e-5, "LayerScale initial value")
     drop_path_rate: float = opt(0.1, "stochastic depth rate of the student")
     drop_path_uniform: bool = opt(True, "same drop-path rate in every block (DINOv2); false = linear ramp")
@@ -116,14 +126,14 @@ class SSLConfig:
     dino_loss_weight: float = opt(1.0, "weight of the DINO (CLS) loss")
     ibot_loss_weight: float = opt(1.0, "weight of the iBOT (masked patch) loss")
     koleo_loss_weight: float = opt(0.1, "weight of the KoLeo regulariser")
-    head_n_prototypes: int = opt(65536, "DINO head output dimension")
-    head_hidden_dim: int = opt(2048, "DINO head hidden dimension")
-    head_bottleneck_dim: int = opt(256, "DINO head bottleneck dimension")
-    head_nlayers: int = opt(3, "DINO head MLP layers")
-    ibot_separate_head: bool = opt(False, "give iBOT its own head (else shared with DINO)")
+    head_n_prototypes: int = opt(65536, "DINO head output dimension", shape=True)
+    head_hidden_dim: int = opt(2048, "DINO head hidden dimension", shape=True)
+    head_bottleneck_dim: int = opt(256, "DINO head bottleneck dimension", shape=True)
+    head_nlayers: int = opt(3, "DINO head MLP layers", shape=True)
+    ibot_separate_head: bool = opt(False, "give iBOT its own head (else shared with DINO)", shape=True)
     mask_ratio_min: float = opt(0.1, "minimum iBOT mask ratio")
     mask_ratio_max: float = opt(0.5, "maximum iBOT mask ratio")
-    mask_sample_probability: float = opt(0.5, "fraction of global crops that get iBOT masks")
+    mask_sample_probability: float = opt(0.5, "fraction of global crops that get iBOT masks", probability=True)
     centering: str = opt("sinkhorn_knopp", "teacher centring", choices=("sinkhorn_knopp", "softmax_center"))
     sinkhorn_iterations: int = opt(3, "Sinkhorn-Knopp iterations (fp32)")
     center_momentum: float = opt(0.9, "momentum of the softmax centre")
@@ -132,7 +142,7 @@ class SSLConfig:
     warmup_teacher_temp: float = opt(0.04, "teacher temperature at step 0")
     warmup_teacher_temp_steps: int = opt(
         30000, "steps of teacher temperature warm-up (DINOv2's 37,500 is longer than RAD-DINO's 35k steps; must fit "
-        "in train.max_steps)")
+        "in train.max_steps)", warmup="the teacher temperature would never reach ssl.teacher_temp")
     momentum_teacher: float = opt(0.992, "EMA momentum at step 0")
     final_momentum_teacher: float = opt(1.0, "EMA momentum at the last step (cosine)")
 
@@ -143,7 +153,7 @@ class OptimConfig:
     lr: float = opt(0.004, "base learning rate for a global batch of 1024 (see lr_scaling)")
     lr_scaling: str = opt("sqrt_wrt_1024", "how lr scales with global batch", choices=("sqrt_wrt_1024", "none"))
     min_lr: float = opt(1e-6, "learning rate at the end of the cosine")
-    warmup_steps: int = opt(12500, "linear lr warm-up steps")
+    warmup_steps: int = opt(12500, "linear lr warm-up steps", warmup="the learning rate would never reach its peak")
     weight_decay: float = opt(0.04, "weight decay at step 0")
     weight_decay_end: float = opt(0.4, "weight decay at the last step (cosine)")
     beta1: float = opt(0.9, "AdamW beta1")
@@ -153,7 +163,7 @@ class OptimConfig:
     patch_embed_lr_mult: float = opt(0.2, "lr multiplier of the patch embedding")
     freeze_last_layer_steps: int = opt(
         1250, "steps with the heads' last layer at lr 0 (as DINOv2: its gradient still counts in the clipping norm "
-        "and its AdamW moments accumulate)")
+        "and its AdamW moments accumulate)", warmup="the heads' last layer would never train")
     decay_tokens: bool = opt(
         True, "weight decay on cls_token, pos_embed, mask_token, register_tokens (DINOv2 decays them); false exempts them")
 
@@ -173,9 +183,6 @@ class TrainConfig:
     max_nonfinite_steps: int = opt(0, "skipped non-finite steps tolerated before stopping")
     deterministic: bool = opt(False, "deterministic kernels (slower; used for exact-resume tests)")
     progress: bool = opt(True, "progress bar on rank 0")
-    debug_nan_step: Optional[int] = opt(
-        None, "testing aid: make the DINO loss NaN at this step (1-based) to exercise the non-finite guard"
-    )
 
 
 # ----------------------------------------------------------------------------- parallel
@@ -252,7 +259,7 @@ class Config:
 
 def default_of(section: type, name: str) -> Any:
     """The schema's default of field `name` of a section dataclass: what code that mirrors a
-    section (AugmentSpec, LossParams, EvalSettings) uses as its own defaults."""
+    section (EvalSettings, the eval loader) uses as its own defaults."""
     f = section.__dataclass_fields__[name]
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
@@ -318,6 +325,12 @@ def _walk_yaml(node: Any, prefix: str = ""):
         for i, v in enumerate(node):
             if isinstance(v, (dict, DictConfig)):
                 yield from _walk_yaml(v, f"{prefix}.{i}")
+
+
+def keys_with(role: str) -> tuple[str, ...]:
+    """The dotted keys whose fields have `role` (see `opt`: shape, data, probability, warmup), in
+    schema order."""
+    return tuple(key for key, f in iter_fields() if f.metadata.get(role))
 
 
 def iter_fields(cls=Config, prefix: str = ""):
@@ -479,8 +492,7 @@ def validate(cfg: DictConfig) -> None:
         if not cond:
             raise ConfigError(f"invalid value {_get(cfg, key)!r} for '{key}': {fix}")
 
-    for key in ("data.flip_p", "data.intensity_p", "data.blur_p_global1", "data.blur_p_global2",
-                "data.solarize_p_global2", "data.blur_p_local", "ssl.mask_sample_probability"):
+    for key in keys_with("probability"):
         need(0.0 <= _get(cfg, key) <= 1.0, key, "a probability must be in [0, 1]")
     for key in ("data.global_crops_scale", "data.local_crops_scale"):
         v = list(_get(cfg, key))
@@ -519,11 +531,8 @@ def validate(cfg: DictConfig) -> None:
 
 
 # every schedule that ramps over a number of steps, and what it never reaches when cut short
-WARMUPS = {
-    "optim.warmup_steps": "the learning rate would never reach its peak",
-    "ssl.warmup_teacher_temp_steps": "the teacher temperature would never reach ssl.teacher_temp",
-    "optim.freeze_last_layer_steps": "the heads' last layer would never train",
-}
+# (the fields' `warmup` metadata; read-only)
+WARMUPS = MappingProxyType({key: f.metadata["warmup"] for key, f in iter_fields() if "warmup" in f.metadata})
 
 
 def _check_warmups_fit(cfg: DictConfig) -> None:

@@ -13,6 +13,7 @@ import gzip
 import io
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -129,6 +130,18 @@ def _select(n: int, opts: ReadOptions, stride: int = 1) -> list[int]:
     if opts.frames == "middle":
         return [n // 2]
     return list(range(0, n, max(1, stride)))
+
+
+def _stack_frames(stack: np.ndarray, opts: ReadOptions, frame: Callable[[np.ndarray, int], Frame]) -> list[Frame]:
+    """The frames `opts.frames` selects from a stack [N, ...] (DICOM, NumPy), each made by
+    `frame(pixels, index)`; an empty frame rejects the file."""
+    frames = []
+    for idx in _select(stack.shape[0], opts):
+        a = stack[idx]
+        if a.size == 0:
+            raise Reject("empty_image", f"frame {idx} has shape {a.shape}")
+        frames.append(frame(a, idx))
+    return frames
 
 
 # ----------------------------------------------------------------------------- raster images (PIL)
@@ -289,16 +302,11 @@ def _read_dicom(data: bytes, opts: ReadOptions) -> Decoded:
     else:
         stack = arr[None]
     bits_stored = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)) or 8)
-    frames = []
-    for idx in _select(stack.shape[0], opts):
-        a = stack[idx]
-        if a.size == 0:
-            raise Reject("empty_image", f"frame {idx} has shape {a.shape}")
-        if colour_max is not None:
-            # colour (RGB after pydicom's YBR conversion, or a palette): native range, no VOI
-            frames.append(Frame(a, 0.0, colour_max, window="native", index=idx))
-        else:
-            frames.append(_dicom_frame(ds, a, idx, bits_stored, photometric, opts))
+    if colour_max is not None:
+        # colour (RGB after pydicom's YBR conversion, or a palette): native range, no VOI
+        frames = _stack_frames(stack, opts, lambda a, idx: Frame(a, 0.0, colour_max, window="native", index=idx))
+    else:
+        frames = _stack_frames(stack, opts, lambda a, idx: _dicom_frame(ds, a, idx, bits_stored, photometric, opts))
     src_bits = (8 if colour_max == 255.0 else 16) if colour_max is not None else bits_stored
     return Decoded("dicom", frames, src_bits, tags, frame_count=stack.shape[0])
 
@@ -445,15 +453,10 @@ def _array_frames(a: np.ndarray, opts: ReadOptions, start: int = 0) -> tuple[lis
         native, bits = (0.0, 65535.0), 16
     else:
         native, bits = None, 16
-    frames = []
-    for idx in _select(stack.shape[0], opts):
-        fr = stack[idx]
-        if fr.size == 0:
-            raise Reject("empty_image", f"frame {idx} has shape {fr.shape}")
-        if native is not None:
-            frames.append(Frame(fr, native[0], native[1], index=start + idx))
-        else:
-            frames.append(_minmax_frame(fr.astype(np.float64), start + idx))
+    if native is not None:
+        frames = _stack_frames(stack, opts, lambda fr, idx: Frame(fr, native[0], native[1], index=start + idx))
+    else:
+        frames = _stack_frames(stack, opts, lambda fr, idx: _minmax_frame(fr.astype(np.float64), start + idx))
     return frames, bits, stack.shape[0]
 
 

@@ -7,19 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from dinotrain.data.augment import (
-    BLUR,
-    BRIGHT,
-    INTENSITY,
-    SOLAR,
-    X0,
-    X1,
-    Y0,
-    Y1,
-    AugmentSpec,
-    resized_crop_window,
-    sample_params,
-)
+from dinotrain.config import DataConfig
+from dinotrain.data.augment import Col, augment_section, resized_crop_window, sample_params
 from dinotrain.data.mixture import MixtureStream, make_source, subset_order, subset_size
 from dinotrain.data.shard_index import DataError, SampleRef, parse_idx
 
@@ -116,29 +105,29 @@ def test_resized_crop_window_respects_scale_and_bounds():
 
 def test_apply_probabilities_are_what_the_config_says():
     # defaults: what dinov2's code ran (blur g1 0.0, g2 0.9, local 0.5; solarise g2 0.2)
-    spec = AugmentSpec(n_global=2, n_local=8)
+    spec = DataConfig(global_crops_number=2, local_crops_number=8)
     rng = np.random.default_rng(0)
     p = np.stack([sample_params(rng, 518, 518, spec) for _ in range(2000)])  # [2000, 10, N_PARAMS]
-    assert p[:, 0, BLUR].max() == 0.0
-    assert abs(p[:, 1, BLUR].mean() - 0.9) < 0.02
-    assert abs(p[:, 1, SOLAR].mean() - 0.2) < 0.025
-    assert p[:, 0, SOLAR].max() == 0 and p[:, 2:, SOLAR].max() == 0
-    assert abs(p[:, 2:, BLUR].mean() - 0.5) < 0.02
-    assert abs(p[:, :, INTENSITY].mean() - 0.8) < 0.02
-    assert (p[:, :, BRIGHT][p[:, :, INTENSITY] == 0] == 1).all()  # not applied = identity factors
-    flipped = p[:, :, X0] > p[:, :, X1]
+    assert p[:, 0, Col.BLUR].max() == 0.0
+    assert abs(p[:, 1, Col.BLUR].mean() - 0.9) < 0.02
+    assert abs(p[:, 1, Col.SOLAR].mean() - 0.2) < 0.025
+    assert p[:, 0, Col.SOLAR].max() == 0 and p[:, 2:, Col.SOLAR].max() == 0
+    assert abs(p[:, 2:, Col.BLUR].mean() - 0.5) < 0.02
+    assert abs(p[:, :, Col.INTENSITY].mean() - 0.8) < 0.02
+    assert (p[:, :, Col.BRIGHT][p[:, :, Col.INTENSITY] == 0] == 1).all()  # not applied = identity factors
+    flipped = p[:, :, Col.X0] > p[:, :, Col.X1]
     assert abs(flipped.mean() - 0.5) < 0.02
-    assert (p[:, :, Y0] < p[:, :, Y1]).all()
-    never = AugmentSpec(blur_p_global1=0.0, flip_p=0.0)
+    assert (p[:, :, Col.Y0] < p[:, :, Col.Y1]).all()
+    never = DataConfig(blur_p_global1=0.0, flip_p=0.0)
     q = sample_params(np.random.default_rng(0), 100, 100, never)
-    assert q[0, BLUR] == 0 and (q[:, X0] < q[:, X1]).all()
+    assert q[0, Col.BLUR] == 0 and (q[:, Col.X0] < q[:, Col.X1]).all()
     # the paper's labels are one override away
     from dinotrain.config import load_config
 
-    paper = AugmentSpec.from_config(load_config(None, ["data.blur_p_global1=1.0", "data.blur_p_global2=0.1"]).data)
+    paper = augment_section(load_config(None, ["data.blur_p_global1=1.0", "data.blur_p_global2=0.1"]).data)
     rng = np.random.default_rng(1)
     r = np.stack([sample_params(rng, 200, 200, paper) for _ in range(1000)])
-    assert r[:, 0, BLUR].min() == 1.0 and abs(r[:, 1, BLUR].mean() - 0.1) < 0.03
+    assert r[:, 0, Col.BLUR].min() == 1.0 and abs(r[:, 1, Col.BLUR].mean() - 0.1) < 0.03
 
 
 def test_idx_parsing_and_its_errors():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dinotrain.config import load_config
-from dinotrain.train.trainer import LOSS_KEYS
+from dinotrain.train.meta_arch import LossTerms
 from launch import probe, runstate, status
 from launch.submit import submit_run
 from tests.services import cpu_burners, wait_until
@@ -164,7 +164,7 @@ def test_two_task_fsdp_job_is_requeued_and_resumes_to_the_last_step(slurm_cluste
     assert st["attempt"] == 2 and st["world_size"] == 2
     assert _steps(run) == list(range(1, 7))  # resumed from a checkpoint: no step lost, none repeated
     for got in _metrics(run):  # an exact resume: the preemption changed nothing
-        for k in LOSS_KEYS:
+        for k in LossTerms.names():
             assert got[k] == pytest.approx(uninterrupted[got["step"]][k], rel=1e-6, abs=1e-7), (got["step"], k)
     assert [s for s, _ in list_checkpoints(run)][-1] == 6
     assert len(list((latest_checkpoint(run)).glob("*.distcp"))) == 2  # both ranks wrote their shard
@@ -213,5 +213,5 @@ def test_preemption_between_checkpoints_saves_that_step_and_recomputes_none(slur
     assert f"resumed from step {saved[0]} (ckpt/step_{saved[0]:07d})" in logs
     assert _steps(run) == list(range(1, 7))
     for got in _metrics(run):
-        for k in LOSS_KEYS:
+        for k in LossTerms.names():
             assert got[k] == pytest.approx(uninterrupted[got["step"]][k], rel=1e-6, abs=1e-7), (got["step"], k)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dinotrain.data.augment import BLUR, N_PARAMS, SOLAR, X0, X1, Y0, Y1
+from dinotrain.data.augment import N_PARAMS, Col
 from dinotrain.data.cli import GAP, LINE, _caption, _row_layout
 from dinotrain.eval.metrics import chance_levels
 from dinotrain.eval.report import chance_level, plot
@@ -33,11 +33,11 @@ def test_local_crops_fill_the_height_of_the_global_ones():
 
 def test_caption_names_kind_size_area_mask_and_augmentations():
     p = np.zeros(N_PARAMS, np.float32)
-    p[[Y0, X0, Y1, X1]] = (0.1, 0.9, 0.6, 0.1)  # x0 > x1: a flipped crop of area 0.5 x 0.8
-    p[BLUR] = 1.0
+    p[[Col.Y0, Col.X0, Col.Y1, Col.X1]] = (0.1, 0.9, 0.6, 0.1)  # x0 > x1: a flipped crop of area 0.5 x 0.8
+    p[Col.BLUR] = 1.0
     assert _caption(p, "global", 0, 224, 0.25) == ("global 1 224px", "area 0.40 mask 0.25 flip blur")
-    p[[BLUR, X0, X1]] = (0.0, 0.1, 0.3)
-    p[SOLAR] = 1.0
+    p[[Col.BLUR, Col.X0, Col.X1]] = (0.0, 0.1, 0.3)
+    p[Col.SOLAR] = 1.0
     assert _caption(p, "local", 2, 98, None) == ("local 3 98px", "area 0.10 sol")
 
 

@@ -68,7 +68,7 @@ def test_torch_crops_match_dali_on_the_same_parameters(which, cxr_shards, cxr16_
 
 def test_parity_check_fails_on_what_it_must_catch(cxr_shards):
     """A crop window off by a few pixels (what a wrong resize convention gives) is over the tolerance."""
-    from dinotrain.data.augment import X0, X1
+    from dinotrain.data.augment import Col
     from dinotrain.data.pipeline import GraphSpec
     from dinotrain.data.torch_augment import multicrop
 
@@ -76,7 +76,7 @@ def test_parity_check_fails_on_what_it_must_catch(cxr_shards):
     b = next(dali)
     dali.close()
     params = b["aug_params"].copy()
-    params[:, :, [X0, X1]] += 0.03
+    params[:, :, [Col.X0, Col.X1]] += 0.03
     refs = [r for r in dali.stream.sources[0].refs if r.key in b["keys"]]
     from dinotrain.data.decode import decode_image
 

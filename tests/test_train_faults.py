@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dinotrain.train.trainer import LOSS_KEYS
+from dinotrain.train.meta_arch import LossTerms
 from tests.test_train_run import REPO, command, env, losses_by_step, train, write_config
 
 STEPS = 8
@@ -36,7 +36,7 @@ def dinotrain(*args: str, extra_env: dict | None = None, timeout: float = 600) -
 
 def assert_same_losses(got: dict, want: dict, steps) -> None:
     for step in steps:
-        for k in LOSS_KEYS:
+        for k in LossTerms.names():
             assert got[step][k] == pytest.approx(want[step][k], rel=1e-6, abs=1e-7), (step, k)
 
 

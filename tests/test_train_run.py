@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from dinotrain.train.trainer import LOSS_KEYS
+from dinotrain.train.meta_arch import LossTerms
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -64,6 +64,12 @@ def train(cfg: Path, nproc: int, *overrides: str, timeout: float = 600) -> subpr
                           timeout=timeout)
 
 
+def train_with_nan(cfg: Path, nan_step: int, *overrides: str) -> subprocess.CompletedProcess:
+    """One-process `dinotrain train` whose loss is NaN at step `nan_step` (tests/nan_train.py)."""
+    cmd = [sys.executable, str(REPO / "tests" / "nan_train.py"), str(nan_step), "train", str(cfg), *overrides]
+    return subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+
+
 def losses_by_step(run_dir: Path) -> dict[int, dict]:
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     return {r["step"]: r for r in rows}  # a resumed run rewrites the steps after its checkpoint
@@ -83,7 +89,7 @@ def test_two_process_run_writes_metrics_checkpoints_and_exports(reference_run):
     rows = losses_by_step(reference_run)
     assert sorted(rows) == list(range(1, STEPS + 1))
     for r in rows.values():
-        for k in LOSS_KEYS:
+        for k in LossTerms.names():
             assert r[k] is not None and math.isfinite(r[k]), (r["step"], k)
         assert r["world_size"] == 2 and r["images_per_s"] > 0 and r["step_time_s"] > 0
         for k in ("lr", "wd", "momentum", "teacher_temp", "grad_norm_backbone", "cls_std", "cls_effective_rank",
@@ -161,7 +167,7 @@ def test_kill9_then_resume_reproduces_the_uninterrupted_losses(reference_run, cx
     want, got = losses_by_step(reference_run), losses_by_step(run_dir)
     assert sorted(got) == list(range(1, STEPS + 1))
     for step in range(6, STEPS + 1):
-        for k in LOSS_KEYS:
+        for k in LossTerms.names():
             assert got[step][k] == pytest.approx(want[step][k], rel=1e-6, abs=1e-7), (step, k)
 
 
@@ -174,7 +180,7 @@ def test_two_rank_checkpoint_resumes_on_one_rank(reference_run, tmp_path):
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     # also exercises the tolerated non-finite step: step 6 is made NaN and skipped, 7 trains
-    res = train(cfg_path, 1, "train.max_steps=7", "train.debug_nan_step=6", "train.max_nonfinite_steps=1")
+    res = train_with_nan(cfg_path, 6, "train.max_steps=7", "train.max_nonfinite_steps=1")
     assert res.returncode == 0, res.stderr[-4000:]
     assert "step 6: loss term 'dino_global_crops_loss' is not finite" in res.stderr and "skipping" in res.stderr
     rows = losses_by_step(run_dir)
@@ -207,9 +213,9 @@ def test_one_rank_checkpoint_resumes_on_two_ranks(cxr_shards, tmp_path):
 
 
 def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(cxr_shards, tmp_path):
-    cfg = write_config(tmp_path / "cfg.yaml", cxr_shards, tmp_path / "run", checkpoint_every=2, debug_nan_step=3,
-                       max_steps=4, export_every=0)
-    res = train(cfg, 1)
+    cfg = write_config(tmp_path / "cfg.yaml", cxr_shards, tmp_path / "run", checkpoint_every=2, max_steps=4,
+                       export_every=0)
+    res = train_with_nan(cfg, 3)
     assert res.returncode == 3, res.stderr[-3000:]
     assert "step 3: loss term 'dino_global_crops_loss' is not finite" in res.stderr
     assert "step_0000002" in res.stderr  # the message names the checkpoint to go back to
@@ -262,11 +268,11 @@ def test_two_node_torchrun_resumes_a_one_node_run(reference_run, tmp_path):
     ref = losses_by_step(reference_run)
     # step 6 ran on the reference's own state (max_steps=7 changes the schedules from its update on):
     # exactly the reference's losses, in another folder (an export at step 5 once moved the RNG)
-    for k in LOSS_KEYS:
+    for k in LossTerms.names():
         assert got[6][k] == pytest.approx(ref[6][k], rel=1e-6, abs=1e-7), k
     for step in (6, 7):
         assert got[step]["world_size"] == 2  # one process per launcher
-        for k in LOSS_KEYS:
+        for k in LossTerms.names():
             assert got[step][k] == pytest.approx(want[step][k], rel=1e-6, abs=1e-7), (step, k)
         # continued from the trained state, not from a fresh init
         assert abs(got[step]["total_loss"] - ref[step]["total_loss"]) < \
@@ -326,5 +332,5 @@ def test_sigterm_to_one_rank_stops_both_at_one_step_and_the_resume_loses_nothing
     want, got = losses_by_step(reference_run), losses_by_step(run_dir)
     assert sorted(got) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):
-        for k in LOSS_KEYS:
+        for k in LossTerms.names():
             assert got[step][k] == pytest.approx(want[step][k], rel=1e-6, abs=1e-7), (step, k)

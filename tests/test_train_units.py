@@ -11,9 +11,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from dinotrain.config import load_config
+from dinotrain.config import SSLConfig, load_config
 from dinotrain.train.checkpoint import from_jsonable, latest_checkpoint, list_checkpoints, to_jsonable
-from dinotrain.train.meta_arch import LossParams, compute_losses, ema_update
+from dinotrain.train.meta_arch import TeacherTargets, compute_losses, ema_update
 from dinotrain.train.optim import apply_step_values, build_optimizer, param_multipliers
 from dinotrain.train.schedules import StepValues
 
@@ -108,11 +108,11 @@ def test_compute_losses_matches_an_explicit_derivation():
     M = int(masks.sum())
     s_out["masked_patch_logits"] = torch.randn(M, K)
     t_cls, t_patch = torch.randn(2 * B, K), torch.randn(M, K)
-    teacher_out = {"cls_logits": t_cls, "masked_patch_logits": t_patch,
-                   "dino_center": torch.zeros(1, K), "ibot_center": torch.zeros(1, K)}
-    params = LossParams(teacher_temp=teacher_temp, student_temp=student_temp, centering="softmax_center",
-                        dino_weight=1.0, ibot_weight=1.0, koleo_weight=0.1)
-    out = compute_losses(s_out, teacher_out, {"masks": masks}, params)
+    teacher = TeacherTargets(cls_logits=t_cls, masked_patch_logits=t_patch,
+                             dino_center=torch.zeros(1, K), ibot_center=torch.zeros(1, K))
+    ssl = SSLConfig(student_temp=student_temp, centering="softmax_center",
+                    dino_loss_weight=1.0, ibot_loss_weight=1.0, koleo_loss_weight=0.1)
+    out = compute_losses(s_out, teacher, {"masks": masks}, ssl, 2, teacher_temp)
 
     tp = F.softmax(t_cls / teacher_temp, dim=-1)
     t0, t1 = tp[:B], tp[B:]
@@ -121,8 +121,8 @@ def test_compute_losses_matches_an_explicit_derivation():
     want_global = (_ce(sg0, t1, student_temp) + _ce(sg1, t0, student_temp)) / denom
     locs = s_out["local_cls_logits"].chunk(n_l)
     want_local = sum(_ce(lc, t, student_temp) for lc in locs for t in (t0, t1)) / denom
-    assert float(out["dino_global_crops_loss"]) == pytest.approx(want_global, rel=1e-5)
-    assert float(out["dino_local_crops_loss"]) == pytest.approx(want_local, rel=1e-5)
+    assert float(out.dino_global_crops_loss) == pytest.approx(want_global, rel=1e-5)
+    assert float(out.dino_local_crops_loss) == pytest.approx(want_local, rel=1e-5)
 
     # iBOT: each image's masked patches weigh 1/its count, divided by all 2B images
     tpp = F.softmax(t_patch / teacher_temp, dim=-1)
@@ -132,7 +132,7 @@ def test_compute_losses_matches_an_explicit_derivation():
         w = 1.0 / int(masks[img].sum())
         want_ibot += w * _ce(s_out["masked_patch_logits"][r:r + 1], tpp[r:r + 1], student_temp)
     want_ibot /= 2 * B
-    assert float(out["ibot_loss"]) == pytest.approx(want_ibot, rel=1e-5)
+    assert float(out.ibot_loss) == pytest.approx(want_ibot, rel=1e-5)
 
     # KoLeo on each global crop's CLS separately, summed
     def koleo(x):
@@ -145,22 +145,22 @@ def test_compute_losses_matches_an_explicit_derivation():
         return sum(vals) / len(vals)
 
     want_koleo = koleo(s_out["global_cls"][:B]) + koleo(s_out["global_cls"][B:])
-    assert float(out["koleo_loss"]) == pytest.approx(want_koleo, rel=1e-4)
+    assert float(out.koleo_loss) == pytest.approx(want_koleo, rel=1e-4)
     want_total = want_global + want_local + want_ibot + 0.1 * want_koleo
-    assert float(out["total_loss"]) == pytest.approx(want_total, rel=1e-4)
+    assert float(out.total_loss) == pytest.approx(want_total, rel=1e-4)
 
 
 def test_sinkhorn_targets_and_uniform_logits_give_log_k():
     B, K = 4, 16
     s_out = {"global_cls_logits": torch.zeros(2 * B, K), "local_cls_logits": torch.zeros(0, K),
              "global_cls": torch.randn(2 * B, 8), "masked_patch_logits": torch.zeros(0, K)}
-    t_out = {"cls_logits": torch.randn(2 * B, K), "masked_patch_logits": torch.zeros(0, K),
-             "n_masked_total": torch.tensor(0.0)}
-    out = compute_losses(s_out, t_out, {"masks": torch.zeros(2 * B, 4, dtype=torch.bool)}, LossParams(teacher_temp=0.07))
+    teacher = TeacherTargets(cls_logits=torch.randn(2 * B, K), masked_patch_logits=torch.zeros(0, K),
+                             n_masked_total=torch.tensor(0.0))
+    out = compute_losses(s_out, teacher, {"masks": torch.zeros(2 * B, 4, dtype=torch.bool)}, SSLConfig(), 2, 0.07)
     # uniform student: cross-entropy with any distribution is log K; 2 pairs / (2 + 1) terms
-    assert float(out["dino_global_crops_loss"]) == pytest.approx(2 * math.log(K) / 3, rel=1e-5)
-    assert float(out["dino_local_crops_loss"]) == 0.0 and float(out["ibot_loss"]) == 0.0
-    assert all(torch.isfinite(v) for v in out.values())
+    assert float(out.dino_global_crops_loss) == pytest.approx(2 * math.log(K) / 3, rel=1e-5)
+    assert float(out.dino_local_crops_loss) == 0.0 and float(out.ibot_loss) == 0.0
+    assert all(torch.isfinite(v) for v in out.stacked())
 
 
 def test_ema_update_is_the_momentum_average():

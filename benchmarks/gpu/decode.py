@@ -81,11 +81,11 @@ def max_abs_diff(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
 
 def crop_params(encoded: list[bytes], data_cfg, seed: int = 0) -> list[np.ndarray]:
     """One row of augmentation parameters per crop and image, drawn as the training loader draws them."""
-    from dinotrain.data.augment import AugmentSpec, sample_params
+    from dinotrain.data.augment import augment_section, sample_params
     from dinotrain.data.loader import probe_image
     from shards.codecs import codec_of
 
-    spec = AugmentSpec.from_config(data_cfg)
+    spec = augment_section(data_cfg)
     rng = np.random.default_rng(seed)
     params = []
     for data in encoded:
@@ -99,10 +99,10 @@ def crop_params(encoded: list[bytes], data_cfg, seed: int = 0) -> list[np.ndarra
 def multicrop(encoded: list[bytes], params: list[np.ndarray], data_cfg, device: str,
               num_threads: int = 4) -> list[np.ndarray]:
     """The training graph's crops of one batch: [n_global + n_local] arrays [B, C, h, w] float32."""
-    from dinotrain.data.augment import AugmentSpec
+    from dinotrain.data.augment import augment_section
     from dinotrain.data.pipeline import GraphSpec, train_pipeline
 
-    spec = AugmentSpec.from_config(data_cfg)
+    spec = augment_section(data_cfg)
     g = GraphSpec(int(data_cfg.global_crops_size), int(data_cfg.local_crops_size), int(data_cfg.channels), True,
                   float(data_cfg.mean), float(data_cfg.std))
     batch = ([np.frombuffer(b, dtype=np.uint8) for b in encoded], params)

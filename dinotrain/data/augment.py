@@ -9,68 +9,45 @@ the probability of applying the transform.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
+from omegaconf import OmegaConf
 
-from dinotrain.config import DataConfig, default_of
+from dinotrain.config import DataConfig
 
-# columns of the per-crop parameter rows fed to the DALI graph
-Y0, X0, Y1, X1, BRIGHT, CONTRAST, GAMMA, BLUR, SIGMA, SOLAR, INTENSITY = range(11)
-N_PARAMS = 11
+
+class Col:
+    """Columns of one crop's parameter row (`sample_params`), as the DALI graph and the torch ops
+    read them: the crop window (fractions of the image; x0 > x1 is a mirrored crop), the
+    intensity factors, the blur flag and sigma, the solarise flag, the jitter flag. Plain ints,
+    so they index numpy, torch and DALI alike."""
+
+    Y0, X0, Y1, X1, BRIGHT, CONTRAST, GAMMA, BLUR, SIGMA, SOLAR, INTENSITY = range(11)
+
+
+N_PARAMS = Col.INTENSITY + 1
 BLUR_SIGMA = (0.1, 2.0)  # DINOv2's GaussianBlur radius range
 BLUR_WINDOW = 9  # DINOv2 / torchvision kernel size
 
 
-def _d(name: str):
-    value = default_of(DataConfig, name)
-    return tuple(value) if isinstance(value, list) else value
+def augment_section(data) -> DataConfig:
+    """The config's `data` section (a DictConfig, or already a `DataConfig`) as a `DataConfig`
+    object: the augmentation reads it for every crop of every image, at plain attribute speed."""
+    if isinstance(data, DataConfig):
+        return data
+    return OmegaConf.to_object(data)
 
 
-@dataclass(frozen=True)
-class AugmentSpec:
-    """The augmentation part of the `data` section (defaults: the schema's)."""
+def blur_p(data: DataConfig, crop: int) -> float:
+    """Blur probability of crop `crop` (globals first, then locals)."""
+    if crop >= data.global_crops_number:
+        return data.blur_p_local
+    return data.blur_p_global1 if crop == 0 else data.blur_p_global2
 
-    n_global: int = _d("global_crops_number")
-    n_local: int = _d("local_crops_number")
-    global_scale: tuple[float, float] = _d("global_crops_scale")
-    local_scale: tuple[float, float] = _d("local_crops_scale")
-    flip_p: float = _d("flip_p")
-    intensity_p: float = _d("intensity_p")
-    brightness: float = _d("brightness")
-    contrast: float = _d("contrast")
-    gamma: float = _d("gamma")
-    blur_p_global1: float = _d("blur_p_global1")
-    blur_p_global2: float = _d("blur_p_global2")
-    solarize_p_global2: float = _d("solarize_p_global2")
-    blur_p_local: float = _d("blur_p_local")
 
-    @classmethod
-    def from_config(cls, data) -> AugmentSpec:
-        return cls(
-            n_global=int(data.global_crops_number),
-            n_local=int(data.local_crops_number),
-            global_scale=tuple(data.global_crops_scale),
-            local_scale=tuple(data.local_crops_scale),
-            flip_p=data.flip_p,
-            intensity_p=data.intensity_p,
-            brightness=data.brightness,
-            contrast=data.contrast,
-            gamma=data.gamma,
-            blur_p_global1=data.blur_p_global1,
-            blur_p_global2=data.blur_p_global2,
-            solarize_p_global2=data.solarize_p_global2,
-            blur_p_local=data.blur_p_local,
-        )
-
-    def blur_p(self, crop: int) -> float:
-        """Blur probability of crop `crop` (globals first, then locals)."""
-        if crop >= self.n_global:
-            return self.blur_p_local
-        return self.blur_p_global1 if crop == 0 else self.blur_p_global2
-
-    def solarize_p(self, crop: int) -> float:
-        return self.solarize_p_global2 if crop == 1 and self.n_global > 1 else 0.0
+def solarize_p(data: DataConfig, crop: int) -> float:
+    """Solarisation probability of crop `crop`: only the second global crop's."""
+    return data.solarize_p_global2 if crop == 1 and data.global_crops_number > 1 else 0.0
 
 
 def resized_crop_window(
@@ -102,26 +79,28 @@ def resized_crop_window(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def sample_params(rng: np.random.Generator, height: int, width: int, spec: AugmentSpec) -> np.ndarray:
-    """[n_global + n_local, N_PARAMS] float32 rows for one image of size (height, width)."""
-    n = spec.n_global + spec.n_local
+def sample_params(rng: np.random.Generator, height: int, width: int, data: DataConfig) -> np.ndarray:
+    """[n_global + n_local, N_PARAMS] float32 rows for one image of size (height, width); `data`:
+    the `data` section (see `augment_section`)."""
+    n_global = data.global_crops_number
+    n = n_global + data.local_crops_number
     out = np.zeros((n, N_PARAMS), dtype=np.float32)
     for c in range(n):
-        scale = spec.global_scale if c < spec.n_global else spec.local_scale
+        scale = data.global_crops_scale if c < n_global else data.local_crops_scale
         top, left, h, w = resized_crop_window(rng, height, width, scale)
         y0, y1 = top / height, (top + h) / height
         x0, x1 = left / width, (left + w) / width
-        if rng.random() < spec.flip_p:
+        if rng.random() < data.flip_p:
             x0, x1 = x1, x0  # DALI's resize mirrors a region whose start is past its end
-        out[c, [Y0, X0, Y1, X1]] = (y0, x0, y1, x1)
-        if rng.random() < spec.intensity_p:
-            out[c, INTENSITY] = 1.0
-            out[c, BRIGHT] = rng.uniform(1 - spec.brightness, 1 + spec.brightness)
-            out[c, CONTRAST] = rng.uniform(1 - spec.contrast, 1 + spec.contrast)
-            out[c, GAMMA] = rng.uniform(1 - spec.gamma, 1 + spec.gamma)
+        out[c, [Col.Y0, Col.X0, Col.Y1, Col.X1]] = (y0, x0, y1, x1)
+        if rng.random() < data.intensity_p:
+            out[c, Col.INTENSITY] = 1.0
+            out[c, Col.BRIGHT] = rng.uniform(1 - data.brightness, 1 + data.brightness)
+            out[c, Col.CONTRAST] = rng.uniform(1 - data.contrast, 1 + data.contrast)
+            out[c, Col.GAMMA] = rng.uniform(1 - data.gamma, 1 + data.gamma)
         else:
-            out[c, [BRIGHT, CONTRAST, GAMMA]] = 1.0
-        out[c, BLUR] = float(rng.random() < spec.blur_p(c))
-        out[c, SIGMA] = rng.uniform(*BLUR_SIGMA)
-        out[c, SOLAR] = float(rng.random() < spec.solarize_p(c))
+            out[c, [Col.BRIGHT, Col.CONTRAST, Col.GAMMA]] = 1.0
+        out[c, Col.BLUR] = float(rng.random() < blur_p(data, c))
+        out[c, Col.SIGMA] = rng.uniform(*BLUR_SIGMA)
+        out[c, Col.SOLAR] = float(rng.random() < solarize_p(data, c))
     return out

@@ -36,7 +36,7 @@ def _summary(t) -> dict:
 
 def describe_batch(batch: dict, patch: int) -> dict:
     """The JSON-able description of one batch written to batch.json."""
-    from dinotrain.data.augment import BLUR, INTENSITY, SOLAR, X0, X1
+    from dinotrain.data.augment import Col
 
     masks = batch["masks"]
     params = batch["aug_params"]
@@ -51,10 +51,10 @@ def describe_batch(batch: dict, patch: int) -> dict:
         "modality": batch["modality"],
         "source": batch["source"],
         "augment": {
-            "blur_applied": params[:, :, BLUR].astype(bool).tolist(),
-            "solarize_applied": params[:, :, SOLAR].astype(bool).tolist(),
-            "flipped": (params[:, :, X0] > params[:, :, X1]).tolist(),
-            "intensity_jitter_applied": params[:, :, INTENSITY].astype(bool).tolist(),
+            "blur_applied": params[:, :, Col.BLUR].astype(bool).tolist(),
+            "solarize_applied": params[:, :, Col.SOLAR].astype(bool).tolist(),
+            "flipped": (params[:, :, Col.X0] > params[:, :, Col.X1]).tolist(),
+            "intensity_jitter_applied": params[:, :, Col.INTENSITY].astype(bool).tolist(),
         },
     }
 
@@ -70,10 +70,10 @@ def _to_u8(crop, mean: float, std: float):
 
 def _caption(params, kind: str, k: int, side: int, mask_ratio: float | None) -> tuple[str, str]:
     """Two short lines under a crop: what it is, then what was done to it."""
-    from dinotrain.data.augment import BLUR, SOLAR, X0, X1, Y0, Y1
+    from dinotrain.data.augment import Col
 
-    area = abs(float(params[Y1] - params[Y0]) * float(params[X1] - params[X0]))
-    flags = [f for f, on in (("flip", params[X0] > params[X1]), ("blur", params[BLUR]), ("sol", params[SOLAR])) if on]
+    area = abs(float(params[Col.Y1] - params[Col.Y0]) * float(params[Col.X1] - params[Col.X0]))
+    flags = [f for f, on in (("flip", params[Col.X0] > params[Col.X1]), ("blur", params[Col.BLUR]), ("sol", params[Col.SOLAR])) if on]
     second = f"area {area:.2f}" + (f" mask {mask_ratio:.2f}" if mask_ratio is not None else "")
     return f"{kind} {k + 1} {side}px", " ".join([second, *flags])
 

@@ -23,10 +23,11 @@ import json
 import logging
 import warnings
 from collections import deque
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 
-from dinotrain.data.augment import AugmentSpec, sample_params
+from dinotrain.data.augment import augment_section, sample_params
 from dinotrain.data.masking import batch_masks
 from dinotrain.data.mixture import SEED_AUGMENT, SEED_MASK, MixtureStream, make_source
 from dinotrain.data.pipeline import GraphSpec, resolve_device, train_pipeline
@@ -34,9 +35,31 @@ from dinotrain.data.selection import apply_selection
 from dinotrain.data.shard_index import DataError, SampleRef, ShardReader, index_source, sample_span
 from dinotrain.data.torch_loader import TorchProducer, resolve_backend
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+class Batch(TypedDict):
+    """One training batch, as the loader makes it (the module docstring gives the shapes): the
+    names and types its consumers (the trainer, the losses, `data preview`) read. Every tensor
+    goes to the training device; the lists and `aug_params` stay on the host."""
+
+    global_crops: torch.Tensor
+    local_crops: torch.Tensor
+    masks: torch.Tensor
+    mask_indices_list: torch.Tensor
+    masks_weight: torch.Tensor
+    n_masked_patches: torch.Tensor
+    upperbound: int
+    keys: list[str]
+    dataset: list[str]
+    modality: list[str]
+    source: list[str]
+    aug_params: np.ndarray  # [B, n_crops, N_PARAMS]: what was applied (preview, tests)
 
 
 def probe_image(data: bytes, ext: str) -> tuple[int, int] | None:
@@ -89,7 +112,7 @@ class TrainLoader:
             for s in d.sources
         ]
         self.stream = MixtureStream(sources, self.batch_size, world_size, self.seed)
-        self.spec = AugmentSpec.from_config(d)
+        self.aug = augment_section(d)  # the data section, read per crop
         patch = int(cfg.model.patch_size)
         self.grid = int(d.global_crops_size) // patch
         self.mask_args = (float(cfg.ssl.mask_ratio_min), float(cfg.ssl.mask_ratio_max),
@@ -176,10 +199,10 @@ class TrainLoader:
                 # the next good sample of this batch stands in: deterministic, batch size kept
                 items[i] = items[next((j for j in good if j > i), good[0])]
         rng = np.random.default_rng([self.seed, SEED_AUGMENT, step, self.rank])
-        params = [sample_params(rng, it[4][0], it[4][1], self.spec) for it in items]
+        params = [sample_params(rng, it[4][0], it[4][1], self.aug) for it in items]
         masks = batch_masks(
             np.random.default_rng([self.seed, SEED_MASK, step, self.rank]),
-            self.spec.n_global * self.batch_size,
+            self.aug.global_crops_number * self.batch_size,
             self.grid,
             *self.mask_args,
         )
@@ -207,9 +230,10 @@ class TrainLoader:
 
             dev = torch.device("cuda", self.device_id or 0) if self.device == "gpu" else torch.device("cpu")
             self._torch = self._torch or TorchProducer(self._draw, self.graph.gray, self.num_threads, self.prefetch,
-                                                       self.spec.n_global, self.spec.n_local, self.graph, dev)
+                                                       self.aug.global_crops_number, self.aug.local_crops_number,
+                                                       self.graph, dev)
             return
-        self._pipe = train_pipeline(self._produce, self.spec, self.graph, self.batch_size, self.num_threads,
+        self._pipe = train_pipeline(self._produce, self.aug, self.graph, self.batch_size, self.num_threads,
                                     self.device, self.device_id, self.prefetch)
 
     def _stop(self) -> None:
@@ -223,7 +247,7 @@ class TrainLoader:
     def __iter__(self):
         return self
 
-    def __next__(self) -> dict:
+    def __next__(self) -> Batch:
         import torch
 
         if self._pipe is None and self._torch is None:
@@ -239,20 +263,20 @@ class TrainLoader:
         self._consumed = meta["state"]
         self._skipped += meta["skipped"]
         m = meta["masks"]
-        return {
-            "global_crops": global_crops,
-            "local_crops": local_crops,
-            "masks": torch.from_numpy(m["masks"]),
-            "mask_indices_list": torch.from_numpy(m["mask_indices_list"]),
-            "masks_weight": torch.from_numpy(m["masks_weight"]),
-            "n_masked_patches": torch.tensor([m["n_masked_patches"]], dtype=torch.long),
-            "upperbound": m["upperbound"],
-            "keys": meta["keys"],
-            "dataset": meta["dataset"],
-            "modality": meta["modality"],
-            "source": meta["source"],
-            "aug_params": meta["params"],  # [B, n_crops, N_PARAMS]: what was applied (preview, tests)
-        }
+        return Batch(
+            global_crops=global_crops,
+            local_crops=local_crops,
+            masks=torch.from_numpy(m["masks"]),
+            mask_indices_list=torch.from_numpy(m["mask_indices_list"]),
+            masks_weight=torch.from_numpy(m["masks_weight"]),
+            n_masked_patches=torch.tensor([m["n_masked_patches"]], dtype=torch.long),
+            upperbound=m["upperbound"],
+            keys=meta["keys"],
+            dataset=meta["dataset"],
+            modality=meta["modality"],
+            source=meta["source"],
+            aug_params=meta["params"],
+        )
 
     def _next_dali(self):
         import torch
@@ -266,7 +290,7 @@ class TrainLoader:
                 raise err from None
             raise
         meta = self._pending.popleft()
-        ng, nl = self.spec.n_global, self.spec.n_local
+        ng, nl = self.aug.global_crops_number, self.aug.local_crops_number
         local = (_stack_crops(outs[ng:], self.device, self.device_id) if nl else
                  torch.empty((0, self.graph.channels, self.graph.local_size, self.graph.local_size)))
         return meta, _stack_crops(outs[:ng], self.device, self.device_id), local

@@ -11,20 +11,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from dinotrain.data.augment import (
-    BLUR,
-    BLUR_WINDOW,
-    BRIGHT,
-    CONTRAST,
-    GAMMA,
-    SIGMA,
-    SOLAR,
-    X0,
-    X1,
-    Y0,
-    Y1,
-    AugmentSpec,
-)
+from dinotrain.config import DataConfig
+from dinotrain.data.augment import BLUR_WINDOW, Col, blur_p, solarize_p
 
 
 @dataclass(frozen=True)
@@ -91,15 +79,15 @@ def _resized_crop(img, prm_cpu, c: int, size: int):
     return fn.resize(
         img,
         size=[size, size],
-        roi_start=prm_cpu[c, Y0 : X0 + 1],  # (y, x): DALI's spatial order for HWC
-        roi_end=prm_cpu[c, Y1 : X1 + 1],
+        roi_start=prm_cpu[c, Col.Y0 : Col.X0 + 1],  # (y, x): DALI's spatial order for HWC
+        roi_end=prm_cpu[c, Col.Y1 : Col.X1 + 1],
         roi_relative=True,
         interp_type=types.INTERP_CUBIC,
         dtype=types.UINT16,  # bicubic overshoot saturates at 0 and PIXEL_MAX: the [0, 1] clip
     )
 
 
-def _augment_crop(img, prm_cpu, prm, c: int, size: int, spec: AugmentSpec, g: GraphSpec):
+def _augment_crop(img, prm_cpu, prm, c: int, size: int, data: DataConfig, g: GraphSpec):
     """One crop: resized crop (+ mirror), intensity jitter, normalise, blur, solarise.
 
     DINOv2's order is jitter, blur, solarise, normalise. Normalising right after the jitter
@@ -110,32 +98,32 @@ def _augment_crop(img, prm_cpu, prm, c: int, size: int, spec: AugmentSpec, g: Gr
     import nvidia.dali.math as dmath
     from nvidia.dali import fn
 
-    x = dmath.clamp(_resized_crop(img, prm_cpu, c, size) * (prm[c, BRIGHT] * (1.0 / PIXEL_MAX)), 0.0, 1.0)
+    x = dmath.clamp(_resized_crop(img, prm_cpu, c, size) * (prm[c, Col.BRIGHT] * (1.0 / PIXEL_MAX)), 0.0, 1.0)
     # contrast around the crop's own mean (torchvision's rule), gamma on [0, 1] data
     m = fn.reductions.mean(x)
-    x = _normalise(dmath.pow(dmath.clamp((x - m) * prm[c, CONTRAST] + m, 0.0, 1.0), prm[c, GAMMA]), g)
+    x = _normalise(dmath.pow(dmath.clamp((x - m) * prm[c, Col.CONTRAST] + m, 0.0, 1.0), prm[c, Col.GAMMA]), g)
     # blur / solarise only the samples whose flag is set: DALI conditionals split the batch
     # (cheaper than transforming every crop and blending), the flags come from the CPU rows;
     # the `else: x = x` branches are there because AutoGraph wants x assigned on both sides
-    p_blur = spec.blur_p(c)
+    p_blur = blur_p(data, c)
     if p_blur >= 1:
-        x = fn.gaussian_blur(x, sigma=prm_cpu[c, SIGMA], window_size=BLUR_WINDOW)
+        x = fn.gaussian_blur(x, sigma=prm_cpu[c, Col.SIGMA], window_size=BLUR_WINDOW)
     elif p_blur > 0:
-        if prm_cpu[c, BLUR] > 0.5:
-            x = fn.gaussian_blur(x, sigma=prm_cpu[c, SIGMA], window_size=BLUR_WINDOW)
+        if prm_cpu[c, Col.BLUR] > 0.5:
+            x = fn.gaussian_blur(x, sigma=prm_cpu[c, Col.SIGMA], window_size=BLUR_WINDOW)
         else:
             x = x
-    if spec.solarize_p(c) > 0:
+    if solarize_p(data, c) > 0:
         # v >= 0.5 -> 1 - v, written for n = (v - mean) / std: n >= t -> k - n
         t, k = (0.5 - g.mean) / g.std, (1.0 - 2.0 * g.mean) / g.std
-        if prm_cpu[c, SOLAR] > 0.5:
+        if prm_cpu[c, Col.SOLAR] > 0.5:
             x = x + (x >= t) * (k - 2.0 * x)
         else:
             x = x
     return _to_chw(x, g)
 
 
-def train_pipeline(source, spec: AugmentSpec, g: GraphSpec, batch_size: int, num_threads: int, device: str,
+def train_pipeline(source, data: DataConfig, g: GraphSpec, batch_size: int, num_threads: int, device: str,
                    device_id: int | None, prefetch: int = 2):
     """A built DALI pipeline whose outputs are the n_global then n_local crop batches (CHW)."""
     from nvidia.dali import fn, pipeline_def, types
@@ -151,9 +139,9 @@ def train_pipeline(source, spec: AugmentSpec, g: GraphSpec, batch_size: int, num
         img = _decode(enc, gpu, g.gray, types.UINT16)
         prm = prm_cpu.gpu() if gpu else prm_cpu
         outs = []
-        for c in range(spec.n_global + spec.n_local):
-            size = g.global_size if c < spec.n_global else g.local_size
-            outs.append(_augment_crop(img, prm_cpu, prm, c, size, spec, g))
+        for c in range(data.global_crops_number + data.local_crops_number):
+            size = g.global_size if c < data.global_crops_number else g.local_size
+            outs.append(_augment_crop(img, prm_cpu, prm, c, size, data, g))
         return tuple(outs)
 
     pipe = graph()

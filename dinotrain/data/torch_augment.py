@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dinotrain.data.augment import BLUR, BLUR_WINDOW, BRIGHT, CONTRAST, GAMMA, SIGMA, SOLAR, X0, X1, Y0, Y1
+from dinotrain.data.augment import BLUR_WINDOW, Col
 
 CUBIC_A = -0.5  # Keys' cubic convolution (Catmull-Rom), DALI's and PIL's bicubic
 
@@ -57,8 +57,8 @@ def resample_matrix(start: torch.Tensor, end: torch.Tensor, in_size: torch.Tenso
 def resized_crop(img: torch.Tensor, sizes: torch.Tensor, rows: torch.Tensor, out: int) -> torch.Tensor:
     """[B, C, H, W] padded images (sizes [B, 2] = true h, w) -> [B, C, out, out] crops of the windows in rows."""
     h, w = sizes[:, 0].to(img.dtype), sizes[:, 1].to(img.dtype)
-    wy = resample_matrix(rows[:, Y0] * h, rows[:, Y1] * h, sizes[:, 0], out, img.shape[-2])
-    wx = resample_matrix(rows[:, X0] * w, rows[:, X1] * w, sizes[:, 1], out, img.shape[-1])
+    wy = resample_matrix(rows[:, Col.Y0] * h, rows[:, Col.Y1] * h, sizes[:, 0], out, img.shape[-2])
+    wx = resample_matrix(rows[:, Col.X0] * w, rows[:, Col.X1] * w, sizes[:, 1], out, img.shape[-1])
     x = torch.matmul(wy[:, None], img)  # [B, C, out, W]
     x = torch.matmul(x, wx[:, None].transpose(-1, -2))  # [B, C, out, out]
     # DALI writes the resize as uint16: saturated to [0, 1] and rounded to 1/65535
@@ -70,9 +70,9 @@ def jitter_normalise(x: torch.Tensor, rows: torch.Tensor, mean: float, std: floa
     def col(k: int) -> torch.Tensor:
         return rows[:, k, None, None, None]
 
-    x = (x * col(BRIGHT)).clamp(0.0, 1.0)
+    x = (x * col(Col.BRIGHT)).clamp(0.0, 1.0)
     m = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = ((x - m) * col(CONTRAST) + m).clamp(0.0, 1.0).pow(col(GAMMA))
+    x = ((x - m) * col(Col.CONTRAST) + m).clamp(0.0, 1.0).pow(col(Col.GAMMA))
     return (x - mean) * (1.0 / std)
 
 
@@ -101,10 +101,10 @@ def augment_crops(img: torch.Tensor, sizes: torch.Tensor, params: torch.Tensor, 
     x = torch.cat([resized_crop(img, sizes, params[:, c], out) for c in crops])
     rows = torch.cat([params[:, c] for c in crops])
     x = jitter_normalise(x, rows, mean, std)
-    blur = torch.nonzero(rows[:, BLUR] > 0.5).flatten()
+    blur = torch.nonzero(rows[:, Col.BLUR] > 0.5).flatten()
     if blur.numel():
-        x[blur] = gaussian_blur(x[blur], rows[blur, SIGMA])
-    solar = torch.nonzero(rows[:, SOLAR] > 0.5).flatten()
+        x[blur] = gaussian_blur(x[blur], rows[blur, Col.SIGMA])
+    solar = torch.nonzero(rows[:, Col.SOLAR] > 0.5).flatten()
     if solar.numel():
         x[solar] = solarise(x[solar], mean, std)
     return x

@@ -25,9 +25,9 @@ from dinotrain.train.networks import build_networks
 from dinotrain.train.preemption import TrainingStopped
 from dinotrain.train.preflight import check_inputs
 from dinotrain.train.run_dir import check_writable, prepare_run_dir
-from dinotrain.train.trainer import LOSS_KEYS, NonFiniteLossError, Trainer
+from dinotrain.train.trainer import NonFiniteLossError, Trainer
 
-__all__ = ["LOSS_KEYS", "NonFiniteLossError", "Trainer", "TrainingStopped", "build_networks", "run"]
+__all__ = ["NonFiniteLossError", "Trainer", "TrainingStopped", "build_networks", "run"]
 
 
 def _as_config(cfg: Any) -> DictConfig:

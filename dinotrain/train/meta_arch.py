@@ -4,20 +4,26 @@
 teacher are two instances of it. Its `forward` does everything a step needs from a network, so
 FSDP2's root hooks (which fire on `forward`) cover the whole computation.
 
-`compute_losses(student_out, teacher_out, batch, params)` is a pure function from network
-outputs to named losses with DINOv2's normalisations, so it can be tested against explicit
-re-derivations without any model.
+`compute_losses(student_out, teacher, batch, ssl, n_global_crops, teacher_temp)` is a pure
+function from network outputs (the teacher's as `TeacherTargets`) to the named `LossTerms`, with
+DINOv2's normalisations, so it can be tested against explicit re-derivations without any model.
+It reads the recipe from the config's `ssl` section itself; only the scheduled temperature is
+the step's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from dinotrain.config import DataConfig, SSLConfig, default_of
+from dinotrain.config import SSLConfig
 from dinotrain.losses import dino_loss, ibot_loss, koleo_loss, sinkhorn_knopp, softmax_center
+
+if TYPE_CHECKING:
+    from dinotrain.data.loader import Batch
 
 
 class SSLNetwork(nn.Module):
@@ -69,61 +75,71 @@ class SSLNetwork(nn.Module):
 
 
 @dataclass(frozen=True)
-class LossParams:
-    """Everything `compute_losses` needs besides tensors: the step's values and the recipe
-    (defaults: the schema's)."""
+class TeacherTargets:
+    """What the losses need from the teacher's side of a step: its logits, the masked-patch
+    count of all ranks (Sinkhorn's normaliser) and the running centres (softmax-centring)."""
 
-    teacher_temp: float
-    student_temp: float = default_of(SSLConfig, "student_temp")
-    n_global_crops: int = default_of(DataConfig, "global_crops_number")
-    centering: str = default_of(SSLConfig, "centering")
-    sinkhorn_iterations: int = default_of(SSLConfig, "sinkhorn_iterations")
-    dino_weight: float = default_of(SSLConfig, "dino_loss_weight")
-    ibot_weight: float = default_of(SSLConfig, "ibot_loss_weight")
-    koleo_weight: float = default_of(SSLConfig, "koleo_loss_weight")
+    cls_logits: torch.Tensor  # [n_global*B, K]
+    masked_patch_logits: torch.Tensor  # [M, K]
+    n_masked_total: torch.Tensor | None = None  # over every rank; None: this rank's rows only
+    dino_center: torch.Tensor | None = None
+    ibot_center: torch.Tensor | None = None
+    global_cls_bottleneck: torch.Tensor | None = None  # for the head-collapse monitor
 
     @classmethod
-    def from_config(cls, ssl, n_global_crops: int, teacher_temp: float) -> LossParams:
-        """From the config's `ssl` section, `data.global_crops_number` and the step's temperature."""
-        return cls(
-            teacher_temp=float(teacher_temp),
-            student_temp=float(ssl.student_temp),
-            n_global_crops=int(n_global_crops),
-            centering=str(ssl.centering),
-            sinkhorn_iterations=int(ssl.sinkhorn_iterations),
-            dino_weight=float(ssl.dino_loss_weight),
-            ibot_weight=float(ssl.ibot_loss_weight),
-            koleo_weight=float(ssl.koleo_loss_weight),
-        )
+    def from_teacher(cls, t_out: dict[str, torch.Tensor], **extra) -> TeacherTargets:
+        """From `SSLNetwork.forward`'s output of the teacher, plus the step's `extra` fields."""
+        return cls(cls_logits=t_out["global_cls_logits"], masked_patch_logits=t_out["masked_patch_logits"],
+                   global_cls_bottleneck=t_out["global_cls_bottleneck"], **extra)
 
 
-def teacher_targets(teacher_out: dict, params: LossParams) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass(frozen=True)
+class LossTerms:
+    """The named terms of one step's loss; their names are the metrics' keys."""
+
+    total_loss: torch.Tensor
+    dino_global_crops_loss: torch.Tensor
+    dino_local_crops_loss: torch.Tensor
+    ibot_loss: torch.Tensor
+    koleo_loss: torch.Tensor
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def stacked(self) -> torch.Tensor:
+        """The terms as one float vector in `names()` order (one all-reduce for all of them)."""
+        return torch.stack([getattr(self, k).detach().float() for k in self.names()])
+
+
+def teacher_targets(teacher: TeacherTargets, ssl: SSLConfig, teacher_temp: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Centred teacher probabilities for the CLS tokens [n_global*B, K] and masked patches [M, K].
 
     Sinkhorn-Knopp normalises over every rank's batch (the loss module reduces when a process
     group is up), with the masked-patch count of all ranks (`n_masked_total`). Softmax-centring
-    uses the running centres passed in `teacher_out` (their update is the caller's: pure here).
+    uses the running centres in `teacher` (their update is the caller's: pure here). `ssl`: the
+    config's section (or an `SSLConfig`); `teacher_temp`: the step's scheduled value.
     """
-    cls_logits = teacher_out["cls_logits"].float()
-    patch_logits = teacher_out["masked_patch_logits"].float()
-    if params.centering == "sinkhorn_knopp":
-        cls_t = sinkhorn_knopp(cls_logits, params.teacher_temp, n_iterations=params.sinkhorn_iterations)
-        n_total = teacher_out.get("n_masked_total")
+    cls_logits = teacher.cls_logits.float()
+    patch_logits = teacher.masked_patch_logits.float()
+    iters = int(ssl.sinkhorn_iterations)
+    if ssl.centering == "sinkhorn_knopp":
+        cls_t = sinkhorn_knopp(cls_logits, teacher_temp, n_iterations=iters)
+        n_total = teacher.n_masked_total
         if n_total is not None and int(n_total) == 0:
             patch_t = patch_logits  # empty: no masked patch anywhere (Sinkhorn would divide by 0)
         else:
-            patch_t = sinkhorn_knopp(
-                patch_logits, params.teacher_temp, n_iterations=params.sinkhorn_iterations, n_samples=n_total
-            )
-    elif params.centering == "softmax_center":
-        cls_t = softmax_center(cls_logits, teacher_out["dino_center"], params.teacher_temp)
-        patch_t = softmax_center(patch_logits, teacher_out["ibot_center"], params.teacher_temp)
+            patch_t = sinkhorn_knopp(patch_logits, teacher_temp, n_iterations=iters, n_samples=n_total)
+    elif ssl.centering == "softmax_center":
+        cls_t = softmax_center(cls_logits, teacher.dino_center, teacher_temp)
+        patch_t = softmax_center(patch_logits, teacher.ibot_center, teacher_temp)
     else:
-        raise ValueError(f"ssl.centering={params.centering!r}: use sinkhorn_knopp or softmax_center")
+        raise ValueError(f"ssl.centering={ssl.centering!r}: use sinkhorn_knopp or softmax_center")
     return cls_t, patch_t
 
 
-def compute_losses(student_out: dict, teacher_out: dict, batch: dict, params: LossParams) -> dict[str, torch.Tensor]:
+def compute_losses(student_out: dict, teacher: TeacherTargets, batch: Batch, ssl: SSLConfig, n_global_crops: int,
+                   teacher_temp: float) -> LossTerms:
     """DINO (global + local), iBOT and KoLeo terms and their weighted sum, DINOv2's normalisation.
 
     - DINO: every student crop against every teacher global crop except its own view; the sum
@@ -131,51 +147,41 @@ def compute_losses(student_out: dict, teacher_out: dict, batch: dict, params: Lo
     - iBOT: masked-patch cross-entropy, each image's patches weighted by 1 / its masked count,
       summed, divided by the number of global crops (`masks_weight` from the loader).
     - KoLeo: on the student's backbone CLS of each global crop separately, summed over crops.
-    `total_loss` = dino_weight * (global + local) + ibot_weight * ibot + koleo_weight * koleo.
+    `total_loss` = dino_weight * (global + local) + ibot_weight * ibot + koleo_weight * koleo
+    (the `ssl` section's `*_loss_weight`); `n_global_crops`: `data.global_crops_number`.
     """
-    n_g = params.n_global_crops
-    cls_t, patch_t = teacher_targets(teacher_out, params)
+    n_g = int(n_global_crops)
+    student_temp = float(ssl.student_temp)
+    cls_t, patch_t = teacher_targets(teacher, ssl, teacher_temp)
     teacher_chunks = cls_t.chunk(n_g)
     s_global = student_out["global_cls_logits"].chunk(n_g)
     B = s_global[0].shape[0]
     local = student_out["local_cls_logits"]
     n_l = local.shape[0] // B if B else 0
-    n_global_terms = (n_g - 1) * n_g
-    n_local_terms = max(n_l * n_g, 1)
-    denom = n_global_terms + n_local_terms
+    denom = (n_g - 1) * n_g + max(n_l * n_g, 1)  # global pairs + local pairs (at least 1)
 
     glob = sum(
-        dino_loss([s_global[i]], [teacher_chunks[j]], student_temp=params.student_temp)
+        dino_loss([s_global[i]], [teacher_chunks[j]], student_temp=student_temp)
         for i in range(n_g)
         for j in range(n_g)
         if i != j
     ) if n_g > 1 else local.new_zeros(())
-    losses = {"dino_global_crops_loss": glob / denom}
     if n_l > 0:
-        losses["dino_local_crops_loss"] = (
-            dino_loss(list(local.chunk(n_l)), list(teacher_chunks), student_temp=params.student_temp) / denom
-        )
+        loc = dino_loss(list(local.chunk(n_l)), list(teacher_chunks), student_temp=student_temp) / denom
     else:
-        losses["dino_local_crops_loss"] = local.new_zeros(())
-
+        loc = local.new_zeros(())
     s_patch = student_out["masked_patch_logits"]
     if s_patch.shape[0] > 0:
-        losses["ibot_loss"] = ibot_loss(
-            s_patch, patch_t, batch["masks"], student_temp=params.student_temp, masks_weight=batch.get("masks_weight")
-        )
+        ibot = ibot_loss(s_patch, patch_t, batch["masks"], student_temp=student_temp,
+                         masks_weight=batch.get("masks_weight"))
     else:
-        losses["ibot_loss"] = s_patch.sum() * 0.0  # keeps the graph (and FSDP's reduce) whole
-
-    cls = student_out["global_cls"]
-    losses["koleo_loss"] = sum(koleo_loss(c.float()) for c in cls.chunk(n_g))
-
-    total = (
-        params.dino_weight * (losses["dino_global_crops_loss"] + losses["dino_local_crops_loss"])
-        + params.ibot_weight * losses["ibot_loss"]
-        + params.koleo_weight * losses["koleo_loss"]
-    )
-    losses["total_loss"] = total
-    return losses
+        ibot = s_patch.sum() * 0.0  # keeps the graph (and FSDP's reduce) whole
+    koleo = sum(koleo_loss(c.float()) for c in student_out["global_cls"].chunk(n_g))
+    glob = glob / denom
+    total = (float(ssl.dino_loss_weight) * (glob + loc) + float(ssl.ibot_loss_weight) * ibot
+             + float(ssl.koleo_loss_weight) * koleo)
+    return LossTerms(total_loss=total, dino_global_crops_loss=glob, dino_local_crops_loss=loc, ibot_loss=ibot,
+                     koleo_loss=koleo)
 
 
 @torch.no_grad()

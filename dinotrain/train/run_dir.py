@@ -21,19 +21,16 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from dinotrain import run_layout as layout
+from dinotrain.config import keys_with
 from dinotrain.errors import UserError
 
 log = logging.getLogger("dinotrain.train")
 
 # Keys that shape the tensors of a checkpoint: a resume with other values cannot load it.
-SHAPE_KEYS = (
-    "model.arch", "model.patch_size", "model.img_size", "model.in_chans", "model.num_register_tokens",
-    "model.ffn", "ssl.head_n_prototypes", "ssl.head_hidden_dim", "ssl.head_bottleneck_dim", "ssl.head_nlayers",
-    "ssl.ibot_separate_head",
-)
+SHAPE_KEYS = keys_with("shape")
 # Keys of the loader's saved position: they must match when the process count is the same
 # (with another process count the loader restarts its order, see dinotrain.train.loop).
-DATA_KEYS = ("data.batch_size_per_gpu", "data.seed", "data.sources")
+DATA_KEYS = keys_with("data")
 # What a previous run left in its folder (moved aside together by train.resume=false).
 RUN_FILES = (layout.CKPT, layout.EXPORT, layout.METRICS, layout.EVAL, layout.CONFIG)
 REPLACED = "replaced"

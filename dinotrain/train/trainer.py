@@ -21,13 +21,21 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from dinotrain.train.ckpt_manager import CheckpointManager
 from dinotrain.train.distributed import DistEnv, all_reduce_mean, all_reduce_sum
 from dinotrain.train.export import export_teacher
-from dinotrain.train.meta_arch import LossParams, SSLNetwork, compute_losses, ema_update, teacher_targets
+from dinotrain.train.meta_arch import (
+    LossTerms,
+    SSLNetwork,
+    TeacherTargets,
+    compute_losses,
+    ema_update,
+    teacher_targets,
+)
 from dinotrain.train.monitor import (
     CollapseWatch,
     MetricsLog,
@@ -46,10 +54,10 @@ from dinotrain.train.policy import SavePolicy
 from dinotrain.train.schedules import Schedules, StepValues
 from dinotrain.train.state import TrainState
 
-log = logging.getLogger("dinotrain.train")
+if TYPE_CHECKING:
+    from dinotrain.data.loader import Batch
 
-LOSS_KEYS = ("total_loss", "dino_global_crops_loss", "dino_local_crops_loss", "ibot_loss", "koleo_loss")
-_BATCH_TENSORS = ("global_crops", "local_crops", "masks", "mask_indices_list", "masks_weight", "n_masked_patches")
+log = logging.getLogger("dinotrain.train")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -62,8 +70,8 @@ class StepOutput:
 
     losses: dict[str, float]  # mean over ranks, for the log
     student_out: dict[str, torch.Tensor]
-    teacher_out: dict[str, torch.Tensor]
-    params: LossParams
+    teacher: TeacherTargets
+    teacher_temp: float  # the step's scheduled value
 
 
 def flops_per_step(data, student: SSLNetwork) -> float:
@@ -238,13 +246,13 @@ class Trainer:
         n = step + 1  # steps completed after this one: the number that is logged and saved
         log_now = self.policy.log_now(n, first)
         self.timer.start(sync=log_now)
-        batch = {k: (v.to(self.device, non_blocking=True) if k in _BATCH_TENSORS and isinstance(v, torch.Tensor)
-                     else v) for k, v in next(self.loader).items()}
+        # every tensor of the batch goes to the device; its lists and arrays (keys, aug_params) stay
+        batch: Batch = {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+                        for k, v in next(self.loader).items()}
         self.timer.lap("data")
         values = self.schedules.at(step)
         apply_step_values(self.optimizer, values)
-        params = LossParams.from_config(self.cfg.ssl, int(self.cfg.data.global_crops_number), values.teacher_temp)
-        out = self.forward_backward(batch, params, n)
+        out = self.forward_backward(batch, values.teacher_temp, n)
         if out is not None:  # None: a skipped step (non-finite loss or fp16 overflow)
             gnorms = self._update(values, out)
             self._images += batch["global_crops"].shape[0] // int(self.cfg.data.global_crops_number) \
@@ -256,7 +264,7 @@ class Trainer:
                 bar.update(1)
         self._save(n)
 
-    def _forward(self, batch: dict) -> tuple[dict, dict]:
+    def _forward(self, batch: Batch) -> tuple[dict, TeacherTargets]:
         g = batch["global_crops"]
         idx = batch["mask_indices_list"].long()
         with self.autocast if self.autocast is not None else contextlib.nullcontext():
@@ -264,32 +272,23 @@ class Trainer:
                 t_out = self.teacher(g, None, None, idx)
             s_out = self.student(g, batch["local_crops"], batch["masks"], idx)
         n_masked_total = all_reduce_sum(batch["n_masked_patches"].sum().to(device=self.device, dtype=torch.float32))
-        teacher_out = {
-            "cls_logits": t_out["global_cls_logits"],
-            "masked_patch_logits": t_out["masked_patch_logits"],
-            "n_masked_total": n_masked_total,
-            "dino_center": self.state.dino_center,
-            "ibot_center": self.state.ibot_center,
-            "global_cls_bottleneck": t_out["global_cls_bottleneck"],  # for the head-collapse monitor
-        }
-        return s_out, teacher_out
+        teacher = TeacherTargets.from_teacher(t_out, n_masked_total=n_masked_total,
+                                              dino_center=self.state.dino_center, ibot_center=self.state.ibot_center)
+        return s_out, teacher
 
-    def forward_backward(self, batch: dict, params: LossParams, n: int) -> StepOutput | None:
+    def forward_backward(self, batch: Batch, teacher_temp: float, n: int) -> StepOutput | None:
         """Teacher and student forward, losses, backward (fp16: scaled, unscaled, checked).
         None when the step must be skipped; raises NonFiniteLossError past the tolerance."""
-        s_out, teacher_out = self._forward(batch)
-        losses = compute_losses(s_out, teacher_out, batch, params)
-        if self.cfg.train.debug_nan_step is not None and n == int(self.cfg.train.debug_nan_step):
-            losses["dino_global_crops_loss"] = losses["dino_global_crops_loss"] * float("nan")
-            losses["total_loss"] = losses["total_loss"] + losses["dino_global_crops_loss"]
+        s_out, teacher = self._forward(batch)
+        losses = compute_losses(s_out, teacher, batch, self.cfg.ssl, int(self.cfg.data.global_crops_number),
+                                teacher_temp)
         self.timer.lap("forward")
         # one small all-reduce per step: loss means for the log and a common NaN verdict
-        mean = dict(zip(LOSS_KEYS, all_reduce_mean(torch.stack([losses[k].detach().float()
-                                                                 for k in LOSS_KEYS])).tolist()))
+        mean = dict(zip(LossTerms.names(), all_reduce_mean(losses.stacked()).tolist()))
         if not self._losses_finite(mean, n):
             return None
         scaler = self.state.scaler
-        scaler.scale_loss(losses["total_loss"]).backward()
+        scaler.scale_loss(losses.total_loss).backward()
         finite = scaler.unscale_(self.student)
         scaler.update(finite)
         if not finite:
@@ -297,7 +296,7 @@ class Trainer:
             log.warning("step %d: fp16 gradient overflow, loss scale -> %g", n, float(scaler.scale))
             return None
         self.timer.lap("backward")
-        return StepOutput(mean, s_out, teacher_out, params)
+        return StepOutput(mean, s_out, teacher, teacher_temp)
 
     def _losses_finite(self, mean: dict[str, float], n: int) -> bool:
         bad = [k for k, v in mean.items() if not math.isfinite(v)]
@@ -323,25 +322,26 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         ema_update(self.teacher, self.student, values.momentum)
-        if out.params.centering == "softmax_center":
+        if self.cfg.ssl.centering == "softmax_center":
             from dinotrain.losses import update_center, update_center_mean_of_ranks
 
             m = float(self.cfg.ssl.center_momentum)
-            t = out.teacher_out
-            self.state.dino_center = update_center(self.state.dino_center, t["cls_logits"], m)
-            self.state.ibot_center = update_center_mean_of_ranks(self.state.ibot_center, t["masked_patch_logits"], m)
+            t = out.teacher
+            self.state.dino_center = update_center(self.state.dino_center, t.cls_logits, m)
+            self.state.ibot_center = update_center_mean_of_ranks(self.state.ibot_center, t.masked_patch_logits, m)
         self.timer.lap("optimizer")
         return gnorms
 
     # ------------------------------------------------------------------------- reporting, saving
-    def _monitor(self, n: int, step: int, student_out: dict, teacher_out: dict, params: LossParams, bar=None) -> dict:
+    def _monitor(self, n: int, step: int, student_out: dict, teacher: TeacherTargets, teacher_temp: float,
+                 bar=None) -> dict:
         """Collapse indicators of this step, and rate-limited warnings when they look bad.
         Called on every rank at log steps (the prototype sum is a collective under FSDP)."""
         with torch.no_grad():
-            cls_t, _ = teacher_targets(teacher_out, params)
+            cls_t, _ = teacher_targets(teacher, self.cfg.ssl, teacher_temp)
             stats = collapse_stats(student_out["global_cls"], cls_t)
             k = int(self.cfg.ssl.head_n_prototypes)
-            stats.update(head_collapse_stats(teacher_out["global_cls_bottleneck"], prototype_row_sum(self.teacher), k))
+            stats.update(head_collapse_stats(teacher.global_cls_bottleneck, prototype_row_sum(self.teacher), k))
             stats["student_head_bottleneck_cos"] = mean_pairwise_cosine(student_out["global_cls_bottleneck"])
         # at DINOv2's init (LayerScale 1e-5) every image has nearly the same CLS: judge collapse
         # only after the warm-up, on the means of windows of logged steps (CollapseWatch)
@@ -354,7 +354,7 @@ class Trainer:
         now = time.perf_counter()
         elapsed = max(now - self._t_window, 1e-9)
         step_time = sum(self.timer.phases.values())
-        stats = self._monitor(n, step, out.student_out, out.teacher_out, out.params, bar)
+        stats = self._monitor(n, step, out.student_out, out.teacher, out.teacher_temp, bar)
         record = {"step": n, **out.losses, **values.as_dict(), **gnorms, **stats,
                   "images_per_s": self._images / elapsed, "step_time_s": step_time,
                   **{f"time_{k}_s": v for k, v in self.timer.phases.items()},
