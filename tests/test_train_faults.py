@@ -235,7 +235,7 @@ def test_broken_newest_checkpoint_is_skipped_by_resume_export_and_verify(referen
     assert dinotrain("verify", str(run)).returncode == 0
 
 
-def test_deleted_meta_json_the_step_used_is_the_first_line_of_eval_and_export(reference, test_data, tmp_path):
+def test_deleted_meta_json_the_step_used_is_named_up_front_by_eval_and_export(reference, test_data, tmp_path):
     copy_run(reference, tmp_path / "run")
     run = tmp_path / "run"
     (run / "ckpt" / "step_0000008" / "meta.json").unlink()
@@ -247,8 +247,10 @@ def test_deleted_meta_json_the_step_used_is_the_first_line_of_eval_and_export(re
                    "--bootstrap", "10", "--no-plot", "--no-progress", "--resolution", "56",
                    "--cache-dir", str(tmp_path / "cache"))
     assert ev.returncode == 0, ev.stderr[-3000:]
-    assert (ev.stderr.splitlines()[:2] ==
-            [f"warning: {run}: ckpt/step_0000008 is broken (meta.json is missing): skipped; using ckpt/step_0000006",
+    # eval's first line is its input size (issue 22); the checkpoint it reads is named right after
+    assert (ev.stderr.splitlines()[:3] ==
+            ["dinotrain eval: at 56 px (--resolution)",
+             f"warning: {run}: ckpt/step_0000008 is broken (meta.json is missing): skipped; using ckpt/step_0000006",
              f"{run}: using the teacher of step 6 (ckpt/step_0000006)"])
 
 
