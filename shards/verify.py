@@ -64,10 +64,9 @@ class _Seen:
     sources: set = field(default_factory=set)
 
 
-def _verify_shard(rec: dict, f, idx: str | None, rep: VerifyReport, keys: set[str], seen: _Seen, codec: str) -> None:
-    """Check one shard of `codec` samples read from the seekable binary file `f` (streamed: shards may be GBs)."""
+def _check_bytes(rec: dict, f, rep: VerifyReport) -> None:
+    """The shard file's size and sha256 against its manifest record (streamed), `f` rewound after."""
     shard = rec["path"]
-    image_ext = codecs.extension(codec)
     sha, size = hashlib.sha256(), 0
     for block in iter(lambda: f.read(1 << 20), b""):
         sha.update(block)
@@ -77,6 +76,40 @@ def _verify_shard(rec: dict, f, idx: str | None, rep: VerifyReport, keys: set[st
         rep.add(f"shard {shard}: {size} bytes, manifest says {rec['bytes']}")
     if sha.hexdigest() != rec["sha256"]:
         rep.add(f"shard {shard}: sha256 differs from manifest.json (file changed or corrupt)")
+
+
+def _check_sample(rec: dict, tf, key: str, g: dict, codec: str, rep: VerifyReport) -> dict | None:
+    """One sample's json and image against each other and the shard; its json, or None when it
+    cannot be read (the finding is in `rep`)."""
+    shard, image_ext = rec["path"], codecs.extension(codec)
+    try:
+        meta = json.loads(tf.extractfile(g["json"]).read())
+    except ValueError as e:
+        rep.add(f"shard {shard}: sample '{key}' json does not parse ({e})")
+        return None
+    try:
+        data = tf.extractfile(g[image_ext]).read()
+        img = codecs.decode(data)
+    except Exception as e:  # noqa: BLE001 - any decode failure is a finding, not a crash
+        rep.add(f"shard {shard}: sample '{key}' {image_ext} does not decode ({type(e).__name__}: {e})")
+        return None
+    if codecs.codec_of(data) != codec or meta.get("codec", "png") != codec:
+        rep.add(f"shard {shard}: sample '{key}' is {codecs.codec_of(data)} (json says {meta.get('codec', 'png')}), "
+                f"manifest.json says codec {codec}")
+    if pixel_sha256(img) != meta.get("sha256"):
+        rep.add(f"shard {shard}: sample '{key}' pixels do not match the sha256 in its json")
+    if list(img.shape[:2]) != meta.get("shape"):
+        rep.add(f"shard {shard}: sample '{key}' is {list(img.shape[:2])}, json says {meta.get('shape')}")
+    if meta.get("split") != rec["split"]:
+        rep.add(f"shard {shard}: sample '{key}' has split {meta.get('split')!r} in a {rec['split']} shard")
+    return meta
+
+
+def _verify_shard(rec: dict, f, idx: str | None, rep: VerifyReport, keys: set[str], seen: _Seen, codec: str) -> None:
+    """Check one shard of `codec` samples read from the seekable binary file `f` (streamed: shards may be GBs)."""
+    shard = rec["path"]
+    image_ext = codecs.extension(codec)
+    _check_bytes(rec, f, rep)
     try:
         tf = tarfile.open(fileobj=f, mode="r:")
         members = tf.getmembers()
@@ -107,26 +140,9 @@ def _verify_shard(rec: dict, f, idx: str | None, rep: VerifyReport, keys: set[st
             rep.add(f"shard {shard}: sample '{key}' appears twice in the shard set")
         keys.add(key)
         n += 1
-        try:
-            meta = json.loads(tf.extractfile(g["json"]).read())
-        except ValueError as e:
-            rep.add(f"shard {shard}: sample '{key}' json does not parse ({e})")
+        meta = _check_sample(rec, tf, key, g, codec, rep)
+        if meta is None:
             continue
-        try:
-            data = tf.extractfile(g[image_ext]).read()
-            img = codecs.decode(data)
-        except Exception as e:  # noqa: BLE001 - any decode failure is a finding, not a crash
-            rep.add(f"shard {shard}: sample '{key}' {image_ext} does not decode ({type(e).__name__}: {e})")
-            continue
-        if codecs.codec_of(data) != codec or meta.get("codec", "png") != codec:
-            rep.add(f"shard {shard}: sample '{key}' is {codecs.codec_of(data)} (json says {meta.get('codec', 'png')}), "
-                    f"manifest.json says codec {codec}")
-        if pixel_sha256(img) != meta.get("sha256"):
-            rep.add(f"shard {shard}: sample '{key}' pixels do not match the sha256 in its json")
-        if list(img.shape[:2]) != meta.get("shape"):
-            rep.add(f"shard {shard}: sample '{key}' is {list(img.shape[:2])}, json says {meta.get('shape')}")
-        if meta.get("split") != rec["split"]:
-            rep.add(f"shard {shard}: sample '{key}' has split {meta.get('split')!r} in a {rec['split']} shard")
         seen.splits[rec["split"]] += 1
         seen.modalities[meta.get("modality")] += 1
         seen.datasets[meta.get("dataset")] += 1

@@ -195,18 +195,7 @@ def extract_features(
     from tqdm import tqdm
 
     grid = resolution // patch_size
-    out_cls: list[np.ndarray | None] = [None] * len(keys)
-    out_patch: list[np.ndarray | None] = [None] * len(keys)
-    todo = []
-    for i, k in enumerate(keys):
-        hit = cache.get(k, need_patch)
-        if hit is None:
-            todo.append(i)
-        else:
-            out_cls[i] = hit["cls"]
-            if need_patch:
-                out_patch[i] = hit["patch"]
-    arrays: dict = {}
+    out_cls, out_patch, todo = _from_cache(keys, cache, need_patch)
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress or not todo, leave=False)
 
     def consume(idx: list[int], x) -> None:
@@ -225,21 +214,49 @@ def extract_features(
             cache.put(keys[i], {"cls": cls[j], "patch": patch[j]} if need_patch else {"cls": cls[j]})
         bar.update(len(idx))
 
-    if todo and loader == "dali":
-        from dinotrain.data.eval_loader import build_eval_loader
-
-        items = [images[i] if isinstance(images[i], str) else _png_bytes(read_image(images[i], arrays))
-                 for i in todo]
-        for batch in build_eval_loader(items, resolution=resolution, mean=mean, std=std, channels=channels,
-                                       batch_size=batch_size, device="gpu" if str(device).startswith("cuda") else "cpu"):
-            consume([todo[j] for j in batch["index"]], batch["images"])
-    else:
-        for start in range(0, len(todo), batch_size):
-            idx = todo[start:start + batch_size]
-            x = np.stack([preprocess(read_image(images[i], arrays), resolution, mean, std, channels) for i in idx])
-            consume(idx, torch.from_numpy(x))
+    recipe = {"resolution": resolution, "mean": mean, "std": std, "channels": channels, "batch_size": batch_size}
+    for idx, x in _input_batches(images, todo, recipe, loader, device):
+        consume(idx, x)
     bar.close()
     result = {"cls": np.stack(out_cls).astype(np.float32)}
     if need_patch:
         result["patch"] = np.stack(out_patch)
     return result
+
+
+def _from_cache(keys: Sequence[str], cache: FeatureCache, need_patch: bool) -> tuple[list, list, list[int]]:
+    """The cached CLS (and patch) features per key, None where missing, and the missing indices."""
+    out_cls: list[np.ndarray | None] = [None] * len(keys)
+    out_patch: list[np.ndarray | None] = [None] * len(keys)
+    todo = []
+    for i, k in enumerate(keys):
+        hit = cache.get(k, need_patch)
+        if hit is None:
+            todo.append(i)
+        else:
+            out_cls[i] = hit["cls"]
+            if need_patch:
+                out_patch[i] = hit["patch"]
+    return out_cls, out_patch, todo
+
+
+def _input_batches(images: Sequence[Any], todo: list[int], recipe: dict, loader: str, device: str):
+    """(indices, preprocessed batch [B, C, R, R]) for the images at `todo`, through the DALI eval
+    loader or PIL + numpy (same recipe: resolution, mean, std, channels, batch_size)."""
+    import torch
+
+    arrays: dict = {}
+    if todo and loader == "dali":
+        from dinotrain.data.eval_loader import build_eval_loader
+
+        items = [images[i] if isinstance(images[i], str) else _png_bytes(read_image(images[i], arrays))
+                 for i in todo]
+        for batch in build_eval_loader(items, **recipe, device="gpu" if str(device).startswith("cuda") else "cpu"):
+            yield [todo[j] for j in batch["index"]], batch["images"]
+        return
+    size = recipe["batch_size"]
+    for start in range(0, len(todo), size):
+        idx = todo[start:start + size]
+        x = np.stack([preprocess(read_image(images[i], arrays), recipe["resolution"], recipe["mean"], recipe["std"],
+                                 recipe["channels"]) for i in idx])
+        yield idx, torch.from_numpy(x)
