@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from dinotrain.run_layout import export_dir
+from dinotrain.run_layout import config_path, export_dir
 from dinotrain.train.distributed import DistEnv, barrier
 from dinotrain.train.meta_arch import SSLNetwork
 
@@ -81,7 +81,7 @@ def export_checkpoint(run_dir: str | Path) -> Path:
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint under ckpt/ to export")
     step = step_of(ckpt)
-    teacher, cfg = initial_teacher(load_config(Path(run_dir) / "config.yaml"))
+    teacher, cfg = initial_teacher(load_config(config_path(run_dir)))
     state = {"teacher": teacher.state_dict()}
     load_in_one_process(state, ckpt)  # in place, into the teacher's own tensors
     teacher.load_state_dict(state["teacher"])

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dinotrain.run_layout import config_path, metrics_path
+
 # (what, module, attribute): the pieces of the chain, checked before anything runs
 ARCH = "vit_tiny"
 PATCH = 14
@@ -185,7 +187,7 @@ def _finished(run_dir: Path, steps: int) -> bool:
     from launch.runstate import read_status
 
     status = read_status(run_dir) or {}
-    return status.get("state") == "done" and _last_step(run_dir / "metrics.jsonl") >= steps
+    return status.get("state") == "done" and _last_step(metrics_path(run_dir)) >= steps
 
 
 @dataclass
@@ -217,7 +219,7 @@ def collapse_summary(run_dir: Path, metrics: list[dict]) -> str:
     from dinotrain.config import load_config
     from dinotrain.train.monitor import judge_metrics
 
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(config_path(run_dir))
     return judge_metrics(metrics, int(cfg.optim.warmup_steps), cfg).summary()
 
 
@@ -291,7 +293,7 @@ def pretrain(run_dir: Path, overrides: list[str], steps: int, deadline: float | 
     from launch.submit import submit_run
     from launch.task import DEFAULT_ENTRY
 
-    metrics = run_dir / "metrics.jsonl"
+    metrics = metrics_path(run_dir)
     if _finished(run_dir, steps):
         return TrainOutcome(_last_step(metrics), _checkpoint_step(run_dir), False)
     cfg = load_config(None, overrides)
@@ -457,7 +459,7 @@ def _pretrain_stage(out: Path, run_dir: Path, p: Plan, opts: DemoOptions, deadli
         shutil.rmtree(run_dir, ignore_errors=True)
     plan_file.write_text(json.dumps(overrides, indent=1))
     outcome = pretrain(run_dir, overrides, p.steps, deadline, opts.progress)
-    metrics = report.read_metrics(run_dir / "metrics.jsonl")
+    metrics = report.read_metrics(metrics_path(run_dir))
     series = report.loss_series(metrics)
     total = series.get("total_loss") or series.get("loss") or next(iter(series.values()), None)
     first, last = (float(total[1][0]), float(total[1][-1])) if total is not None else (None, None)

@@ -28,6 +28,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dinotrain.run_layout import config_path, metrics_path
+
 REPO = Path(__file__).resolve().parents[2]
 CARRY_BYTES = 60 * 2**20  # what may travel with the working tree: 64 MiB, less the code and wheels
 TASKS = ["jsrt_sex", "jsrt_age", "jsrt_nodule", "covid_sex", "covid_age", "covid_finding", "busi", "brain_mri",
@@ -163,7 +165,7 @@ def step_seconds(run_dir: Path, skip: int) -> float:
     """Median step time of a finished run after its first `skip` logged steps (compile, allocator warm-up)."""
     import statistics
 
-    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    rows = [json.loads(ln) for ln in (metrics_path(run_dir)).read_text().splitlines() if ln.strip()]
     times = [r["step_time_s"] for r in rows if r["step"] > skip and r.get("step_time_s")]
     if not times:
         raise RuntimeError(f"{run_dir}: no step times logged after step {skip}; cannot size the run")
@@ -217,7 +219,7 @@ def evaluate(opts: GpuStudyOptions, ssl_dir: Path, t0: float) -> dict:
     from dinotrain.eval.run import evaluate_models
     from dinotrain.train.initial import save_initial_teacher
 
-    random_dir = save_initial_teacher(load_config(ssl_dir / "config.yaml"), opts.out / "models" / "step0")
+    random_dir = save_initial_teacher(load_config(config_path(ssl_dir)), opts.out / "models" / "step0")
     log(t0, f"eval: {len(opts.tasks)} tasks at {opts.resolution} px, {opts.bootstrap} bootstrap resamples")
     warnings.filterwarnings("ignore", message=r"torch.distributed is disabled")
     res = evaluate_models([str(ssl_dir), str(random_dir)], opts.tasks, data_root=str(opts.data_root),

@@ -27,6 +27,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from dinotrain.run_layout import config_path, export_dir
 from launch.study.options import StudyOptions, add_option_flags, options_from_args
 from launch.study.plan import StudyPlan, plan, print_plan
 from launch.study.settings import laptop
@@ -124,7 +125,7 @@ def run_study(opts: StudyOptions) -> dict:
     log(t0, "eval: SSL vs the same network at its initial weights")
     from dinotrain.train.initial import save_initial_teacher
 
-    random_dir = save_initial_teacher(load_config(runs.ssl / "config.yaml"), opts.out / "models" / "random_init")
+    random_dir = save_initial_teacher(load_config(config_path(runs.ssl)), opts.out / "models" / "random_init")
     results = evaluate(opts, runs.ssl, random_dir, runs.stage2, runs.scratch, t0)
     log(t0, "report")
     minutes = (time.time() - t0) / 60
@@ -158,7 +159,7 @@ def reevaluate_runs(run_dirs: list[Path], settings: dict, t0: float) -> None:
     from launch.task import evaluate_run, wants_eval
 
     for d in map(Path, run_dirs):
-        cfg = load_config(d / "config.yaml")
+        cfg = load_config(config_path(d))
         if wants_eval(cfg):
             log(t0, f"eval: again for {d.name} ({', '.join(cfg.eval.tasks)})")
             evaluate_run(d, cfg, **settings)
@@ -212,7 +213,7 @@ def pretrain(opts: StudyOptions, p: StudyPlan, data: dict, over: list[str], clus
     log(t0, "pretrain: continual stage 1 on " + "+".join(laptop().stage1))
     s1 = study_runs.submit(stage1, echo)
     study_runs.wait_done([s1], echo)
-    export = s1 / "export" / "latest"
+    export = export_dir(s1, None)
     cxr_run = next(r for r in expand(spec) if r.name == f"cxr-n{largest}")
     cxr_sources = [{k: v for k, v in s.items() if k in ("name", "path", "max_samples")} for s in cxr_run.sources]
     stage2 = study_runs.run_config(str(opts.config), [*over, f"model.pretrained={export / 'dinov2.safetensors'}",
@@ -222,7 +223,7 @@ def pretrain(opts: StudyOptions, p: StudyPlan, data: dict, over: list[str], clus
     s2 = study_runs.submit(stage2, echo)
     study_runs.wait_done([*sweep_dirs, s2], echo)
     trained = [*sweep_dirs, s1, s2]
-    if study_runs.training_part(load_config(scratch_dir / "config.yaml")) != study_runs.training_part(_without_init(stage2)):
+    if study_runs.training_part(load_config(config_path(scratch_dir))) != study_runs.training_part(_without_init(stage2)):
         log(t0, "pretrain: the sweep's cxr run differs from stage 2 beyond its init: a separate from-scratch run")
         scratch = study_runs.run_config(str(opts.config), over, cxr_sources, opts.out / "runs" / "stage2_from_scratch")
         scratch_dir = study_runs.submit(scratch, echo)

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from dinotrain.run_layout import RUN_RECORD, config_path, metrics_path
 from launch.report import finite_or_none
 
 STUDY_KEYS = ("seed", "minutes", "tasks", "continual", "scaling")
@@ -129,7 +130,7 @@ def run_summaries(run_dirs: list[Path]) -> dict[str, dict]:
     out = {}
     for d in run_dirs:
         lines = []
-        path = Path(d) / "metrics.jsonl"
+        path = metrics_path(d)
         for ln in (path.read_text().splitlines() if path.exists() else []):
             try:
                 lines.append(json.loads(ln))
@@ -147,7 +148,7 @@ def run_summaries(run_dirs: list[Path]) -> dict[str, dict]:
             # 1.0 = uniform targets (the DINO terms teach nothing); the collapse indicators at the end
             rec["final_teacher_entropy_ratio"] = last["teacher_entropy"] / last["teacher_max_entropy"]
         rec["final_head_bottleneck_cos"] = finite_or_none(last.get("head_bottleneck_cos"))
-        run_json = Path(d) / "run.json"
+        run_json = Path(d) / RUN_RECORD
         if run_json.exists():
             rec["images"] = json.loads(run_json.read_text()).get("n_images")
         out[Path(d).name] = rec
@@ -321,7 +322,7 @@ def plot_losses(run_dirs: dict[str, Path], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     drawn = 0
     for i, (name, d) in enumerate(sorted(run_dirs.items())):
-        f = Path(d) / "metrics.jsonl"
+        f = metrics_path(d)
         if not f.exists():
             continue
         pts = []
@@ -390,7 +391,7 @@ def _run_batch(run_dir: Path) -> int | None:
     """Global batch of a finished run, from its config.yaml (studies written before the plan held it)."""
     from omegaconf import OmegaConf
 
-    path = run_dir / "config.yaml"
+    path = config_path(run_dir)
     if not path.is_file():
         return None
     from launch.study.study_runs import global_batch
