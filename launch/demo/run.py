@@ -184,10 +184,10 @@ def _last_step(metrics: Path) -> int:
 
 def _finished(run_dir: Path, steps: int) -> bool:
     """A previous demo already trained this run to the end (its launcher status says done)."""
-    from launch.runstate import read_status
+    from launch.runstate import State, read_status
 
     status = read_status(run_dir) or {}
-    return status.get("state") == "done" and _last_step(metrics_path(run_dir)) >= steps
+    return status.get("state") == State.DONE and _last_step(metrics_path(run_dir)) >= steps
 
 
 @dataclass

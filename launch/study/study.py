@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dinotrain.run_layout import config_path, export_dir
+from launch.runstate import State
 from launch.study.options import StudyOptions, add_option_flags, options_from_args
 from launch.study.plan import StudyPlan, plan, print_plan
 from launch.study.settings import laptop
@@ -175,7 +176,7 @@ def require_trained(opts: StudyOptions, spec) -> None:
     dirs += [opts.out / "runs" / n for n in ("stage1", "stage2_from_stage1")]
     dirs += [d for d in [opts.out / "runs" / "stage2_from_scratch"] if d.is_dir()]
     states = {d: run_status.run_state(d, None).state for d in dirs}
-    missing = [f"{d.name} ({s})" for d, s in states.items() if s != "done"]
+    missing = [f"{d.name} ({s})" for d, s in states.items() if s != State.DONE]
     if missing:
         raise RuntimeError(f"--reevaluate trains nothing, but these runs of {opts.out} are not done: "
                            f"{', '.join(missing)}; rerun without --reevaluate to train them (same --steps, "

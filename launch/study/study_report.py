@@ -21,17 +21,15 @@ STUDY_KEYS = ("seed", "minutes", "tasks", "continual", "scaling")
 
 # ----------------------------------------------------------------------------- study.json
 def primary_metric(task: str) -> str:
-    """The one number a task is judged by (higher is better for every one of them)."""
+    """The one number a task is judged by (higher is better for every one of them): its kind says."""
+    from dinotrain.eval.kinds import kind_of
     from dinotrain.eval.specs import load_spec
 
     spec = load_spec(task)
-    if spec.kind == "classification":
-        return "linear/auroc" if "linear" in spec.probes else "knn/auroc"
-    if spec.kind == "regression":
-        return "ridge/r2"
-    if spec.kind == "segmentation":
-        return "linear_head/dice_mean" if len(spec.structures) > 1 else f"linear_head/dice_{next(iter(spec.structures))}"
-    raise ValueError(f"task '{task}' ({spec.kind}) has no headline metric in the study")
+    metric = kind_of(spec).headline_metric(spec)
+    if metric is None:
+        raise ValueError(f"task '{task}' ({spec.kind}) has no headline metric in the study")
+    return metric
 
 
 def _comparisons(result: dict, model: str, names: tuple[str, str]) -> dict[str, dict]:

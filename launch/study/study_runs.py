@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from launch import runstate
 from launch import status as run_status
+from launch.runstate import State
 
 # config keys that do not change what a run learns (where it runs, what is evaluated, its folder)
 NOT_TRAINING = ("output_dir", "launch", "eval", "train.progress", "train.log_every", "train.checkpoint_every",
@@ -120,12 +121,12 @@ def wait_done(run_dirs: list[Path], echo: LogEcho | None, poll_s: float = 3.0) -
         states = run_status.states_of(run_dirs)
         if echo is not None:
             echo.poll(run_dirs)
-        failed = [s for s in states if s.state == "failed"]
+        failed = [s for s in states if s.state == State.FAILED]
         if failed:
             s = failed[0]
             sub = runstate.read_submission(s.run_dir) or {}
             raise RuntimeError(f"run {s.run_dir.name} failed: {s.detail or 'see its log'} (logs: {sub.get('logs')})")
-        if all(s.state == "done" for s in states):
+        if all(s.state == State.DONE for s in states):
             return
         time.sleep(poll_s)
 
@@ -155,7 +156,7 @@ def submit_sweep(spec: DictConfig, cluster: str, echo: LogEcho | None) -> list[P
         write_run_record(d, r)
         dirs.append(d)
         # the local executor has no queue: one training at a time on a small machine
-        if run_status.run_state(d, None).state != "done":
+        if run_status.run_state(d, None).state != State.DONE:
             submit_run(cfg)
             wait_done([d], echo)
         elif echo is not None:
@@ -169,8 +170,8 @@ def submit(cfg: DictConfig, echo: LogEcho | None = None) -> Path:
 
     d = Path(cfg.output_dir)
     state = run_status.run_state(d, run_status.queue.squeue_states()).state
-    if state not in ("done", "pending", "running", "requeued"):
+    if state not in (State.DONE, State.PENDING, State.RUNNING, State.REQUEUED):
         submit_run(cfg)
-    elif state == "done" and echo is not None:
+    elif state == State.DONE and echo is not None:
         echo.skip([d])
     return d
