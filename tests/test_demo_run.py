@@ -161,6 +161,19 @@ def assert_export_is_the_checkpoint(run: Path, step: int) -> None:
     assert set(exported) == set(teacher) and all(torch.equal(exported[k], teacher[k]) for k in teacher)
     hf = from_hf(run / "export" / "latest" / "hf").state_dict()
     assert torch.equal(hf["pos_embed"], teacher["pos_embed"])
+    # and it loads as microsoft/rad-dino is consumed: AutoImageProcessor at the run's crop size + AutoModel
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModel
+
+    from dinotrain.config import load_config
+
+    size = int(load_config(run / "config.yaml").data.global_crops_size)
+    processor = AutoImageProcessor.from_pretrained(run / "export" / "latest" / "hf")
+    pixels = processor(images=Image.new("L", (90, 70), 128), return_tensors="pt")["pixel_values"]
+    assert tuple(pixels.shape) == (1, 3, size, size)
+    with torch.no_grad():
+        cls = AutoModel.from_pretrained(run / "export" / "latest" / "hf")(pixel_values=pixels).pooler_output
+    assert cls.shape[0] == 1 and torch.isfinite(cls).all()
 
 
 @pytest.mark.slow
