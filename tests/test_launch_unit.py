@@ -140,6 +140,47 @@ def test_sweep_errors_name_the_key(tmp_path):
         sweep.run_config(spec, sweep.expand(spec)[0])
 
 
+@pytest.mark.parametrize("body, message", [
+    ("diversty: {d: [a]}", r"s.yaml: unknown sweep key 'diversty': allowed keys are name, base, output_dir"),
+    ("report: {metrik: a/b}", r"s.yaml: unknown sweep key 'report.metrik': allowed keys are metric, form$"),
+    ("sources: {a: {path: /x, wieght: 2}}", r"sweep sources.a: invalid entry 'wieght'.*a mapping of path, weight"),
+])
+def test_sweep_schema_names_a_typo_key(tmp_path, body, message):
+    f = tmp_path / "s.yaml"
+    f.write_text(f"base: {REPO}/configs/pretrain/tiny_cpu.yaml\n{body}\n")
+    with pytest.raises(ConfigError, match=message) as e:
+        sweep.expand(sweep.load_sweep(f))
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("sizes: 100", r"invalid value for 'sizes': .*: write a list of counts"),
+    ("steps: [ten]", r"invalid value for 'steps\[0\]': .*'ten'.*: write a list of train.max_steps values"),
+    ("diversity: {d: a}", r"invalid value for 'diversity.d': .*: write named lists of sources"),
+    ("sources: [a, b]", r"invalid value for 'sources': write named shard sets"),
+    ("report: power", r"invalid value for 'report': .*: write \{metric: task/metric"),
+    ("report: {form: linear}", r"invalid value for 'report.form': 'linear': write .*one of power, saturating"),
+])
+def test_sweep_schema_names_a_wrong_type(tmp_path, body, message):
+    f = tmp_path / "s.yaml"
+    f.write_text(f"base: {REPO}/configs/pretrain/tiny_cpu.yaml\n{body}\n")
+    with pytest.raises(ConfigError, match=message) as e:
+        sweep.load_sweep(f)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"override 'sizes=3': invalid value for 'sizes'"):
+        sweep.load_sweep(REPO / "configs/sweeps/smoke.yaml", ["sizes=3"])
+
+
+def test_sweep_source_mapping_keeps_only_what_it_sets(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text(f"base: {REPO}/configs/pretrain/tiny_cpu.yaml\nsources: {{a: /x, b: {{path: /y, selection: sel.json}}}}\n")
+    spec = sweep.load_sweep(f)
+    assert spec.report.form == "power" and list(spec.sizes) == []
+    assert sweep._sources(spec) == {"a": {"path": "/x", "name": "a"},
+                                    "b": {"path": "/y", "selection": str((Path.cwd() / "sel.json").absolute()),
+                                          "name": "b"}}
+
+
 def test_shipped_sweeps_expand_and_dry_run_writes_nothing(tmp_path):
     from launch.sweep_run import plan_and_submit
 
