@@ -141,19 +141,11 @@ def test_sweep_errors_name_the_key(tmp_path):
 
 
 @pytest.mark.parametrize("body, message", [
+    # a typo key
     ("diversty: {d: [a]}", r"s.yaml: unknown sweep key 'diversty': allowed keys are name, base, output_dir"),
     ("report: {metrik: a/b}", r"s.yaml: unknown sweep key 'report.metrik': allowed keys are metric, form$"),
     ("sources: {a: {path: /x, wieght: 2}}", r"sweep sources.a: invalid entry 'wieght'.*a mapping of path, weight"),
-])
-def test_sweep_schema_names_a_typo_key(tmp_path, body, message):
-    f = tmp_path / "s.yaml"
-    f.write_text(f"base: {REPO}/configs/pretrain/tiny_cpu.yaml\n{body}\n")
-    with pytest.raises(ConfigError, match=message) as e:
-        sweep.expand(sweep.load_sweep(f))
-    assert "\n" not in str(e.value)
-
-
-@pytest.mark.parametrize("body, message", [
+    # a wrong type
     ("sizes: 100", r"invalid value for 'sizes': .*: write a list of counts"),
     ("steps: [ten]", r"invalid value for 'steps\[0\]': .*'ten'.*: write a list of train.max_steps values"),
     ("diversity: {d: a}", r"invalid value for 'diversity.d': .*: write named lists of sources"),
@@ -161,12 +153,15 @@ def test_sweep_schema_names_a_typo_key(tmp_path, body, message):
     ("report: power", r"invalid value for 'report': .*: write \{metric: task/metric"),
     ("report: {form: linear}", r"invalid value for 'report.form': 'linear': write .*one of power, saturating"),
 ])
-def test_sweep_schema_names_a_wrong_type(tmp_path, body, message):
+def test_sweep_schema_names_the_key_and_the_fix(tmp_path, body, message):
     f = tmp_path / "s.yaml"
     f.write_text(f"base: {REPO}/configs/pretrain/tiny_cpu.yaml\n{body}\n")
     with pytest.raises(ConfigError, match=message) as e:
-        sweep.load_sweep(f)
+        sweep.expand(sweep.load_sweep(f))
     assert "\n" not in str(e.value)
+
+
+def test_sweep_override_of_a_wrong_type_names_the_override():
     with pytest.raises(ConfigError, match=r"override 'sizes=3': invalid value for 'sizes'"):
         sweep.load_sweep(REPO / "configs/sweeps/smoke.yaml", ["sizes=3"])
 
