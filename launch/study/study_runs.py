@@ -18,13 +18,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from dinotrain.config import keys_with
 from launch import runstate
 from launch import status as run_status
 from launch.runstate import State
-
-# config keys that do not change what a run learns (where it runs, what is evaluated, its folder)
-NOT_TRAINING = ("output_dir", "launch", "eval", "train.progress", "train.log_every", "train.checkpoint_every",
-                "train.keep_checkpoints", "train.export_every")
 
 
 def slurm_state() -> tuple[bool, str]:
@@ -69,7 +66,7 @@ def global_batch(cfg: DictConfig) -> int:
 def training_part(cfg: DictConfig) -> dict[str, Any]:
     """What decides the learned weights: the config without where/how the run is launched."""
     d = OmegaConf.to_container(cfg, resolve=True)
-    for key in NOT_TRAINING:
+    for key in keys_with("not_training"):  # where it runs, what is evaluated, its folder, its logging
         node, *rest = key.split(".")
         if rest:
             d.get(node, {}).pop(rest[0], None)
