@@ -1,7 +1,7 @@
 """Sweep files: a base run config and axes, expanded into one resolved config per run.
 
 A sweep file (see configs/sweeps/data_scaling.yaml) holds these keys, typed by
-launch/sweep_schema.py's SweepSpec (a typo or a wrong type stops with one line naming the key):
+launch/sweeps/sweep_schema.py's SweepSpec (a typo or a wrong type stops with one line naming the key):
 
   name:        sweep name (job name; default output folder runs/<name>)
   base:        the run config every run starts from (path relative to the sweep file)
@@ -37,7 +37,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dinotrain.config import ConfigError, load_config
 from dinotrain.run_layout import RUN_RECORD
-from launch.sweep_schema import SWEEP_KEYS, source_entry, typed
+from launch.sweeps.sweep_schema import SWEEP_KEYS, source_entry, typed
 
 # first-class axes that are shorthands for a grid key
 AXIS_ALIASES = {"models": "model.arch", "steps": "train.max_steps"}
