@@ -38,12 +38,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "dinotrain train configs/pretrain/vitb14_cxr.yaml optim.lr=1e-3 train.max_steps=100",
     ),
     "launch": (
-        "launch.cli",
+        "launch.jobs.cli",
         "submit a training run (and its evaluation) to SLURM, or run it locally",
         "dinotrain launch configs/pretrain/vitb14_cxr.yaml launch.nodes=4 launch.tasks_per_node=8 --dry-run",
     ),
     "sweep": (
-        "launch.sweep_cli",
+        "launch.sweeps.sweep_cli",
         "run data-scaling sweeps (size x diversity) as job arrays and report scaling curves",
         "dinotrain sweep configs/sweeps/data_scaling.yaml && dinotrain sweep report runs/data_scaling",
     ),

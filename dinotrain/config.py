@@ -29,12 +29,15 @@ class ConfigError(UserError, ValueError):
 
 
 def opt(default: Any = MISSING, help: str = "", choices: tuple | None = None, factory=None, shape: bool = False,
-        data: bool = False, probability: bool = False, warmup: str | None = None, cli: dict | None = None) -> Any:
+        data: bool = False, probability: bool = False, warmup: str | None = None, cli: dict | None = None,
+        not_training: bool = False) -> Any:
     """A schema field with help text, (for enums) the allowed values, and the key's roles, kept in
     the field's metadata so that code that needs the keys of a role reads them here (`keys_with`):
     `shape`: the tensors of a checkpoint depend on it (a resume with another value cannot load
     them); `data`: the loader's saved position depends on it; `probability`: must lie in [0, 1];
-    `warmup`: a schedule's ramp length in steps, with what a ramp cut short never reaches.
+    `warmup`: a schedule's ramp length in steps, with what a ramp cut short never reaches;
+    `not_training`: it does not change what a run learns (where it runs, what is evaluated, its
+    folder, how often it logs or saves); on a section field it covers the whole section.
     `cli` holds argparse settings where a command-line flag generated from the field differs
     (flag, default, help)."""
     meta: dict[str, Any] = {"help": help}
@@ -42,7 +45,8 @@ def opt(default: Any = MISSING, help: str = "", choices: tuple | None = None, fa
         meta["choices"] = tuple(choices)
     if cli is not None:
         meta["cli"] = dict(cli)
-    roles = {"shape": shape, "data": data, "probability": probability, "warmup": warmup}
+    roles = {"shape": shape, "data": data, "probability": probability, "warmup": warmup,
+             "not_training": not_training}
     meta.update({name: value for name, value in roles.items() if value})
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -174,15 +178,15 @@ class TrainConfig:
     max_steps: int = opt(35000, "optimisation steps (RAD-DINO's released checkpoint: 35k)")
     seed: int = opt(0, "seed of model init and everything random outside the loader")
     device: str = opt("auto", "compute device", choices=("auto", "cpu", "cuda"))
-    log_every: int = opt(10, "steps between metrics.jsonl lines")
-    checkpoint_every: int = opt(1000, "steps between DCP checkpoints (and one at the end)")
-    keep_checkpoints: int = opt(3, "how many checkpoints to keep")
-    export_every: int = opt(5000, "steps between teacher exports (HF + DINOv2), 0 = only at the end")
+    log_every: int = opt(10, "steps between metrics.jsonl lines", not_training=True)
+    checkpoint_every: int = opt(1000, "steps between DCP checkpoints (and one at the end)", not_training=True)
+    keep_checkpoints: int = opt(3, "how many checkpoints to keep", not_training=True)
+    export_every: int = opt(5000, "steps between teacher exports (HF + DINOv2), 0 = only at the end", not_training=True)
     resume: bool = opt(True, "resume from the newest complete checkpoint in output_dir (false: a previous run "
                              "there is moved to output_dir/replaced/ and training starts over)")
     max_nonfinite_steps: int = opt(0, "skipped non-finite steps tolerated before stopping")
     deterministic: bool = opt(False, "deterministic kernels (slower; used for exact-resume tests)")
-    progress: bool = opt(True, "progress bar on rank 0")
+    progress: bool = opt(True, "progress bar on rank 0", not_training=True)
 
 
 # ----------------------------------------------------------------------------- parallel
@@ -246,15 +250,16 @@ class EvalConfig:
 
 @dataclass
 class Config:
-    output_dir: str = opt("runs/dinotrain", "run directory: config.yaml, metrics.jsonl, ckpt/, export/")
+    output_dir: str = opt("runs/dinotrain", "run directory: config.yaml, metrics.jsonl, ckpt/, export/",
+                          not_training=True)
     data: DataConfig = opt(help="data pipeline", factory=DataConfig)
     model: ModelConfig = opt(help="backbone", factory=ModelConfig)
     ssl: SSLConfig = opt(help="self-supervised objectives", factory=SSLConfig)
     optim: OptimConfig = opt(help="optimiser and schedules", factory=OptimConfig)
     train: TrainConfig = opt(help="training loop", factory=TrainConfig)
     parallel: ParallelConfig = opt(help="distribution and precision", factory=ParallelConfig)
-    launch: LaunchConfig = opt(help="job submission", factory=LaunchConfig)
-    eval: EvalConfig = opt(help="frozen-feature evaluation", factory=EvalConfig)
+    launch: LaunchConfig = opt(help="job submission", factory=LaunchConfig, not_training=True)
+    eval: EvalConfig = opt(help="frozen-feature evaluation", factory=EvalConfig, not_training=True)
 
 
 def default_of(section: type, name: str) -> Any:
@@ -328,19 +333,20 @@ def _walk_yaml(node: Any, prefix: str = ""):
 
 
 def keys_with(role: str) -> tuple[str, ...]:
-    """The dotted keys whose fields have `role` (see `opt`: shape, data, probability, warmup), in
-    schema order."""
-    return tuple(key for key, f in iter_fields() if f.metadata.get(role))
+    """The dotted keys whose fields have `role` (see `opt`: shape, data, probability, warmup,
+    not_training), in schema order; a section with the role is one key (e.g. `launch`)."""
+    return tuple(key for key, f in iter_fields(stop_at=role) if f.metadata.get(role))
 
 
-def iter_fields(cls=Config, prefix: str = ""):
-    """(dotted key, Field) for every leaf of the schema, in declaration order."""
+def iter_fields(cls=Config, prefix: str = "", stop_at: str | None = None):
+    """(dotted key, Field) for every leaf of the schema, in declaration order; a section whose
+    field has the role `stop_at` is yielded whole instead of its leaves."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         key = f"{prefix}.{f.name}" if prefix else f.name
         inner, is_list = _dataclass_of(hints[f.name])
-        if inner is not None and not is_list:
-            yield from iter_fields(inner, key)
+        if inner is not None and not is_list and not (stop_at and f.metadata.get(stop_at)):
+            yield from iter_fields(inner, key, stop_at)
         else:
             yield key, f
 

@@ -7,8 +7,8 @@
     export/latest/              a copy of the newest export
     eval/                       `dinotrain eval` results of the run (written by launch's jobs)
     train.lock                  who trains here now (dinotrain.train.run_lock)
-    job.json, job_status.json   what launch submitted and how the task got on (launch.runstate)
-    run.json                    a sweep run's record (launch.sweep)
+    job.json, job_status.json   what launch submitted and how the task got on (launch.jobs.runstate)
+    run.json                    a sweep run's record (launch.sweeps.sweep)
 
 Every reader and writer takes these names from here, so no path is spelled twice. The module
 stays a leaf of the library: it imports nothing of dinotrain's but the checkpoint manifest

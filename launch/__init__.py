@@ -1,13 +1,14 @@
-"""Job submission through submitit: SLURM/local executors, requeue, sweeps, scaling reports.
+"""Orchestration: jobs (launch/jobs/: submitit executors, requeue, states), sweeps and their scaling
+reports (launch/sweeps/), and the experiments (launch/study/, launch/demo/).
 
 Public API:
-  launch.submit.submit_run(cfg, entry=...)        one run (all its nodes/tasks) as one job
-  launch.submit.submit_array(cfgs, folder, name)  several runs as one SLURM job array
-  launch.task.TrainTask(cfg, entry)               the checkpointable callable every task runs
-  launch.executor.sbatch_script(cfg)              the sbatch file a submission would use
-  launch.status.states_of(run_dirs) / wait_for    new | pending | running | requeued | done | failed
-  launch.sweep.load_sweep / expand / run_config   sweep files -> per-run configs
-  launch.sweep_run.plan_and_submit(spec)          idempotent sweep submission
-  launch.report.write_report(sweep_dir)           results.csv, scaling.png, report.md
-  launch.scaling.fit_power_law(n, y, form)        power-law fit with standard errors
+  launch.jobs.submit.submit_run(cfg, entry=...)         one run (all its nodes/tasks) as one job
+  launch.jobs.submit.submit_array(cfgs, folder, name)   several runs as one SLURM job array
+  launch.jobs.task.TrainTask(cfg, entry)                the checkpointable callable every task runs
+  launch.jobs.executor.sbatch_script(cfg)               the sbatch file a submission would use
+  launch.jobs.status.states_of(run_dirs) / wait_for     new | pending | running | requeued | done | failed
+  launch.sweeps.sweep.load_sweep / expand / run_config  sweep files -> per-run configs
+  launch.sweeps.sweep_run.plan_and_submit(spec)         idempotent sweep submission
+  launch.sweeps.report.write_report(sweep_dir)          results.csv, scaling.png, report.md
+  launch.sweeps.scaling.fit_power_law(n, y, form)       power-law fit with standard errors
 """

@@ -25,7 +25,7 @@ def _library_folders(arch, graph):
 
 def test_the_floors_and_folders_of_this_checkout(arch):
     graph = arch.import_graph(REPO)
-    assert len(graph) > 100 and "dinotrain.train.preflight" in graph["launch.submit"]  # it reads the real tree (a lazy import)
+    assert len(graph) > 100 and "dinotrain.train.preflight" in graph["launch.jobs.submit"]  # it reads the real tree (a lazy import)
     assert arch.forbidden_arrows(graph) == []  # dinotrain -> launch|shards, shards -> dinotrain|launch
     assert arch.cycles(_library_folders(arch, graph)) == []
 
@@ -42,7 +42,7 @@ TREE = {"shards/__init__.py": "", "shards/build.py": "import os\n",
         "dinotrain/models/__init__.py": "", "dinotrain/models/vit.py": "from dinotrain import errors\n",
         "dinotrain/train/__init__.py": "", "dinotrain/train/loop.py": "from ..models import vit\n",
         "dinotrain/run_layout.py": "from dinotrain.models.vit import x\n",
-        "launch/__init__.py": "", "launch/task.py": "import dinotrain.train.loop\nfrom shards import build\n"}
+        "launch/__init__.py": "", "launch/jobs/task.py": "import dinotrain.train.loop\nfrom shards import build\n"}
 
 
 def test_a_clean_synthetic_tree_passes(arch, tmp_path):
@@ -54,10 +54,10 @@ def test_a_clean_synthetic_tree_passes(arch, tmp_path):
 
 @pytest.mark.parametrize("file, text, broken", [
     # a lazy import inside a function is an arrow too
-    ("dinotrain/train/loop.py", "def f():\n    from launch import task\n", ("dinotrain.train.loop", "launch.task")),
+    ("dinotrain/train/loop.py", "def f():\n    from launch.jobs import task\n", ("dinotrain.train.loop", "launch.jobs.task")),
     ("dinotrain/models/vit.py", "import shards.build\n", ("dinotrain.models.vit", "shards.build")),
     ("shards/build.py", "from dinotrain import errors\n", ("shards.build", "dinotrain.errors")),
-    ("shards/build.py", "def f():\n    import launch.task\n", ("shards.build", "launch.task")),
+    ("shards/build.py", "def f():\n    import launch.jobs.task\n", ("shards.build", "launch.jobs.task")),
 ])
 def test_an_arrow_against_the_floors_fails(arch, tmp_path, file, text, broken):
     _write(tmp_path, {**TREE, file: text})

@@ -22,7 +22,7 @@ def dinotrain(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 
 
 def test_data_and_launch_commands_do_not_import_the_trainer():
-    code = ("import sys, dinotrain.data.cli, launch.cli, dinotrain.export_cli, dinotrain.eval.loading; "
+    code = ("import sys, dinotrain.data.cli, launch.jobs.cli, dinotrain.export_cli, dinotrain.eval.loading; "
             "print(sorted(m for m in sys.modules if m.startswith('dinotrain.train')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)

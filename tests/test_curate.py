@@ -266,7 +266,7 @@ def test_against_a_shard_set_drops_exactly_the_shared_images(cxr_shards, mixed_s
 
 def test_sweep_curated_arm_against_random_at_equal_size(cxr_shards, tmp_path):
     from dinotrain.data import build_train_loader
-    from launch import sweep
+    from launch.sweeps import sweep
 
     out = tmp_path / "cur"
     assert cli_main(["curate", str(cxr_shards), "--out", str(out), "--cache", str(tmp_path / "cache"),

@@ -221,7 +221,7 @@ def test_limits_are_computed_from_the_study_numbers():
 def test_reevaluate_refuses_to_train(tmp_path, test_data):
     """--reevaluate trains nothing: runs of the plan that are not done are named, with the fix, before
     anything is submitted (an eval that failed in its job leaves the run 'failed', not done)."""
-    from launch import runstate
+    from launch.jobs import runstate
     from launch.study.settings import laptop
     from launch.study.study import StudyOptions, require_trained, sweep_spec
 
@@ -249,9 +249,9 @@ def test_local_sweep_runs_one_job_after_another_and_a_rerun_skips_what_is_done(m
     runs as local jobs, one at a time, each to its last step; the study run again submits nothing."""
     import io
 
-    from launch import runstate, status
+    from launch.jobs import runstate, status
     from launch.study.study_runs import LogEcho, submit_sweep
-    from launch.sweep import load_sweep
+    from launch.sweeps.sweep import load_sweep
 
     out = tmp_path / "sweep"
     spec = load_sweep(REPO / "configs/sweeps/smoke.yaml", [
@@ -318,7 +318,7 @@ def test_quick_study_end_to_end_through_slurm(slurm_cluster, test_data, tmp_path
     assert "Which claims hold" in report and "Held-out policy" in report
 
     # --reevaluate: no run trains again, every sweep run evaluates itself again, the wall clock stays the training's
-    from launch import runstate
+    from launch.jobs import runstate
 
     sweep_dirs = sorted((out / "sweep" / "runs").iterdir())
     jobs = {d.name: runstate.read_submission(d)["job_id"] for d in [*sweep_dirs, *(out / "runs").iterdir()]}
@@ -342,7 +342,7 @@ def test_quick_study_end_to_end_through_slurm(slurm_cluster, test_data, tmp_path
 
 
 def test_scaling_plot_draws_a_power_law_only_where_the_points_can_carry_one():
-    from launch.scaling import no_fit_reason
+    from launch.sweeps.scaling import no_fit_reason
 
     sizes = [57, 172, 515]
     # a trend whose ends' CIs are apart: a curve is drawn

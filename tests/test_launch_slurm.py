@@ -12,8 +12,8 @@ import pytest
 
 from dinotrain.config import load_config
 from dinotrain.train.meta_arch import LossTerms
-from launch import probe, runstate, status
-from launch.submit import submit_run
+from launch.jobs import probe, runstate, status
+from launch.jobs.submit import submit_run
 from tests.services import cpu_burners, wait_until
 
 pytestmark = pytest.mark.slurm
@@ -93,7 +93,7 @@ def test_preempted_job_requeues_and_resumes_without_repeating_steps(slurm_cluste
 
 
 def test_rendezvous_host_is_the_node_address_when_node_names_do_not_resolve(slurm_cluster):
-    from launch.task import node_address
+    from launch.jobs.task import node_address
 
     assert slurm_cluster.run("scontrol", "show", "hostnames", "n[1-2]").stdout.split() == ["n1", "n2"]
     assert node_address("n2") == "127.0.0.1"  # NodeAddr in the fixture's slurm.conf

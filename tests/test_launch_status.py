@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from launch import queue, status
-from launch.queue import GONE, JobView
+from launch.jobs import queue, status
+from launch.jobs.queue import GONE, JobView
 
 SQUEUE = "2_2|COMPLETED|0|\n2_4|PENDING|0|\n1|RUNNING|1|\n3|CANCELLED|0|\n"
 SCONTROL = ("JobId=1 JobName=job2.sh UserId=root(0) GroupId=root(0) MCS_label=N/A Priority=4294901759 Nice=0 "
@@ -84,8 +84,8 @@ def test_done_marker_wins_and_silence_after_the_end_is_failure():
 
 
 def test_run_states_are_an_enum_that_reads_and_writes_the_old_json(tmp_path):
-    from launch import runstate
-    from launch.runstate import State
+    from launch.jobs import runstate
+    from launch.jobs.runstate import State
 
     # a marker written before the enum (a bare string) decides the same as one written now
     assert status.decide(RUN, {"state": "done"}, SUB, None).state is State.DONE

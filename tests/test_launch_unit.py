@@ -12,7 +12,8 @@ import pytest
 
 from dinotrain.cli import main as cli_main
 from dinotrain.config import ConfigError, load_config
-from launch import executor, report, runstate, scaling, sweep
+from launch.jobs import executor, runstate
+from launch.sweeps import report, scaling, sweep
 
 REPO = Path(__file__).resolve().parents[1]
 # a few-step run needs warm-ups that fit in it (the config refuses longer ones)
@@ -62,7 +63,7 @@ def test_submitting_from_a_job_hides_its_slurm_variables(monkeypatch):
 
 
 def test_each_task_keeps_its_own_gpu():
-    from launch.task import own_gpu
+    from launch.jobs.task import own_gpu
 
     assert [own_gpu("4,5,6,7", r) for r in range(4)] == ["4", "5", "6", "7"]  # node shared with others
     assert own_gpu("2", 3) == "2"      # SLURM bound one GPU per task already
@@ -140,8 +141,44 @@ def test_sweep_errors_name_the_key(tmp_path):
         sweep.run_config(spec, sweep.expand(spec)[0])
 
 
+@pytest.mark.parametrize("body, message", [
+    # a typo key
+    ("diversty: {d: [a]}", r"s.yaml: unknown sweep key 'diversty': allowed keys are name, base, output_dir"),
+    ("report: {metrik: a/b}", r"s.yaml: unknown sweep key 'report.metrik': allowed keys are metric, form$"),
+    ("sources: {a: {path: /x, wieght: 2}}", r"sweep sources.a: invalid entry 'wieght'.*a mapping of path, weight"),
+    # a wrong type
+    ("sizes: 100", r"invalid value for 'sizes': .*: write a list of counts"),
+    ("steps: [ten]", r"invalid value for 'steps\[0\]': .*'ten'.*: write a list of train.max_steps values"),
+    ("diversity: {d: a}", r"invalid value for 'diversity.d': .*: write named lists of sources"),
+    ("sources: [a, b]", r"invalid value for 'sources': write named shard sets"),
+    ("report: power", r"invalid value for 'report': .*: write \{metric: task/metric"),
+    ("report: {form: linear}", r"invalid value for 'report.form': 'linear': write .*one of power, saturating"),
+])
+def test_sweep_schema_names_the_key_and_the_fix(tmp_path, body, message):
+    f = tmp_path / "s.yaml"
+    f.write_text(f"base: {REPO}/configs/pretrain/tiny_cpu.yaml\n{body}\n")
+    with pytest.raises(ConfigError, match=message) as e:
+        sweep.expand(sweep.load_sweep(f))
+    assert "\n" not in str(e.value)
+
+
+def test_sweep_override_of_a_wrong_type_names_the_override():
+    with pytest.raises(ConfigError, match=r"override 'sizes=3': invalid value for 'sizes'"):
+        sweep.load_sweep(REPO / "configs/sweeps/smoke.yaml", ["sizes=3"])
+
+
+def test_sweep_source_mapping_keeps_only_what_it_sets(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text(f"base: {REPO}/configs/pretrain/tiny_cpu.yaml\nsources: {{a: /x, b: {{path: /y, selection: sel.json}}}}\n")
+    spec = sweep.load_sweep(f)
+    assert spec.report.form == "power" and list(spec.sizes) == []
+    assert sweep._sources(spec) == {"a": {"path": "/x", "name": "a"},
+                                    "b": {"path": "/y", "selection": str((Path.cwd() / "sel.json").absolute()),
+                                          "name": "b"}}
+
+
 def test_shipped_sweeps_expand_and_dry_run_writes_nothing(tmp_path):
-    from launch.sweep_run import plan_and_submit
+    from launch.sweeps.sweep_run import plan_and_submit
 
     spec = sweep.load_sweep(REPO / "configs/sweeps/data_scaling.yaml", [f"output_dir={tmp_path}/ds"])
     runs = sweep.expand(spec)
@@ -315,8 +352,8 @@ def test_launch_debug_runs_in_process_and_marks_done(tmp_path, capsys):
 
 
 def test_launch_local_runs_in_a_subprocess_and_failures_are_recorded(tmp_path, capsys):
-    from launch import status
-    from launch.submit import submit_run
+    from launch.jobs import status
+    from launch.jobs.submit import submit_run
 
     run = tmp_path / "loc"
     rc = cli_main(["launch", "launch.cluster=local", f"output_dir={run}", "train.max_steps=2", *NO_WARMUP, "--probe",
@@ -326,13 +363,13 @@ def test_launch_local_runs_in_a_subprocess_and_failures_are_recorded(tmp_path, c
     assert [(d["step"], d["world_size"]) for d in lines] == [(1, 1), (2, 1)]
     # a task that raises leaves 'failed' with the error, and the status says so
     bad = tmp_path / "bad"
-    submit_run(load_config(None, [f"output_dir={bad}", "launch.cluster=local"]), entry="launch.probe:no_such_entry")
+    submit_run(load_config(None, [f"output_dir={bad}", "launch.cluster=local"]), entry="launch.jobs.probe:no_such_entry")
     (final,) = status.wait_for([bad], timeout_s=60, poll_s=0.5)
     assert final.state == "failed" and "no_such_entry" in final.detail
 
 
 def test_eval_without_data_root_fails_at_submission(tmp_path):
-    from launch.submit import submit_run
+    from launch.jobs.submit import submit_run
 
     cfg = load_config(None, [f"output_dir={tmp_path}/r", "launch.cluster=debug", "eval.tasks=[jsrt_nodule]"])
     with pytest.raises(ConfigError, match="eval.data_root"):
@@ -348,7 +385,7 @@ def _raise_like_dcp(cfg) -> None:
 
 def test_task_records_failures_that_are_base_exceptions(tmp_path):
     """torch's CheckpointException derives from BaseException: it must still mark the run failed."""
-    from launch.task import TrainTask
+    from launch.jobs.task import TrainTask
 
     cfg = load_config(None, [f"output_dir={tmp_path}", "launch.cluster=debug"])
     with pytest.raises(BaseException, match="Missing key"):
@@ -359,7 +396,7 @@ def test_task_records_failures_that_are_base_exceptions(tmp_path):
 
 def test_parse_results_reads_what_dinotrain_eval_writes(tmp_path):
     from dinotrain.eval.report import write_json
-    from launch.report import parse_results
+    from launch.sweeps.report import parse_results
 
     records = [{"model": "m", "task": "jsrt_nodule", "kind": "linear", "metric": "auroc", "split": "test",
                 "value": 0.91, "ci_low": 0.85, "ci_high": 0.96, "n": 50},

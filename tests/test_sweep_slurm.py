@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from dinotrain.cli import main as cli_main
-from launch import queue, runstate, status
-from launch.report import write_report
-from launch.sweep import load_sweep, run_dirs
-from launch.sweep_run import plan_and_submit
+from launch.jobs import queue, runstate, status
+from launch.sweeps.report import write_report
+from launch.sweeps.sweep import load_sweep, run_dirs
+from launch.sweeps.sweep_run import plan_and_submit
 from tests.services import wait_until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

@@ -184,7 +184,7 @@ def _last_step(metrics: Path) -> int:
 
 def _finished(run_dir: Path, steps: int) -> bool:
     """A previous demo already trained this run to the end (its launcher status says done)."""
-    from launch.runstate import State, read_status
+    from launch.jobs.runstate import State, read_status
 
     status = read_status(run_dir) or {}
     return status.get("state") == State.DONE and _last_step(metrics_path(run_dir)) >= steps
@@ -290,8 +290,8 @@ def pretrain(run_dir: Path, overrides: list[str], steps: int, deadline: float | 
     from tqdm import tqdm
 
     from dinotrain.config import load_config
-    from launch.submit import submit_run
-    from launch.task import DEFAULT_ENTRY
+    from launch.jobs.submit import submit_run
+    from launch.jobs.task import DEFAULT_ENTRY
 
     metrics = metrics_path(run_dir)
     if _finished(run_dir, steps):

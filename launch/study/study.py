@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dinotrain.run_layout import config_path, export_dir
-from launch.runstate import State
+from launch.jobs.runstate import State
 from launch.study.options import StudyOptions, add_option_flags, options_from_args
 from launch.study.plan import StudyPlan, plan, print_plan
 from launch.study.settings import laptop
@@ -79,7 +79,7 @@ def sweep_spec(opts: StudyOptions, data: dict, sizes: list[int], overrides: list
     """The sweep file (written to OUT/sweep.yaml, so `dinotrain sweep status|report` work on it)."""
     from omegaconf import OmegaConf
 
-    from launch.sweep import load_sweep
+    from launch.sweeps.sweep import load_sweep
 
     ev = eval_overrides(opts, opts.out / "cache")
     run_over = [*overrides, "launch.run_eval=true", f"eval.tasks=[{','.join(opts.scaling_tasks)}]",
@@ -119,7 +119,7 @@ def run_study(opts: StudyOptions) -> dict:
     runs = pretrain(opts, p, data, common_overrides(opts, p.steps, cluster, p.warmups), cluster, t0)
     if opts.reevaluate:
         reevaluate_runs(runs.trained, eval_overrides(opts, opts.out / "cache"), t0)
-    from launch.report import write_report
+    from launch.sweeps.report import write_report
 
     write_report(opts.out / "sweep", metric=_sweep_metric(opts))  # `dinotrain sweep report`'s own table and plot
 
@@ -157,7 +157,7 @@ def reevaluate_runs(run_dirs: list[Path], settings: dict, t0: float) -> None:
     """Evaluate again each run that evaluates itself (launch.run_eval: the sweep's), with the study's
     eval settings; frozen features come from the study's cache (so an extraction change needs a new OUT)."""
     from dinotrain.config import load_config
-    from launch.task import evaluate_run, wants_eval
+    from launch.jobs.task import evaluate_run, wants_eval
 
     for d in map(Path, run_dirs):
         cfg = load_config(config_path(d))
@@ -168,9 +168,9 @@ def reevaluate_runs(run_dirs: list[Path], settings: dict, t0: float) -> None:
 
 def require_trained(opts: StudyOptions, spec) -> None:
     """--reevaluate trains nothing: every run of the plan must be done already (else one line naming them)."""
-    from launch import status as run_status
-    from launch.sweep import expand
-    from launch.sweep import run_config as sweep_run_config
+    from launch.jobs import status as run_status
+    from launch.sweeps.sweep import expand
+    from launch.sweeps.sweep import run_config as sweep_run_config
 
     dirs = [Path(sweep_run_config(spec, r).output_dir) for r in expand(spec)]
     dirs += [opts.out / "runs" / n for n in ("stage1", "stage2_from_stage1")]
@@ -199,7 +199,7 @@ def pretrain(opts: StudyOptions, p: StudyPlan, data: dict, over: list[str], clus
     """The sweep, then continual stages 1 and 2; returns the run folders the evaluation needs."""
     from dinotrain.config import load_config
     from launch.study import study_runs
-    from launch.sweep import expand
+    from launch.sweeps.sweep import expand
 
     echo = study_runs.LogEcho()
     log(t0, f"pretrain: sweep {p.sizes} x {list(laptop().diversity)} ({cluster})")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dinotrain.run_layout import RUN_RECORD, config_path, metrics_path
-from launch.report import finite_or_none
+from launch.sweeps.report import finite_or_none
 
 STUDY_KEYS = ("seed", "minutes", "tasks", "continual", "scaling")
 
@@ -77,7 +77,7 @@ def _headline(comparisons: dict[str, dict], tasks: list[str], names: tuple[str, 
 
 def scaling_rows(sweep_dirs: list[Path], tasks: list[str]) -> list[dict]:
     """Every sweep run's headline metric on the scaling tasks (from its own eval/results.json)."""
-    from launch.report import collect
+    from launch.sweeps.report import collect
 
     if not sweep_dirs:
         return []
@@ -267,7 +267,7 @@ def plot_scaling(rows: list[dict], path: Path, min_fit_points: int = 3) -> Path:
     finds none (>= 3 sizes, positive values, the ends' CIs apart)."""
     import numpy as np
 
-    from launch.scaling import fit_power_law, no_fit_reason
+    from launch.sweeps.scaling import fit_power_law, no_fit_reason
 
     plt = _plt()
     tasks = sorted({r["task"] for r in rows}) or ["(none)"]

@@ -2,8 +2,8 @@
 `dinotrain.train.initial.save_initial_teacher` (the run's own step-0 network).
 
 Runs go through `launch` exactly as a user's would: the data-scaling sweep with
-`launch.sweep_run.plan_and_submit` (one SLURM job array) or, without SLURM, one local job per
-run; the continual stages with `launch.submit.submit_run`. While the study waits it echoes the
+`launch.sweeps.sweep_run.plan_and_submit` (one SLURM job array) or, without SLURM, one local job per
+run; the continual stages with `launch.jobs.submit.submit_run`. While the study waits it echoes the
 jobs' own logs (the trainer's and the evaluation's progress bars) to its stderr.
 """
 
@@ -18,13 +18,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from launch import runstate
-from launch import status as run_status
-from launch.runstate import State
-
-# config keys that do not change what a run learns (where it runs, what is evaluated, its folder)
-NOT_TRAINING = ("output_dir", "launch", "eval", "train.progress", "train.log_every", "train.checkpoint_every",
-                "train.keep_checkpoints", "train.export_every")
+from dinotrain.config import keys_with
+from launch.jobs import runstate
+from launch.jobs import status as run_status
+from launch.jobs.runstate import State
 
 
 def slurm_state() -> tuple[bool, str]:
@@ -69,7 +66,7 @@ def global_batch(cfg: DictConfig) -> int:
 def training_part(cfg: DictConfig) -> dict[str, Any]:
     """What decides the learned weights: the config without where/how the run is launched."""
     d = OmegaConf.to_container(cfg, resolve=True)
-    for key in NOT_TRAINING:
+    for key in keys_with("not_training"):  # where it runs, what is evaluated, its folder, its logging
         node, *rest = key.split(".")
         if rest:
             d.get(node, {}).pop(rest[0], None)
@@ -134,9 +131,9 @@ def wait_done(run_dirs: list[Path], echo: LogEcho | None, poll_s: float = 3.0) -
 # ----------------------------------------------------------------------------- submitting
 def submit_sweep(spec: DictConfig, cluster: str, echo: LogEcho | None) -> list[Path]:
     """The sweep's runs: one job array on SLURM (returns at once), else one local job after another."""
-    from launch.sweep import expand, run_dirs, write_run_record
-    from launch.sweep import run_config as sweep_run_config
-    from launch.sweep_run import plan_and_submit
+    from launch.sweeps.sweep import expand, run_dirs, write_run_record
+    from launch.sweeps.sweep import run_config as sweep_run_config
+    from launch.sweeps.sweep_run import plan_and_submit
 
     if cluster == "slurm":
         plan = plan_and_submit(spec)
@@ -144,7 +141,7 @@ def submit_sweep(spec: DictConfig, cluster: str, echo: LogEcho | None) -> list[P
         if echo is not None:
             echo.skip([d for d in dirs if d.name in plan.skip])
         return dirs
-    from launch.submit import submit_run
+    from launch.jobs.submit import submit_run
 
     out = Path(spec.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,7 +163,7 @@ def submit_sweep(spec: DictConfig, cluster: str, echo: LogEcho | None) -> list[P
 
 def submit(cfg: DictConfig, echo: LogEcho | None = None) -> Path:
     """One run through the launcher, unless it is already done (a rerun of the study resumes)."""
-    from launch.submit import submit_run
+    from launch.jobs.submit import submit_run
 
     d = Path(cfg.output_dir)
     state = run_status.run_state(d, run_status.queue.squeue_states()).state

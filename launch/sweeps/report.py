@@ -7,7 +7,7 @@ The end of each run's training (mean of the last lines of metrics.jsonl) adds ro
 task `train` for every key with 'loss' in its name, so a sweep without evaluation still
 gets curves (but no fit: a loss has no CI).
 Only the report's metric is fitted (an evaluation metric with CIs by default), per series, and
-only where `launch.scaling.no_fit_reason` (the study's rule) finds nothing against it.
+only where `launch.sweeps.scaling.no_fit_reason` (the study's rule) finds nothing against it.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from dinotrain.run_layout import EVAL, metrics_path
-from launch import status as run_status
-from launch.scaling import PowerLawFit, fit_power_law, min_sizes, no_fit_reason
-from launch.sweep import read_run_record, run_dirs
+from launch.jobs import status as run_status
+from launch.sweeps.scaling import PowerLawFit, fit_power_law, min_sizes, no_fit_reason
+from launch.sweeps.sweep import read_run_record, run_dirs
 
 RESULT_NAMES = (f"{EVAL}/results.json", "results.json", "*/results.json")
 TRAIN_TAIL = 5  # metrics lines averaged for the end-of-training value (single steps are noisy)

@@ -23,8 +23,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from dinotrain.run_layout import EVAL
-from launch import runstate
-from launch.runstate import State
+from launch.jobs import runstate
+from launch.jobs.runstate import State
 
 DEFAULT_ENTRY = "dinotrain.train.loop:run"
 EVAL_ENTRY = "dinotrain.eval.run:evaluate_models"
@@ -148,7 +148,7 @@ class TrainTask:
     """Train (then evaluate) one run. Picklable: holds the resolved config as plain data.
 
     entry: the training function, 'module:function', called with the typed config. The
-    default is the trainer; tests and `launch.probe` pass a lighter one.
+    default is the trainer; tests and `launch.jobs.probe` pass a lighter one.
     """
 
     def __init__(self, cfg: DictConfig | dict[str, Any], entry: str = DEFAULT_ENTRY) -> None:

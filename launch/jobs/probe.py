@@ -20,7 +20,7 @@ from dinotrain.atomic import keep_jsonl_until, write_text
 from dinotrain.run_layout import metrics_path
 from dinotrain.train.ckpt_manager import checkpoint_due  # the trainer's rule, not a copy of it
 
-ENTRY = "launch.probe:count_steps"
+ENTRY = "launch.jobs.probe:count_steps"
 STEP_SECONDS_ENV = "DINOTRAIN_PROBE_STEP_S"  # seconds per step, to give a requeue test time to act
 CKPT = "probe_ckpt.json"
 

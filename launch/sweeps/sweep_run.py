@@ -7,12 +7,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from launch import queue
-from launch import status as run_status
-from launch.executor import sbatch_script
-from launch.runstate import State
-from launch.sweep import expand, run_config, write_run_record
-from launch.task import DEFAULT_ENTRY
+from launch.jobs import queue
+from launch.jobs import status as run_status
+from launch.jobs.executor import sbatch_script
+from launch.jobs.runstate import State
+from launch.jobs.task import DEFAULT_ENTRY
+from launch.sweeps.sweep import expand, run_config, write_run_record
 
 
 @dataclass
@@ -25,7 +25,7 @@ class SweepPlan:
 
 def plan_and_submit(spec: DictConfig, dry_run: bool = False, entry: str = DEFAULT_ENTRY) -> SweepPlan:
     """Write each run's folder (config.yaml, run.json), then submit new and failed runs as an array."""
-    from launch.submit import submit_array
+    from launch.jobs.submit import submit_array
 
     sweep_dir = Path(spec.output_dir)
     runs = expand(spec)

@@ -41,8 +41,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run(path: str, overrides: list[str], dry_run: bool, wait: bool) -> int:
-    from launch.sweep import load_sweep
-    from launch.sweep_run import plan_and_submit
+    from launch.sweeps.sweep import load_sweep
+    from launch.sweeps.sweep_run import plan_and_submit
 
     spec = load_sweep(path, overrides)
     plan = plan_and_submit(spec, dry_run=dry_run)
@@ -55,8 +55,8 @@ def _run(path: str, overrides: list[str], dry_run: bool, wait: bool) -> int:
     if dry_run and plan.script:
         print("# sbatch script of the array\n" + plan.script)
     if wait and not dry_run:
-        from launch import status
-        from launch.sweep import run_dirs
+        from launch.jobs import status
+        from launch.sweeps.sweep import run_dirs
 
         status.wait_for(run_dirs(plan.sweep_dir), timeout_s=float("inf"), poll_s=5)
         return _status(str(plan.sweep_dir))
@@ -66,9 +66,9 @@ def _run(path: str, overrides: list[str], dry_run: bool, wait: bool) -> int:
 def _status(folder: str) -> int:
     from pathlib import Path
 
-    from launch import status
-    from launch.runstate import State
-    from launch.sweep import run_dirs
+    from launch.jobs import status
+    from launch.jobs.runstate import State
+    from launch.sweeps.sweep import run_dirs
 
     dirs = run_dirs(folder)
     if not dirs:
@@ -84,7 +84,7 @@ def _status(folder: str) -> int:
 
 
 def _report(folder: str, metric: str | None, form: str | None) -> int:
-    from launch.report import write_report
+    from launch.sweeps.report import write_report
 
     try:
         out = write_report(folder, metric=metric, form=form)

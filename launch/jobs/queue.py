@@ -17,7 +17,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from launch.runstate import State
+from launch.jobs.runstate import State
 
 # SLURM's final job states (job_state_string of the base states past RUNNING/SUSPENDED)
 FINAL = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",

@@ -27,8 +27,8 @@ def main(args: argparse.Namespace) -> int:
         sys.stdout.write(to_yaml(cfg))
         return 0
     if args.dry_run:
-        from launch.executor import sbatch_script
-        from launch.submit import absolute_run_config
+        from launch.jobs.executor import sbatch_script
+        from launch.jobs.submit import absolute_run_config
 
         cfg = absolute_run_config(cfg)
         print(f"# cluster: {cfg.launch.cluster}  (sbatch script below applies to launch.cluster=slurm)")
@@ -37,11 +37,11 @@ def main(args: argparse.Namespace) -> int:
         sys.stdout.write(to_yaml(cfg))
         return 0
 
-    from launch import status
-    from launch.probe import ENTRY as PROBE_ENTRY
-    from launch.runstate import State
-    from launch.submit import submit_run
-    from launch.task import DEFAULT_ENTRY
+    from launch.jobs import status
+    from launch.jobs.probe import ENTRY as PROBE_ENTRY
+    from launch.jobs.runstate import State
+    from launch.jobs.submit import submit_run
+    from launch.jobs.task import DEFAULT_ENTRY
 
     job = submit_run(cfg, entry=PROBE_ENTRY if args.probe else DEFAULT_ENTRY)
     run_dir = job.paths.folder

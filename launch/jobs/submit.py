@@ -7,9 +7,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from launch import runstate
-from launch.executor import clean_submit_env, make_executor
-from launch.task import DEFAULT_ENTRY, TrainTask, check_eval_config
+from launch.jobs import runstate
+from launch.jobs.executor import clean_submit_env, make_executor
+from launch.jobs.task import DEFAULT_ENTRY, TrainTask, check_eval_config
 
 
 def absolute_run_config(cfg: DictConfig) -> DictConfig:

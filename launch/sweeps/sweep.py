@@ -1,6 +1,7 @@
 """Sweep files: a base run config and axes, expanded into one resolved config per run.
 
-A sweep file (see configs/sweeps/data_scaling.yaml) holds:
+A sweep file (see configs/sweeps/data_scaling.yaml) holds these keys, typed by
+launch/sweeps/sweep_schema.py's SweepSpec (a typo or a wrong type stops with one line naming the key):
 
   name:        sweep name (job name; default output folder runs/<name>)
   base:        the run config every run starts from (path relative to the sweep file)
@@ -36,9 +37,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dinotrain.config import ConfigError, load_config
 from dinotrain.run_layout import RUN_RECORD
+from launch.sweeps.sweep_schema import SWEEP_KEYS, source_entry, typed
 
-SWEEP_KEYS = ("name", "base", "output_dir", "overrides", "sources", "diversity", "sizes", "models", "steps", "grid",
-              "zip", "report")
 # first-class axes that are shorthands for a grid key
 AXIS_ALIASES = {"models": "model.arch", "steps": "train.max_steps"}
 
@@ -67,15 +67,13 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> DictConf
         from dinotrain.config import yaml_problem
 
         raise ConfigError(f"{path}: not valid YAML at {yaml_problem(e)}") from e
-    unknown = [k for k in spec if k not in SWEEP_KEYS]
-    if unknown:
-        raise ConfigError(f"{path}: unknown sweep key '{unknown[0]}': allowed keys are {', '.join(SWEEP_KEYS)}")
+    spec = typed(spec, where=str(path))
     run_overrides = _as_dotlist(spec.get("overrides"), f"{path}: overrides")
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not key=value: write e.g. sizes=[100,1000] or optim.lr=1e-3")
         if item.split("=", 1)[0].split(".")[0] in SWEEP_KEYS and not item.startswith("output_dir="):
-            spec = OmegaConf.merge(spec, OmegaConf.from_dotlist([item]))
+            spec = typed(spec, OmegaConf.from_dotlist([item]), where=f"override '{item}'")
         elif item.startswith("output_dir="):
             spec.output_dir = item.split("=", 1)[1]
         else:
@@ -194,12 +192,7 @@ def source_count(d: dict[str, Any]) -> int | None:
 def _sources(spec: DictConfig) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name, v in (spec.get("sources") or {}).items():
-        if isinstance(v, (dict, DictConfig)):
-            d = OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else dict(v)
-        else:
-            d = {"path": v}
-        if not d.get("path"):
-            raise ConfigError(f"sweep sources.{name}: give a path (a shards folder or s3:// prefix)")
+        d = source_entry(str(name), v)
         for key in ("path", "selection"):
             p = d.get(key)
             if p:

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launch import queue, runstate
-from launch.queue import JobView
-from launch.runstate import State
+from launch.jobs import queue, runstate
+from launch.jobs.queue import JobView
+from launch.jobs.runstate import State
 
 STATES = tuple(State)
 # A task marked 'requeued' asked SLURM to requeue its job. SLURM may show the old attempt as
