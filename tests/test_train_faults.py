@@ -194,6 +194,31 @@ def test_lock_rules_for_another_job_and_a_live_process():
     assert elsewhere.alive() is None and stale_reason(elsewhere, me) is None  # cannot tell: refused
 
 
+
+def test_a_killed_holder_not_yet_reaped_is_gone():
+    """kill -9 of a training leaves a zombie until its parent reaps it; it answers kill(pid, 0) but
+    holds nothing (a resume right after a node-failure kill was refused for it once under load)."""
+    from dinotrain.train.run_lock import Holder, _proc_start, stale_reason
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        holder = Holder(socket.gethostname(), child.pid, "", time.time(), _proc_start(child.pid))
+        assert holder.alive() is True and stale_reason(holder, Holder.me()) is None
+        os.kill(child.pid, signal.SIGKILL)
+        wait_until_zombie = time.monotonic() + 30
+        while time.monotonic() < wait_until_zombie:
+            state = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+            if state == "Z":
+                break
+            time.sleep(0.01)
+        assert state == "Z"  # not reaped yet: kill(pid, 0) still succeeds
+        os.kill(child.pid, 0)
+        assert holder.alive() is False and "a training that is gone" in stale_reason(holder, Holder.me())
+    finally:
+        child.kill()
+        child.wait()
+
+
 # ----------------------------------------------------------------------------- broken newest checkpoint
 def _break(run: Path, how: str) -> None:
     data = run / "ckpt" / "step_0000008" / "__0_0.distcp"

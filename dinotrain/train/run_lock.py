@@ -30,13 +30,25 @@ class RunFolderLocked(UserError):
     """Another training holds the run folder."""
 
 
+def _proc_stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (field 3 on), [] when unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    except OSError:
+        return []
+
+
 def _proc_start(pid: int) -> str:
     """The kernel's start time of `pid` (tells a reused pid from the original), '' when unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rsplit(")", 1)[-1].split()[19]  # field 22, counted after the command name
+    fields = _proc_stat(pid)
+    return fields[19] if len(fields) > 19 else ""  # field 22
+
+
+def _exited(pid: int) -> bool:
+    """A zombie (or dying) process has exited: a kill -9'd training whose parent has not reaped it
+    yet still answers kill(pid, 0), and must not hold the folder."""
+    fields = _proc_stat(pid)
+    return bool(fields) and fields[0] in ("Z", "X", "x")
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,8 @@ class Holder:
             return False
         except PermissionError:
             pass  # another user's live process
+        if _exited(self.pid):
+            return False
         now = _proc_start(self.pid)
         return not (self.proc_start and now and now != self.proc_start)
 
