@@ -139,6 +139,19 @@ def test_exported_teacher_loads_with_from_hf_and_transformers(reference_run):
     assert head.last_layer.out_features == 256
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def test_kill9_then_resume_reproduces_the_uninterrupted_losses(reference_run, cxr_shards, tmp_path):
     cfg = write_config(tmp_path / "cfg.yaml", cxr_shards, tmp_path / "run")
     run_dir = tmp_path / "run"
@@ -151,7 +164,12 @@ def test_kill9_then_resume_reproduces_the_uninterrupted_losses(reference_run, cx
             done = (run_dir / "ckpt" / "step_0000005" / "meta.json").is_file()
             steps = losses_by_step(run_dir) if (run_dir / "metrics.jsonl").is_file() else {}
             if done and any(s > 5 for s in steps):
-                os.killpg(proc.pid, signal.SIGKILL)  # kill -9 the whole job, as a node failure would
+                # kill -9 the whole job, as a node failure would: torchrun's workers run in sessions
+                # of their own, so its process group alone would leave them training
+                workers = _children(proc.pid)
+                os.killpg(proc.pid, signal.SIGKILL)
+                for pid in workers:
+                    os.kill(pid, signal.SIGKILL)
                 killed_at = max(steps)
                 break
             time.sleep(0.05)

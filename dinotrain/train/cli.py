@@ -30,10 +30,14 @@ def main(args: argparse.Namespace) -> int:
         print(f"dinotrain train: stopped: {e}", file=sys.stderr)
         return 3
     except TrainingStopped as e:  # SIGTERM / SIGUSR2 / one Ctrl-C: a clean stop, resumable
-        print(f"dinotrain train: {e}", file=sys.stderr)
+        sys.stderr.write(f"dinotrain train: {e}\n")  # one write: every rank says it (see below)
+        sys.stderr.flush()
         return 0
     skipped = summary.get("skipped_samples") or 0
     note = (f"; {skipped} corrupt samples skipped and replaced by others of their batch (`dinotrain shards "
             "verify` on the data sources names them)") if skipped else ""
-    print(f"dinotrain train: done at step {summary['final_step']} -> {summary['output_dir']}{note}", file=sys.stderr)
+    # one write of the whole line: under torchrun every rank prints it into one pipe, and print's
+    # separate write of the newline let two ranks' lines run together
+    sys.stderr.write(f"dinotrain train: done at step {summary['final_step']} -> {summary['output_dir']}{note}\n")
+    sys.stderr.flush()
     return 0
