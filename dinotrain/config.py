@@ -246,6 +246,8 @@ class EvalConfig:
     threads: int = opt(0, "CPU threads for torch (0 = torch's default; 1 on busy shared machines)")
     loader: str = opt("plain", "eval preprocessing: plain (PIL + numpy) or dali (same recipe, GPU when extracting on CUDA)",
                       choices=("plain", "dali"))
+    split: str = opt("test", "the split scored: test, or val for decisions (the test split is then not read; "
+                     "a fifth of train's groups stand in for val in the probes' choices)", choices=("test", "val"))
 
 
 @dataclass

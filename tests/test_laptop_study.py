@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from dinotrain.eval.specs import load_spec, load_task
 from dinotrain.eval.tasks import EvalSettings, Scored
@@ -22,14 +23,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------- held out
 def test_held_out_listing_excludes_test_images_and_their_patients(test_data):
-    tasks = ["jsrt_sex", "jsrt_nodule", "covid_sex", "covid_lungs", "ham10000"]
+    tasks = ["jsrt_sex", "jsrt_nodule", "covid_sex", "covid_lungs", "ham10000", "ham10000_large_sex", "brain_mri"]
     hold = study_data.held_out(tasks, test_data, None)
     tests = {t: load_task(load_spec(t), test_data) for t in tasks}
     expected = {str(Path(td.images[i]).resolve()) for td in tests.values() for i in td.indices("test")}
     assert hold.images == expected and len(expected) > 100
     test_patients = {r["patient_id"] for t in ("covid_sex", "covid_lungs")
                      for r in (tests[t].rows[i] for i in tests[t].indices("test"))}
-    for group in ("cxr", "ct", "derm"):
+    for group in ("cxr", "ct", "derm", "mri"):
         rows = study_data.group_listing(group, test_data, hold)
         paths = {r["path"] for r in rows}
         assert not paths & hold.images
@@ -40,7 +41,74 @@ def test_held_out_listing_excludes_test_images_and_their_patients(test_data):
     cxr = study_data.group_listing("cxr", test_data, hold)
     jsrt_test = {p for p in expected if "/jsrt/" in p}
     assert sum(r["dataset"] == "jsrt" for r in cxr) == 247 - len(jsrt_test)  # JSRT: one image per patient
+
+    def column(dataset, key, col):  # metadata column by image path, for the pool's rows
+        with (test_data / dataset / "metadata.csv").open() as f:
+            import csv
+
+            return {str((test_data / dataset / r["path"]).resolve()): r[col] for r in csv.DictReader(f)}
+
+    # derm is ham10000_large: no lesion of a HAM test image (ham10000_large_sex's split) and no source file of
+    # the small ham10000 task's test images (the same files under ham10000_derm) is in the pool
+    derm = study_data.group_listing("derm", test_data, hold)
+    lesion = column("ham10000_large", "path", "lesion_id")
+    sex = tests["ham10000_large_sex"]
+    test_lesions = {sex.rows[i]["lesion_id"] for i in sex.indices("test")}
+    assert derm and not {lesion[r["path"]] for r in derm} & test_lesions
+    small = tests["ham10000"]
+    small_sources = {small.rows[i]["source_path"] for i in small.indices("test")}
+    src = column("ham10000_large", "path", "source_path")
+    assert small_sources and not {src[r["path"]] for r in derm} & small_sources
+    # mri is brain_mri_large: no near-duplicate series (group_id) of a brain_mri test image is in the pool
+    mri = study_data.group_listing("mri", test_data, hold)
+    gid = column("brain_mri_large", "path", "group_id")
+    bm = tests["brain_mri"]
+    test_groups = {bm.rows[i]["group_id"] for i in bm.indices("test")}
+    assert mri and test_groups and not {gid[r["path"]] for r in mri} & test_groups
     assert {r["modality"] for r in study_data.group_listing("ct", test_data, hold)} == {"CT"}
+
+
+def test_the_three_ham10000_large_tasks_share_one_test_set(test_data):
+    """split_like: the sex and age tasks take each lesion's split from ham10000_large, so the study holds
+    out one test set (their own stratified splits would put other lesions in test: ~2,900 held out)."""
+    main = load_task(load_spec("ham10000_large"), test_data)
+    by_lesion = dict(zip(main.groups.tolist(), main.split.tolist()))
+    for name in ("ham10000_large_sex", "ham10000_large_age"):
+        t = load_task(load_spec(name), test_data)
+        assert [by_lesion[g] for g in t.groups.tolist()] == t.split.tolist()
+        assert len(t.indices("test")) > 1100
+    from dinotrain.eval.specs import SpecError, spec_from_dict
+
+    with pytest.raises(SpecError, match="split_like needs group_column"):
+        spec_from_dict({"dataset": "ham10000_large", "split_like": "ham10000_large"})
+    bad = spec_from_dict({"dataset": "jsrt", "group_column": "patient_id", "split_like": "ham10000_large"})
+    with pytest.raises(SpecError, match="must be a task on the same dataset"):
+        load_task(bad, test_data)
+
+
+def test_the_val_split_scores_val_and_never_reads_a_test_image(test_data, tmp_path):
+    """eval.split=val (decisions such as the study's budget): the test rows are dropped before any image
+    is read, val is what is scored, and a fifth of train's groups stand in for val in the probes' choices."""
+    from dinotrain.eval.run import evaluate_models
+    from dinotrain.eval.scored import as_validation
+
+    task = load_task(load_spec("jsrt_sex"), test_data)
+    v = as_validation(task)
+    test_keys = {task.keys[i] for i in task.indices("test")}
+    assert not test_keys & set(v.keys) and len(v.keys) == len(task.keys) - len(test_keys)
+    assert sorted(v.keys[i] for i in v.indices("test")) == sorted(task.keys[i] for i in task.indices("val"))
+    train_groups = set(task.groups[task.indices("train")].tolist())
+    stand_in = set(v.groups[v.indices("val")].tolist())
+    assert stand_in and stand_in < train_groups and not stand_in & set(v.groups[v.indices("train")].tolist())
+    assert 0.1 < len(stand_in) / len(train_groups) < 0.3
+
+    res = evaluate_models(["random:vit_tiny"], "jsrt_sex", test_data, tmp_path / "e", resolution=28, bootstrap=20,
+                          split="val", with_plot=False)
+    assert {r["split"] for r in res["records"]} == {"val"}
+    assert {r["n"] for r in res["records"] if r["kind"] == "linear"} == {len(task.indices("val"))}
+    assert "Validation split (test not read)" in (tmp_path / "e" / "results.md").read_text()
+    cached = {p.name for p in (tmp_path / "e" / "cache").rglob("*.safetensors")}
+    assert len(cached) == len(v.keys)  # only the images of train and val were read
 
 
 # ----------------------------------------------------------------------------- paired CIs
@@ -231,10 +299,13 @@ def test_reevaluate_refuses_to_train(tmp_path, test_data):
     spec = sweep_spec(opts, data, [6, 12], [])
     with pytest.raises(RuntimeError) as e:
         require_trained(opts, spec)
-    for name in ("cxr-n6", "all-n12", "stage1", "stage2_from_stage1", "rerun without --reevaluate"):
+    for name in ("derm-n6", "all-n12", "ssl", "stage1", "stage2_from_stage1", "stage2_from_scratch",
+                 "rerun without --reevaluate"):
         assert name in str(e.value)
+    (opts.out / "runs" / "curated-n6").mkdir(parents=True)
     for d in [*(opts.out / "sweep" / "runs" / f"{v}-n{n}" for v in laptop().diversity for n in (6, 12)),
-              *(opts.out / "runs" / n for n in ("stage1", "stage2_from_stage1"))]:
+              *(opts.out / "runs" / n for n in ("ssl", "stage1", "stage2_from_stage1", "stage2_from_scratch",
+                                                "curated-n6"))]:
         runstate.write_status(d, "done")
     require_trained(opts, spec)  # all done: nothing to say
     runstate.write_status(opts.out / "runs" / "stage1", "failed", error="eval crashed")
@@ -279,8 +350,10 @@ def test_quick_study_end_to_end_through_slurm(slurm_cluster, test_data, tmp_path
     proc = subprocess.run(["bash", str(REPO / "scripts/laptop_study.sh"), str(out), "1", "--quick"],
                           capture_output=True, text=True, env=env, timeout=850)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    for phase in ("data:", "pretrain: sweep", "continual stage 1", "continual stage 2", "eval:", "done:"):
-        assert phase in proc.stderr
+    for phase in ("data:", "near-duplicates of the test images", "pretrain: sweep", "pretrain: the SSL run",
+                  "continual stage 1", "continual stage 2", "pretrain: curated subset of 12", "eval: learning curve",
+                  "eval: curated vs random", "done:"):
+        assert phase in proc.stderr, phase
     assert "train:" in proc.stderr  # the trainer's own progress bar reaches the study's terminal
 
     study = json.loads((out / "study.json").read_text())
@@ -293,8 +366,31 @@ def test_quick_study_end_to_end_through_slurm(slurm_cluster, test_data, tmp_path
     assert study["tasks"]["jsrt_anatomy"]["metric"] == "linear_head/dice_mean"
     c = study["continual"]["jsrt_sex"]
     assert {"metric", "from_stage1", "from_scratch", "delta_ci"} <= set(c)
-    assert {(r["diversity"], r["images"]) for r in study["scaling"]} == {(d, n) for d in ("cxr", "all") for n in (6, 12, 18)}
+    assert {(r["diversity"], r["images"]) for r in study["scaling"]} == {(d, n) for d in ("derm", "all") for n in (6, 12, 18)}
     assert all({"diversity", "images", "task", "value", "ci"} <= set(r) for r in study["scaling"])
+    # learning curve: the SSL run's exports at every curve step, step 0 = the random init
+    plan = study["plan"]
+    assert plan["ssl_steps"] == 2 * 3 and plan["curve_steps"] == [0, 1, 2, 3, 4, 5, 6]  # --quick: factor 3, 4 points
+    curve = study["curve"]["jsrt_sex"]
+    assert [p["step"] for p in curve["points"]] == plan["curve_steps"]
+    assert curve["points"][0]["value"] == pytest.approx(study["tasks"]["jsrt_sex"]["random"])
+    assert curve["points"][-1]["value"] == pytest.approx(study["tasks"]["jsrt_sex"]["ssl"])  # the same weights
+    assert curve["last_step"]["verdict"] in ("rising", "flat", "falling")
+    for s in plan["curve_steps"][1:]:
+        assert (out / "runs" / "ssl" / "export" / f"step_{s:07d}" / "dinov2.safetensors").is_file()
+    # curated arm: curate --target 12 over the `all` groups, trained with the selection, compared with all-n12
+    assert study["models"]["curated_twin_dir"].endswith("sweep/runs/all-n12")
+    assert set(study["curated"]) == {"jsrt_sex"} and {"curated", "random_subset", "delta_ci"} <= set(study["curated"]["jsrt_sex"])
+    sel = json.loads((out / "curate" / "selection.json").read_text())
+    assert sum(len(sh["keep"]) for st in sel["sets"] for sh in st["shards"].values()) == 12
+    cur_cfg = OmegaConf.load(out / "runs" / "curated-n12" / "config.yaml")
+    assert {Path(s.selection).name for s in cur_cfg.data.sources} == {"selection.json"}
+    # every other run's sources carry the held-out near-duplicate selection
+    nd = study["data"]["near_duplicates"]
+    assert nd["encoder"] and nd["threshold"] > 0 and set(nd["per_task"]) >= {"jsrt_sex", "jsrt_anatomy"}
+    for run in ("ssl", "stage1", "stage2_from_scratch"):
+        srcs = OmegaConf.load(out / "runs" / run / "config.yaml").data.sources
+        assert all(Path(s.selection).name == "heldout_selection.json" for s in srcs), run
 
     # held out: no test image of an evaluated task, as eval splits it, is in any shard set
     tests = {str(Path(td.images[i]).resolve()) for t in ("jsrt_sex", "jsrt_anatomy")
@@ -307,15 +403,14 @@ def test_quick_study_end_to_end_through_slurm(slurm_cluster, test_data, tmp_path
     # stage 2 started from stage 1's export; the random baseline is built from the SSL run's own config
     s2 = (out / "runs" / "stage2_from_stage1" / "config.yaml").read_text()
     assert "runs/stage1/export/latest/dinov2.safetensors" in s2 and "dino_head.safetensors" in s2
-    from omegaconf import OmegaConf
-
     ssl_cfg, rnd_cfg = (OmegaConf.load(Path(study["models"][k]) / "config.yaml") for k in ("ssl_dir", "random_dir"))
     assert ssl_cfg.model == rnd_cfg.model and ssl_cfg.train.seed == rnd_cfg.train.seed == 1
     assert study["plan"]["batch"] == ssl_cfg.data.batch_size_per_gpu and study["cluster_reason"]
-    for f in ("report.md", "ssl_vs_random.png", "continual.png", "scaling.png", "loss_curves.png"):
+    for f in ("report.md", "ssl_vs_random.png", "continual.png", "scaling.png", "loss_curves.png", "curve.png",
+              "curated.png"):
         assert (out / f).stat().st_size > 0, f
     report = (out / "report.md").read_text()
-    assert "Which claims hold" in report and "Held-out policy" in report
+    assert "Which claims hold" in report and "Held-out policy" in report and "Learning curve of the SSL run" in report
 
     # --reevaluate: no run trains again, every sweep run evaluates itself again, the wall clock stays the training's
     from launch.jobs import runstate
@@ -409,7 +504,8 @@ def test_study_options_and_flags_are_spelled_once(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("text, says", [("tasks: [a]\n", r"s.yaml: Key 'tasks' not in 'StudySettings'"),
-                                         ("timings: {train_img_per_s: 1}\n", "missing mandatory value: train_ref_tokens")])
+                                         ("scaling_pool: derm\nbudget: {ssl_steps_factor: 2, curve_points: 3}\ntimings: {train_img_per_s: 1}\n",
+                                          "missing mandatory value: train_ref_tokens")])
 def test_study_settings_refuse_a_wrong_file(tmp_path, text, says):
     from launch.study.settings import load_settings
 
@@ -445,3 +541,85 @@ def test_the_published_reports_re_render_byte_for_byte(tmp_path):
     differ = [str(f.relative_to(src)) for f in checked
               if not filecmp.cmp(f, copy / f.relative_to(src), shallow=False)]
     assert len(checked) >= 8 and differ == []
+
+
+# ----------------------------------------------------------------------------- arms, learning curve
+def test_the_plan_splits_the_budget_between_the_arms(tmp_path, monkeypatch):
+    """Sizes come from the scaling pool (/16, /4, all); the SSL run gets budget.ssl_steps_factor x the
+    others' steps, rounded to a multiple of its curve's points (evenly spaced checkpoints ending at its
+    last step); arms left out take no time."""
+    from dinotrain.config import load_config
+    from launch.study.options import StudyOptions
+    from launch.study.plan import curve_steps, default_sizes, plan, run_units
+    from launch.study.settings import laptop
+
+    assert default_sizes(4787) == [299, 1197, 4787]
+    assert curve_steps(600, 6) == [0, 100, 200, 300, 400, 500, 600] and curve_steps(4, 4) == [0, 1, 2, 3, 4]
+    assert run_units(["ssl", "scaling", "continual", "curated"], [1, 2, 3], 3.0) == (11, 13.0)
+    assert run_units(["ssl"], [1, 2, 3], 2.5) == (1, 2.5)
+    cfg = load_config(REPO / "configs/pretrain/laptop_real.yaml")
+    pool = {"cxr": 510, "derm": 4787, "us": 624, "mri": 2613, "ct": 38}
+    images = {"all": 9000, "curve": 8000, "scaling": 8000, "continual": 1000}
+    full = plan(StudyOptions(out=tmp_path), cfg, pool, images)
+    b = laptop().budget
+    assert full.sizes == [299, 1197, 4787] and full.runs == 11 and full.arms == ["ssl", "scaling", "continual", "curated"]
+    assert full.ssl_steps % b.curve_points == 0
+    assert abs(full.ssl_steps - b.ssl_steps_factor * full.steps) <= b.curve_points / 2
+    assert full.curve_steps == curve_steps(full.ssl_steps, b.curve_points)
+    assert full.estimate_minutes <= StudyOptions(out=tmp_path).minutes
+    only_ssl = plan(StudyOptions(out=tmp_path, arms=["ssl"]), cfg, pool, images)
+    assert only_ssl.runs == 1 and only_ssl.steps > full.steps  # the whole budget on one run
+
+
+def _curve_result(values: dict[str, list[float]], last_ci: dict[str, tuple[float, float]]):
+    models = [f"m{s}" for s in (0, 100, 200)]
+    records, paired, last = [], [], []
+    for task, vals in values.items():
+        for m, v in zip(models, vals):
+            records.append({"model": m, "task": task, "kind": "linear", "metric": "auroc", "value": v,
+                            "ci_low": v - 0.02, "ci_high": v + 0.02, "n": 500})
+            if m != "m0":
+                paired.append({"model": m, "reference": "m0", "task": task, "kind": "linear", "metric": "auroc",
+                               "value": v, "reference_value": vals[0], "delta": v - vals[0], "ci_low": v - vals[0] - 0.01,
+                               "ci_high": v - vals[0] + 0.01, "n": 500})
+        lo, hi = last_ci[task]
+        last.append({"model": "m200", "reference": "m100", "task": task, "kind": "linear", "metric": "auroc",
+                     "value": vals[2], "reference_value": vals[1], "delta": vals[2] - vals[1], "ci_low": lo,
+                     "ci_high": hi, "n": 500})
+    return {"records": records, "paired": paired}, {"records": [], "paired": last}, dict(zip(models, (0, 100, 200)))
+
+
+def test_the_learning_curve_says_rising_flat_or_falling_from_the_last_interval():
+    from launch.study.study_report import curve_rows
+
+    tasks = ["ham10000_large", "brain_mri_large", "busi"]
+    result, last, steps = _curve_result(
+        {"ham10000_large": [0.80, 0.84, 0.86], "brain_mri_large": [0.80, 0.85, 0.85], "busi": [0.7, 0.75, 0.72]},
+        {"ham10000_large": (0.005, 0.035), "brain_mri_large": (-0.01, 0.01), "busi": (-0.05, -0.01)})
+    rows = curve_rows(result, last, steps, tasks)
+    assert [p["step"] for p in rows["ham10000_large"]["points"]] == [0, 100, 200]
+    assert rows["ham10000_large"]["points"][2]["delta_from_step0"] == pytest.approx(0.06)
+    assert {t: rows[t]["last_step"]["verdict"] for t in tasks} == {
+        "ham10000_large": "rising", "brain_mri_large": "flat", "busi": "falling"}
+    assert rows["busi"]["last_step"]["from"] == 100 and rows["busi"]["last_step"]["to"] == 200
+    c = claims({"tasks": {}, "continual": {}, "scaling": [], "curve": rows})["still_rising"]
+    assert c == {"rising": ["ham10000_large"], "flat": ["brain_mri_large"], "falling": ["busi"], "n_tasks": 3}
+    assert curve_rows(None, None, {}, tasks) == {}
+
+
+def test_curated_claim_needs_a_ci_above_zero_and_none_below():
+    curated = {"a": _row(0.02, 0.005, 0.04), "b": _row(0.0, -0.02, 0.02)}
+    c = claims({"tasks": {}, "continual": {}, "scaling": [], "curated": curated})["curated_beats_random"]
+    assert c["holds"] and c["ci_above_zero"] == ["a"]
+    curated["b"] = _row(-0.03, -0.05, -0.01)
+    assert not claims({"tasks": {}, "continual": {}, "scaling": [], "curated": curated})["curated_beats_random"]["holds"]
+
+
+def test_steps_to_clear_extrapolates_the_last_interval():
+    from launch.study.study_report import steps_to_clear
+
+    pts = [{"step": 0}, {"step": 100}, {"step": 200, "delta_ci": [-0.03, 0.05]}]
+    assert steps_to_clear(pts, 0.01) == 300  # 0.01 per 100 steps lifts the lower end from -0.03 to 0 in 300 steps
+    assert steps_to_clear(pts, 0.0) is None and steps_to_clear(pts, -0.01) is None
+    pts[-1]["delta_ci"] = [0.001, 0.05]
+    assert steps_to_clear(pts, -0.01) == 0  # already clear

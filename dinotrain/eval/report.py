@@ -73,8 +73,9 @@ def _fmt(r: dict | None) -> str:
 
 
 def markdown(models: list[str], records: list[dict]) -> str:
+    split = "Validation split (test not read)" if any(r.get("split") == "val" for r in records) else "Test split"
     lines = ["# dinotrain eval results", "",
-             "Test split; 95% bootstrap CIs in brackets; n = evaluated items.", ""]
+             f"{split}; 95% bootstrap CIs in brackets; n = evaluated items.", ""]
     by_task: dict[str, list[dict]] = {}
     for r in records:
         by_task.setdefault(r["task"], []).append(r)

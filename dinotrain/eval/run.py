@@ -69,6 +69,10 @@ def evaluate_models(models: list[str], tasks: list[str] | str, data_root: str | 
     if dup:
         raise SpecError(f"two task specs are named '{dup[0]}': give each YAML a distinct 'name'")
     data = [load_task(s, data_root, limit) for s in specs]
+    if settings.split == "val":
+        from dinotrain.eval.scored import as_validation
+
+        data = [as_validation(t) for t in data]
 
     import torch
 

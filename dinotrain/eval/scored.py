@@ -63,3 +63,25 @@ def splits(task: TaskData, keep: np.ndarray | None = None) -> tuple[np.ndarray, 
         raise SpecError(f"task '{task.spec.name}': empty train or test split ({len(tr)} / {len(te)} samples); "
                         "use more samples (--max-samples) or other split_fractions")
     return tr, va, te
+
+
+def as_validation(task: TaskData) -> TaskData:
+    """The task with its val split as the split scored and its test split unread: decisions (a
+    budget, a recipe) made with `split: val` never see a test image. The probes still choose their
+    settings on a "val" split: every fifth group of train (in a fixed hashed order) takes its place.
+    A task without a val split cannot be scored this way (one line naming it)."""
+    import dataclasses
+    import hashlib
+
+    val = task.split == "val"
+    if not val.any():
+        raise SpecError(f"task '{task.spec.name}': no val split to score (its split_fractions give val 0, or its "
+                        "split column has no val rows); use split test or give it a val share")
+    keep = np.flatnonzero(task.split != "test")  # test rows are dropped: not even their images are read
+    split = np.where(val, "test", task.split)[keep].astype(object)
+    groups = task.groups[keep]
+    for j in range(len(keep)):
+        if split[j] == "train" and int(hashlib.sha1(str(groups[j]).encode()).hexdigest()[:8], 16) % 5 == 0:
+            split[j] = "val"
+    return dataclasses.replace(task, keys=[task.keys[i] for i in keep], images=[task.images[i] for i in keep],
+                               rows=[task.rows[i] for i in keep], split=split.astype(str), groups=groups)

@@ -20,6 +20,8 @@ Keys (defaults in `TaskSpec`):
     group_column: patient_id     # patient-level splits (a patient never crosses splits)
     group_join: {dataset: brain_mri_large, match_on: source_path}  # read group_column from another
                                  # dataset's metadata, matched on a column both share
+    split_like: ham10000_large   # each group's split as this other task (same dataset) assigns it:
+                                 # the tasks share one test set (one held-out set in the study)
     split_column: null           # use a column with values train/val/test instead of a random split
     split_fractions: [0.6, 0.2, 0.2]
     probes: [knn, linear]        # classification probes
@@ -67,6 +69,7 @@ class TaskSpec:
     exclude: dict[str, list[str]] = field(default_factory=dict)
     group_column: str | None = None
     group_join: dict[str, str] = field(default_factory=dict)
+    split_like: str | None = None
     split_column: str | None = None
     split_fractions: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])
     probes: list[str] = field(default_factory=lambda: list(PROBES))
@@ -153,6 +156,8 @@ def spec_from_dict(raw: dict, source: str = "<dict>", default_name: str = "task"
     if spec.group_join and (not spec.group_column or set(spec.group_join) != {"dataset", "match_on"}):
         raise SpecError(f"task spec {source}: group_join needs group_column and exactly the keys "
                         "{dataset: <folder under --data>, match_on: <column both metadata files share>}")
+    if spec.split_like and not spec.group_column:
+        raise SpecError(f"task spec {source}: split_like needs group_column (splits are shared group by group)")
     problem = kind_of(spec).check(spec)
     if problem:
         raise SpecError(f"task spec {source}: {problem}")
@@ -300,8 +305,26 @@ def load_task(spec: TaskSpec, root: str | Path, max_samples: int | None = None) 
         split = np.asarray([_norm_split(r.get(spec.split_column, ""), spec) for r in rows])
     else:
         split = _split(strat, groups, spec.split_fractions, spec.seed)
+    if spec.split_like:
+        split = _split_like(spec, root, groups, split)
     return TaskData(spec=spec, keys=keys, images=images, rows=rows, split=split, groups=groups,
                     data_dir=where if where.is_dir() else where.parent)
+
+
+def _split_like(spec: TaskSpec, root: Path, groups: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """Each group's split as `split_like`'s task assigns it (whole, not subsampled); groups that task
+    does not have (rows it filters out) keep this task's own assignment.
+
+    Why: ham10000_large, its sex and its age task stratify on different labels, so their own splits
+    would put different lesions in test; sharing one keeps one test set (and the study's pretraining
+    pool loses one test set's lesions, not three)."""
+    other = load_spec(spec.split_like)
+    if other.dataset != spec.dataset or other.group_column != spec.group_column or other.split_like:
+        raise SpecError(f"task '{spec.name}' ({spec.source}): split_like '{spec.split_like}' must be a task on the "
+                        f"same dataset ({spec.dataset}) with the same group_column and no split_like of its own")
+    theirs = load_task(other, root, None)
+    by_group = dict(zip(theirs.groups.tolist(), theirs.split.tolist()))
+    return np.asarray([by_group.get(g, s) for g, s in zip(groups.tolist(), own.tolist())]).astype(str)
 
 
 def join_groups(spec: TaskSpec, root: Path, rows: list[dict[str, str]]) -> list[dict[str, str]]:

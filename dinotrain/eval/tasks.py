@@ -62,7 +62,7 @@ def to_record(s: Scored, settings: EvalSettings) -> dict[str, Any]:
     if s.fn is not None:
         n_boot = settings.bootstrap if s.max_boot is None else min(settings.bootstrap, s.max_boot)
         lo, hi = metrics.bootstrap_ci(s.fn, s.n, n_boot, settings.seed, s.groups)
-    rec = {"model": s.model, "task": s.task, "kind": s.kind, "metric": s.metric, "split": "test",
+    rec = {"model": s.model, "task": s.task, "kind": s.kind, "metric": s.metric, "split": settings.split,
            "value": s.point(), "ci_low": lo, "ci_high": hi, "n": int(s.n)}
     if s.chance is not None:
         rec["chance"] = float(s.chance)

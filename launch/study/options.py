@@ -12,6 +12,7 @@ from pathlib import Path
 
 from launch.study.settings import REPO, laptop
 
+ARMS = ("ssl", "scaling", "continual", "curated")
 DEFAULT_CONFIG = REPO / "configs" / "pretrain" / "laptop_real.yaml"
 
 
@@ -42,8 +43,8 @@ class StudyOptions:
         metavar="DATA"))
     config: Path = field(default=DEFAULT_CONFIG, metadata=_opt(
         "the pretraining recipe (default: configs/pretrain/laptop_real.yaml of this checkout)"))
-    minutes: float = field(default=55.0, metadata=_opt(
-        "wall-clock budget on an idle 2-core machine that sizes the default --steps (55)", type=float))
+    minutes: float = field(default=42.0, metadata=_opt(
+        "wall-clock budget on an idle 2-core machine that sizes the default --steps (42)", type=float))
     steps: int | None = field(default=None, metadata=_opt(
         "training steps of every run (default: the recipe's, lowered to fit --minutes)", type=int))
     sizes: list[int] | None = field(default=None, metadata=_opt(
@@ -52,7 +53,18 @@ class StudyOptions:
                                                       *laptop().seg_tasks],
                              metadata=_opt("SSL-vs-random tasks (comma-separated)", type=_list))
     continual_tasks: list[str] = field(default_factory=lambda: [*laptop().cxr_tasks, *laptop().seg_tasks])
-    scaling_tasks: list[str] = field(default_factory=lambda: list(laptop().cxr_tasks))
+    scaling_tasks: list[str] = field(default_factory=lambda: list(laptop().scaling_tasks))
+    curve_tasks: list[str] = field(default_factory=lambda: list(laptop().curve_tasks))
+    arms: list[str] = field(default_factory=lambda: list(ARMS), metadata=_opt(
+        "which arms to run (comma-separated, default all): ssl (one longer run on the whole pool, its learning "
+        "curve, SSL vs its initial weights), scaling (the sweep), continual, curated (curated vs random subset)",
+        type=_list))
+    curve_points: int | None = field(default=None, metadata=_opt(
+        "learning-curve checkpoints of the SSL run after step 0 (default: configs/study/laptop.yaml budget)",
+        type=int))
+    eval_split: str = field(default="test", metadata=_opt(
+        "the split every evaluation scores: test (the study), or val for decisions such as the budget pilot "
+        "(test images are then not read)", choices=("test", "val")))
     resolution: int = field(default=112, metadata=_opt("eval input size (default 112; 518 is slow on CPU)", type=int))
     bootstrap: int = field(default=1000, metadata=_opt("bootstrap resamples of every CI (default 1000)", type=int))
     seg_steps: int = 300
@@ -99,4 +111,9 @@ def options_from_args(args: argparse.Namespace) -> StudyOptions:
     given["overrides"] = [*kw.get("overrides", []), *(args.overrides or [])]
     opts = StudyOptions(**{**kw, **given, "out": Path(args.out)})
     opts.out, opts.data_root, opts.config = (Path(p).absolute() for p in (opts.out, opts.data_root, opts.config))
+    unknown = [a for a in opts.arms if a not in ARMS]
+    if unknown or not opts.arms:
+        raise ValueError(f"--arms {','.join(opts.arms)}: give some of {', '.join(ARMS)}")
+    if "curated" in opts.arms and "scaling" not in opts.arms:
+        raise ValueError("--arms curated compares with the sweep's random subset of the same size: add scaling")
     return opts

@@ -30,12 +30,25 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """How the training time is split between the arms (chosen on validation: see the YAML)."""
+
+    ssl_steps_factor: float = MISSING  # the SSL run's steps = this x every other run's
+    curve_points: int = MISSING  # learning-curve checkpoints of the SSL run after step 0 (evenly spaced)
+    why: str = ""  # the evidence the split rests on (said in every report)
+
+
+@dataclass(frozen=True)
 class StudySettings:
     cxr_tasks: list[str] = field(default_factory=list)
     seg_tasks: list[str] = field(default_factory=list)
     other_tasks: list[str] = field(default_factory=list)
+    scaling_tasks: list[str] = field(default_factory=list)
+    curve_tasks: list[str] = field(default_factory=list)
     diversity: dict[str, list[str]] = field(default_factory=dict)
+    scaling_pool: str = MISSING  # the group whose pool (after holding out) bounds the sweep's sizes
     stage1: list[str] = field(default_factory=list)
+    budget: Budget = field(default_factory=Budget)
     timings: Timings = field(default_factory=Timings)
     quick: dict[str, Any] = field(default_factory=dict)  # StudyOptions field -> value (checked there)
 

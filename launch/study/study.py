@@ -36,12 +36,14 @@ from launch.study.settings import laptop
 
 @dataclass(frozen=True)
 class Pretrained:
-    """The run folders `pretrain` leaves: what the evaluation and the report read."""
+    """The run folders `pretrain` leaves: what the evaluation and the report read (None: arm not run)."""
 
     sweep: list[Path]  # the sweep's runs
-    ssl: Path  # the sweep's `all` run at the largest size
-    stage2: Path  # continual stage 2, initialised from stage 1
-    scratch: Path  # stage 2's twin from scratch (the sweep's cxr run at the largest size, or its own run)
+    ssl: Path | None  # the SSL arm's run on the whole pool (its exports give the learning curve)
+    stage2: Path | None  # continual stage 2, initialised from stage 1
+    scratch: Path | None  # stage 2's twin from scratch
+    curated: Path | None  # trained on a curated subset ...
+    curated_twin: Path | None  # ... and the sweep's random subset of the same size it is compared with
     trained: list[Path]  # every run this study trained
 
 
@@ -60,19 +62,19 @@ def resolve_cluster(choice: str) -> tuple[str, str]:
     return ("slurm" if ok else "local"), why
 
 
-def common_overrides(opts: StudyOptions, steps: int, cluster: str, warmups: list[str] = ()) -> list[str]:
-    """Every run's overrides; `warmups` (see fitted_warmups) before the user's, which win."""
+def common_overrides(opts: StudyOptions, steps: int, cluster: str, extra: list[str] = ()) -> list[str]:
+    """Every run's overrides; `extra` (warm-ups fitted to `steps`, an arm's own) before the user's, which win."""
     from launch.study.study_runs import slurm_cpus
 
     cpus = slurm_cpus() if cluster == "slurm" else max(1, os.cpu_count() or 1)
     return [f"train.seed={opts.seed}", f"data.seed={opts.seed}", f"train.max_steps={steps}", "train.export_every=0",
             f"launch.cluster={cluster}", f"launch.cpus_per_task={cpus}", "launch.array_parallelism=1",
-            "launch.time_minutes=180", "launch.run_eval=false", *warmups, *opts.overrides]
+            "launch.time_minutes=180", "launch.run_eval=false", *extra, *opts.overrides]
 
 
 def eval_overrides(opts: StudyOptions, cache: Path) -> dict:
     return {"resolution": opts.resolution, "bootstrap": opts.bootstrap, "seg_steps": opts.seg_steps,
-            "cache_dir": str(cache), "device": "cpu"}
+            "cache_dir": str(cache), "device": "cpu", "split": opts.eval_split}
 
 
 def sweep_spec(opts: StudyOptions, data: dict, sizes: list[int], overrides: list[str]):
@@ -88,12 +90,22 @@ def sweep_spec(opts: StudyOptions, data: dict, sizes: list[int], overrides: list
                 f"eval.max_samples={'null' if opts.max_samples is None else opts.max_samples}"]
     spec = {"name": f"laptop_study_seed{opts.seed}", "base": str(Path(opts.config).resolve()),
             "output_dir": str(opts.out / "sweep"),
-            "sources": {g: v["path"] for g, v in data["groups"].items()},
+            "sources": {g: _source(data, g) for g in data["groups"]},
             "diversity": laptop().diversity, "sizes": sizes, "overrides": run_over,
             "report": {"metric": _sweep_metric(opts), "form": "power"}}
     path = opts.out / "sweep.yaml"
     path.write_text(OmegaConf.to_yaml(OmegaConf.create(spec)))
     return load_sweep(path)
+
+
+def _source(data: dict, group: str) -> dict:
+    """A group's shard set, filtered by the held-out near-duplicate selection when there is one."""
+    return {"path": data["groups"][group]["path"],
+            **({"selection": data["heldout_selection"]} if data.get("heldout_selection") else {})}
+
+
+def _sources(data: dict, groups: list[str]) -> list[dict]:
+    return [{"name": g, **_source(data, g)} for g in groups]
 
 
 def _sweep_metric(opts: StudyOptions) -> str:
@@ -115,19 +127,17 @@ def run_study(opts: StudyOptions) -> dict:
     print_plan(p, opts, pool, cluster, why)
     log(t0, "data: building shard sets")
     data = study_data.prepare(opts.data_root, opts.out / "data", hold, opts.shard_size, opts.images_per_group)
+    log(t0, "data: dropping near-duplicates of the test images (dinotrain curate --against)")
+    data.update(study_data.near_duplicate_holdout(data, _all_tasks(opts), opts.data_root, opts.out / "data"))
     previous = _previous_study(opts)
-    runs = pretrain(opts, p, data, common_overrides(opts, p.steps, cluster, p.warmups), cluster, t0)
+    runs = pretrain(opts, p, data, cluster, t0)
     if opts.reevaluate:
         reevaluate_runs(runs.trained, eval_overrides(opts, opts.out / "cache"), t0)
-    from launch.sweeps.report import write_report
+    if runs.sweep:
+        from launch.sweeps.report import write_report
 
-    write_report(opts.out / "sweep", metric=_sweep_metric(opts))  # `dinotrain sweep report`'s own table and plot
-
-    log(t0, "eval: SSL vs the same network at its initial weights")
-    from dinotrain.train.initial import save_initial_teacher
-
-    random_dir = save_initial_teacher(load_config(config_path(runs.ssl)), opts.out / "models" / "random_init")
-    results = evaluate(opts, runs.ssl, random_dir, runs.stage2, runs.scratch, t0)
+        write_report(opts.out / "sweep", metric=_sweep_metric(opts))  # `dinotrain sweep report`'s own table and plot
+    results = evaluate(opts, p, runs, t0)
     log(t0, "report")
     minutes = (time.time() - t0) / 60
     study = study_report.assemble(opts, p, data, results, runs.sweep, cluster,
@@ -140,6 +150,10 @@ def run_study(opts: StudyOptions) -> dict:
     study_report.render(opts.out, ablation=Path(opts.config).with_suffix(".ablation.md"))
     log(t0, f"done: {opts.out / 'report.md'}")
     return study
+
+
+def _all_tasks(opts: StudyOptions) -> list[str]:
+    return sorted(set(opts.tasks + opts.continual_tasks + opts.scaling_tasks + opts.curve_tasks))
 
 
 def _previous_study(opts: StudyOptions) -> dict | None:
@@ -172,9 +186,10 @@ def require_trained(opts: StudyOptions, spec) -> None:
     from launch.sweeps.sweep import expand
     from launch.sweeps.sweep import run_config as sweep_run_config
 
-    dirs = [Path(sweep_run_config(spec, r).output_dir) for r in expand(spec)]
-    dirs += [opts.out / "runs" / n for n in ("stage1", "stage2_from_stage1")]
-    dirs += [d for d in [opts.out / "runs" / "stage2_from_scratch"] if d.is_dir()]
+    dirs = [Path(sweep_run_config(spec, r).output_dir) for r in expand(spec)] if spec is not None else []
+    names = {"ssl": ["ssl"], "continual": ["stage1", "stage2_from_stage1", "stage2_from_scratch"],
+             "curated": [d.name for d in (opts.out / "runs").glob("curated-n*")] or ["curated-n?"]}
+    dirs += [opts.out / "runs" / n for arm, ns in names.items() if arm in opts.arms for n in ns]
     states = {d: run_status.run_state(d, None).state for d in dirs}
     missing = [f"{d.name} ({s})" for d, s in states.items() if s != State.DONE]
     if missing:
@@ -184,79 +199,137 @@ def require_trained(opts: StudyOptions, spec) -> None:
 
 
 def _pool(opts: StudyOptions):
-    """The held-out set, the pretraining images per group, and the images the evaluation reads."""
+    """The held-out set, the pretraining images per group, and the images each evaluation reads."""
     from launch.study import study_data
 
-    hold = study_data.held_out(sorted(set(opts.tasks + opts.continual_tasks + opts.scaling_tasks)),
-                               opts.data_root, opts.max_samples)
+    hold = study_data.held_out(_all_tasks(opts), opts.data_root, opts.max_samples)
     pool = {g: len(study_data.group_listing(g, opts.data_root, hold, opts.images_per_group))
             for g in study_data.GROUPS}
-    eval_images = {"all": sum(pool.values()) + len(hold.images), "cxr": pool["cxr"] + len(hold.images) // 2}
+    count = lambda tasks: study_data.task_images(tasks, opts.data_root, opts.max_samples)  # noqa: E731
+    eval_images = {"all": count(opts.tasks), "curve": count(opts.curve_tasks),
+                   "scaling": count(opts.scaling_tasks), "continual": count(opts.continual_tasks)}
     return hold, pool, eval_images
 
 
-def pretrain(opts: StudyOptions, p: StudyPlan, data: dict, over: list[str], cluster: str, t0: float) -> Pretrained:
-    """The sweep, then continual stages 1 and 2; returns the run folders the evaluation needs."""
-    from dinotrain.config import load_config
+def pretrain(opts: StudyOptions, p: StudyPlan, data: dict, cluster: str, t0: float) -> Pretrained:
+    """The arms' runs (sweep, SSL, continual stages, curated); returns the folders the evaluation needs.
+    Locally one run trains at a time (the local executor has no queue); on SLURM they queue together."""
     from launch.study import study_runs
-    from launch.sweeps.sweep import expand
+    from launch.study.study_data import GROUPS
 
     echo = study_runs.LogEcho()
-    log(t0, f"pretrain: sweep {p.sizes} x {list(laptop().diversity)} ({cluster})")
-    spec = sweep_spec(opts, data, p.sizes, over)
+    over = common_overrides(opts, p.steps, cluster, p.warmups)
+    pending: list[Path] = []
+
+    def go(cfg) -> Path:
+        d = study_runs.submit(cfg, echo)
+        if cluster == "slurm":
+            pending.append(d)
+        else:
+            study_runs.wait_done([d], echo)
+        return d
+
+    sweep_dirs: list[Path] = []
+    spec = sweep_spec(opts, data, p.sizes, over) if "scaling" in opts.arms else None
     if opts.reevaluate:
         require_trained(opts, spec)
-    sweep_dirs = study_runs.submit_sweep(spec, cluster, echo)
-    largest = max(p.sizes)
-    ssl_dir, scratch_dir = (opts.out / "sweep" / "runs" / f"{d}-n{largest}" for d in ("all", "cxr"))
-    stage1 = study_runs.run_config(str(opts.config), over, [{"name": g, "path": data["groups"][g]["path"]}
-                                                            for g in laptop().stage1], opts.out / "runs" / "stage1")
-    log(t0, "pretrain: continual stage 1 on " + "+".join(laptop().stage1))
-    s1 = study_runs.submit(stage1, echo)
-    study_runs.wait_done([s1], echo)
-    export = export_dir(s1, None)
-    cxr_run = next(r for r in expand(spec) if r.name == f"cxr-n{largest}")
-    cxr_sources = [{k: v for k, v in s.items() if k in ("name", "path", "max_samples")} for s in cxr_run.sources]
-    stage2 = study_runs.run_config(str(opts.config), [*over, f"model.pretrained={export / 'dinov2.safetensors'}",
-                                                      f"model.pretrained_head={export / 'dino_head.safetensors'}"],
-                                   cxr_sources, opts.out / "runs" / "stage2_from_stage1")
-    log(t0, "pretrain: continual stage 2 on cxr from stage 1")
-    s2 = study_runs.submit(stage2, echo)
-    study_runs.wait_done([*sweep_dirs, s2], echo)
-    trained = [*sweep_dirs, s1, s2]
-    if study_runs.training_part(load_config(config_path(scratch_dir))) != study_runs.training_part(_without_init(stage2)):
-        log(t0, "pretrain: the sweep's cxr run differs from stage 2 beyond its init: a separate from-scratch run")
-        scratch = study_runs.run_config(str(opts.config), over, cxr_sources, opts.out / "runs" / "stage2_from_scratch")
-        scratch_dir = study_runs.submit(scratch, echo)
-        study_runs.wait_done([scratch_dir], echo)
-        trained.append(scratch_dir)
-    return Pretrained(sweep=sweep_dirs, ssl=ssl_dir, stage2=s2, scratch=scratch_dir, trained=trained)
+    if spec is not None:
+        log(t0, f"pretrain: sweep {p.sizes} x {list(laptop().diversity)} ({cluster})")
+        sweep_dirs = study_runs.submit_sweep(spec, cluster, echo)
+        pending += sweep_dirs if cluster == "slurm" else []
+    runs = opts.out / "runs"
+    ssl = stage2 = scratch = curated = twin = None
+    if "ssl" in opts.arms:
+        every = p.curve_steps[1] if len(p.curve_steps) > 1 else p.ssl_steps
+        log(t0, f"pretrain: the SSL run, {p.ssl_steps} steps on the whole pool, exported every {every}")
+        ssl_over = common_overrides(opts, p.ssl_steps, cluster,
+                                    [*p.ssl_warmups, f"train.export_every={every}"])
+        ssl = go(study_runs.run_config(str(opts.config), ssl_over, _sources(data, list(GROUPS)), runs / "ssl"))
+    if "continual" in opts.arms:
+        log(t0, "pretrain: continual stage 1 on " + "+".join(laptop().stage1))
+        s1 = study_runs.submit(study_runs.run_config(str(opts.config), over, _sources(data, laptop().stage1),
+                                                     runs / "stage1"), echo)
+        study_runs.wait_done([s1], echo)  # stage 2 starts from its export
+        export = export_dir(s1, None)
+        cxr = _sources(data, ["cxr"])
+        log(t0, "pretrain: continual stage 2 on cxr, from stage 1 and from scratch")
+        stage2 = go(study_runs.run_config(str(opts.config), [*over, f"model.pretrained={export / 'dinov2.safetensors'}",
+                                                             f"model.pretrained_head={export / 'dino_head.safetensors'}"],
+                                          cxr, runs / "stage2_from_stage1"))
+        scratch = go(study_runs.run_config(str(opts.config), over, cxr, runs / "stage2_from_scratch"))
+        pending.insert(0, s1)
+    if "curated" in opts.arms:
+        size = curated_size(p.sizes)
+        log(t0, f"pretrain: curated subset of {size} (dinotrain curate --target {size}) vs the sweep's random one")
+        sel = curate_subset(opts, data, size)
+        sources = [{**src, "selection": str(sel)} for src in _sources(data, laptop().diversity["all"])]
+        curated = go(study_runs.run_config(str(opts.config), over, sources, runs / f"curated-n{size}"))
+        twin = opts.out / "sweep" / "runs" / f"all-n{size}"
+    study_runs.wait_done(pending, echo)
+    trained = [*sweep_dirs, *(d for d in (ssl, *pending, stage2, scratch, curated) if d is not None)]
+    trained = list(dict.fromkeys(trained))
+    return Pretrained(sweep=sweep_dirs, ssl=ssl, stage2=stage2, scratch=scratch, curated=curated,
+                      curated_twin=twin, trained=trained)
 
 
-def _without_init(cfg):
-    """Stage 2's config as it would be without the stage-1 initialisation."""
-    from omegaconf import OmegaConf
-
-    c = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    c.model.pretrained = None
-    c.model.pretrained_head = None
-    return c
+def curated_size(sizes: list[int]) -> int:
+    """The curated arm's size: the sweep's middle size (its `all` run there is the random twin)."""
+    return sorted(sizes)[len(sizes) // 2]
 
 
-def evaluate(opts: StudyOptions, ssl_dir: Path, random_dir: Path, stage2: Path, scratch: Path, t0: float) -> dict:
+def curate_subset(opts: StudyOptions, data: dict, size: int) -> Path:
+    """`dinotrain curate --target SIZE` over the `all` groups' shards (near-duplicates of the test
+    images and of each other dropped first): OUT/curate/selection.json."""
+    from dinotrain.curate.run import CurateOptions
+    from dinotrain.curate.run import run as curate
+
+    out = opts.out / "curate"
+    if not (out / "selection.json").is_file():
+        roots = [data["groups"][g]["path"] for g in laptop().diversity["all"]]
+        curate(CurateOptions(shards=roots, out=str(out), against=_all_tasks(opts), data=str(opts.data_root),
+                             target=size, seed=opts.seed, threads=max(1, os.cpu_count() or 1)),
+               command=f"dinotrain study (curated arm, seed {opts.seed})", log=lambda line: print(f"  {line}", file=sys.stderr))
+    return out / "selection.json"
+
+
+def evaluate(opts: StudyOptions, p: StudyPlan, runs: Pretrained, t0: float) -> dict:
+    """The arms' comparisons, each with paired bootstrap CIs: SSL vs its initial weights (all tasks),
+    the learning curve (every checkpoint vs step 0, and the last vs the one before), continual stage 2
+    from stage 1 vs from scratch, curated vs random subset."""
+    from dinotrain.config import load_config
     from dinotrain.eval.run import evaluate_models
+    from dinotrain.train.initial import save_initial_teacher
 
     ev = eval_overrides(opts, opts.out / "cache")
     common = dict(data_root=str(opts.data_root), max_samples=opts.max_samples, **ev)
     # torch.distributed.checkpoint says it loads a run's checkpoint in one process: it does, on purpose
     warnings.filterwarnings("ignore", message=r"torch.distributed is disabled")
-    ssl = evaluate_models([str(ssl_dir), str(random_dir)], opts.tasks, out=opts.out / "eval" / "ssl_vs_random",
-                          compare_to=str(random_dir), **common)
-    log(t0, "eval: continual, stage 2 from stage 1 vs from scratch")
-    cont = evaluate_models([str(stage2), str(scratch)], opts.continual_tasks, out=opts.out / "eval" / "continual",
-                           compare_to=str(scratch), **common)
-    return {"ssl": ssl, "continual": cont, "ssl_dir": str(ssl_dir), "random_dir": str(random_dir),
-            "stage2_dir": str(stage2), "scratch_dir": str(scratch)}
+    out: dict = {"models": {}}
+    if runs.ssl is not None:
+        log(t0, "eval: SSL vs the same network at its initial weights")
+        random_dir = save_initial_teacher(load_config(config_path(runs.ssl)), opts.out / "models" / "random_init")
+        out["ssl"] = evaluate_models([str(runs.ssl), str(random_dir)], opts.tasks, out=opts.out / "eval" / "ssl_vs_random",
+                                     compare_to=str(random_dir), **common)
+        out["models"].update(ssl_dir=str(runs.ssl), random_dir=str(random_dir))
+        log(t0, f"eval: learning curve at steps {', '.join(map(str, p.curve_steps))}")
+        points = [str(random_dir) if s == 0 else str(export_dir(runs.ssl, s)) for s in p.curve_steps]
+        out["curve"] = evaluate_models(points, opts.curve_tasks, out=opts.out / "eval" / "curve",
+                                       compare_to=points[0], **common)
+        out["curve_models"] = dict(zip(points, p.curve_steps))
+        if len(points) > 2:
+            out["curve_last"] = evaluate_models(points[-2:], opts.curve_tasks, out=opts.out / "eval" / "curve_last",
+                                                compare_to=points[-2], with_plot=False, **common)
+    if runs.stage2 is not None:
+        log(t0, "eval: continual, stage 2 from stage 1 vs from scratch")
+        out["continual"] = evaluate_models([str(runs.stage2), str(runs.scratch)], opts.continual_tasks,
+                                           out=opts.out / "eval" / "continual", compare_to=str(runs.scratch), **common)
+        out["models"].update(stage2_dir=str(runs.stage2), scratch_dir=str(runs.scratch))
+    if runs.curated is not None:
+        log(t0, "eval: curated vs random subset of the same size")
+        out["curated"] = evaluate_models([str(runs.curated), str(runs.curated_twin)], opts.scaling_tasks,
+                                         out=opts.out / "eval" / "curated", compare_to=str(runs.curated_twin), **common)
+        out["models"].update(curated_dir=str(runs.curated), curated_twin_dir=str(runs.curated_twin))
+    return out
 
 
 # ----------------------------------------------------------------------------- CLI

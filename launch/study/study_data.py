@@ -23,12 +23,12 @@ from pathlib import Path
 # group -> [(dataset folder, {column: allowed values} or None)]
 GROUPS: dict[str, list[tuple[str, dict[str, list[str]] | None]]] = {
     "cxr": [("jsrt", None), ("covid_cxr", {"modality": ["X-ray"]})],
-    "derm": [("ham10000_derm", None)],
+    "derm": [("ham10000_large", None)],  # every lesion's image (ham10000_derm's 690 are among them)
     "us": [("busi_ultrasound", None)],
-    "mri": [("brain_mri", None)],
+    "mri": [("brain_mri_large", None)],  # all 3,264 slices (brain_mri is its Testing part)
     "ct": [("covid_cxr", {"modality": ["CT"]})],
 }
-PATIENT_COLUMNS = ("patient_id", "lesion_id")  # what the built-in specs group by, per dataset
+PATIENT_COLUMNS = ("patient_id", "lesion_id", "group_id")  # what the built-in specs group by, per dataset
 LISTING_COLUMNS = ("path", "dataset", "modality", "patient_id", "age", "sex", "view")
 
 
@@ -181,3 +181,38 @@ def prepare(data_root: str | Path, out: Path, hold: HeldOut, size: int, limit: i
                                    "datasets": sorted({r["dataset"] for r in rows}),
                                    "held_out_images_found": len(leaked)}
     return record
+
+
+def task_images(tasks: list[str], data_root: str | Path, max_samples: int | None) -> int:
+    """Distinct images the evaluation of `tasks` reads (the plan's eval time)."""
+    from dinotrain.eval.specs import load_spec, load_task
+
+    keys: set[str] = set()
+    for name in tasks:
+        keys.update(load_task(load_spec(name), data_root, max_samples).keys)
+    return len(keys)
+
+
+def near_duplicate_holdout(data: dict, tasks: list[str], data_root: str | Path, out: Path) -> dict:
+    """Pool samples that near-duplicate a test image of `tasks` (`dinotrain curate --against`'s
+    rule: its pixel embedding and calibrated threshold), as a selection every run's sources carry:
+    the group ids catch the near-duplicates the datasets name, this catches the ones they do not.
+    Only those samples are dropped (no deduplication within the pool: that is the curated arm's).
+    Returns the record kept in study.json's `data`."""
+    from dinotrain.curate.embed import embed_set, make_encoder
+    from dinotrain.curate.run import CurateOptions, Pool, cache_for, drop_against, selection_doc, threshold_of
+
+    roots = [data["groups"][g]["path"] for g in data["groups"]]
+    opts = CurateOptions(shards=roots, out=str(out), against=list(tasks), data=str(data_root))
+    encoder = make_encoder(opts.encoder, opts.resolution, opts.threads, opts.device)
+    quiet = lambda _line: None  # noqa: E731 (the study prints one line for the whole step)
+    pool = Pool.of([embed_set(r, encoder, cache_for(r, opts), quiet) for r in roots])
+    drops, per_task = drop_against(pool, opts.against, encoder, opts, threshold_of(opts), quiet)
+    path = out / "heldout_selection.json"
+    path.write_text(json.dumps(selection_doc(pool, drops, "dinotrain study (held-out near-duplicates)")) + "\n")
+    by_group = {g: 0 for g in data["groups"]}
+    for i in drops:
+        by_group[list(data["groups"])[int(pool.set_of[i])]] += 1
+    return {"heldout_selection": str(path), "near_duplicates": {
+        "encoder": encoder.id, "threshold": threshold_of(opts), "dropped": len(drops), "per_group": by_group,
+        "per_task": {t: int(n) for t, n in per_task.items()}}}

@@ -44,21 +44,36 @@ def _scaling_table(rows: list[dict]) -> list[str]:
 def _claims(c: dict) -> list[str]:
     s, k, sc = c["ssl_beats_random"], c["continual_beats_scratch"], c["scaling"]
     yes = {True: "**holds**", False: "**does not hold**"}
-    return [
-        f"- SSL beats random init (target: CI of SSL − random above 0 on >= 6 image-level tasks incl. a sex and an "
-        f"age task, and a higher Dice on a segmentation task): {yes[s['holds']]}. CI above 0 on "
-        f"{len(s['image_tasks_ci_above_zero'])} of {s['n_image_tasks']} image-level tasks "
-        f"({', '.join(s['image_tasks_ci_above_zero']) or 'none'}); sex task: {s['sex_task']}, age task: "
-        f"{s['age_task']}; higher Dice on: {', '.join(s['segmentation_higher_dice']) or 'none'} "
-        f"(CI above 0 on: {', '.join(s['segmentation_ci_above_zero']) or 'none'}).",
-        f"- Continual pretraining beats stage 2 from scratch on the CXR tasks: {yes[k['holds']]}. CI above 0 on "
-        f"{', '.join(k['ci_above_zero']) or 'none'}; CI below 0 on {', '.join(k['ci_below_zero']) or 'none'}; "
-        f"mean difference {_f(k['mean_delta'])} over {k['n_tasks']} tasks.",
-        "- More data helps (largest sweep size beats the smallest on the CXR probes; needs most (diversity, "
-        f"task) pairs better, one with the CIs apart, none worse with the CIs apart): {yes[sc['holds']]}: "
-        f"{sc['n_largest_better']} of {sc['n_pairs']} (diversity, task) pairs; with separated CIs: "
-        f"{sum(p['cis_separate'] for p in sc['pairs'])}.",
-    ]
+    out = []
+    if s["n_image_tasks"]:
+        out.append(
+            f"- SSL beats random init (target: CI of SSL − random above 0 on >= 6 image-level tasks incl. a sex and an "
+            f"age task, and a higher Dice on a segmentation task): {yes[s['holds']]}. CI above 0 on "
+            f"{len(s['image_tasks_ci_above_zero'])} of {s['n_image_tasks']} image-level tasks "
+            f"({', '.join(s['image_tasks_ci_above_zero']) or 'none'}); sex task: {s['sex_task']}, age task: "
+            f"{s['age_task']}; higher Dice on: {', '.join(s['segmentation_higher_dice']) or 'none'} "
+            f"(CI above 0 on: {', '.join(s['segmentation_ci_above_zero']) or 'none'}).")
+    if k["n_tasks"]:
+        out.append(
+            f"- Continual pretraining beats stage 2 from scratch on the CXR tasks: {yes[k['holds']]}. CI above 0 on "
+            f"{', '.join(k['ci_above_zero']) or 'none'}; CI below 0 on {', '.join(k['ci_below_zero']) or 'none'}; "
+            f"mean difference {_f(k['mean_delta'])} over {k['n_tasks']} tasks.")
+    if sc["n_pairs"]:
+        out.append(
+            "- More data helps (largest sweep size beats the smallest on the scaling tasks; needs most (diversity, "
+            f"task) pairs better, one with the CIs apart, none worse with the CIs apart): {yes[sc['holds']]}: "
+            f"{sc['n_largest_better']} of {sc['n_pairs']} (diversity, task) pairs; with separated CIs: "
+            f"{sum(p['cis_separate'] for p in sc['pairs'])}.")
+    cu = c.get("curated_beats_random") or {}
+    if cu.get("n_tasks"):
+        out.append(f"- A curated subset beats a random one of the same size: {yes[cu['holds']]}. CI above 0 on "
+                   f"{', '.join(cu['ci_above_zero']) or 'none'}; CI below 0 on {', '.join(cu['ci_below_zero']) or 'none'} "
+                   f"({cu['n_tasks']} tasks).")
+    r = c.get("still_rising") or {}
+    if r.get("n_tasks"):
+        out.append(f"- The SSL run is still improving at its last step (last − previous checkpoint, CI above 0): on "
+                   f"{len(r['rising'])} of {r['n_tasks']} learning-curve tasks ({', '.join(r['rising']) or 'none'}).")
+    return out
 
 
 def _runs_table(runs: dict[str, dict]) -> list[str]:
@@ -99,7 +114,15 @@ def limits(study: dict) -> list[str]:
         lines.append(f"- **A strong baseline.** The random-init features (the recipe's initial weights) with a linear "
                      f"probe already reach AUROC {_span(auroc)} on the classification tasks, so pretraining has to "
                      "add on top of that, not on top of chance.")
-    if plan.get("batch"):
+    if plan.get("batch") and plan.get("ssl_steps"):
+        drawn = plan["ssl_steps"] * plan["batch"]
+        pool = sum(g["images"] for g in study["data"]["groups"].values())
+        lines.append(f"- **Compute.** The SSL run takes {plan['ssl_steps']} steps of batch {plan['batch']}: {drawn:,} "
+                     f"images drawn, {drawn / max(1, pool):.1f} passes over its pool ({pool:,} images); every other "
+                     f"run {plan['steps']} steps ({plan['steps'] * plan['batch']:,} images drawn, "
+                     f"{plan['steps'] * plan['batch'] / max(plan['sizes']):.1f} passes over the sweep's largest set of "
+                     f"{max(plan['sizes']):,}); the whole study {study['minutes']:.0f} min on this machine.")
+    elif plan.get("batch"):
         drawn = plan["steps"] * plan["batch"]
         lines.append(f"- **Compute.** Every run takes {plan['steps']} steps of batch {plan['batch']}: {drawn:,} images "
                      f"drawn, {drawn / max(plan['sizes']):.1f} passes over the largest set ({max(plan['sizes'])} "
@@ -170,7 +193,10 @@ def seeds_table(seeds: dict) -> list[str]:
     """One row per task: the difference and its CI for every seed, and whether all CIs are above 0."""
     ss = seeds["seeds"]
     out = []
-    for section, title in (("tasks", "SSL − random"), ("continual", "from stage 1 − from scratch")):
+    for section, title in (("tasks", "SSL − random"), ("continual", "from stage 1 − from scratch"),
+                           ("curated", "curated − random subset")):
+        if not seeds.get(section):
+            continue
         out += [f"### {title}", "", "| task | metric | " + " | ".join(f"seed {s}" for s in ss) + " | CI > 0 in all |",
                 "|---|---|" + "---|" * len(ss) + "---|"]
         for task, row in seeds[section].items():
@@ -178,7 +204,7 @@ def seeds_table(seeds: dict) -> list[str]:
                      f"{_f(c['delta'])}{_ci(c['delta_ci'])}" if c else "–" for c in row["per_seed"]]
             out.append(f"| {task} | {row['metric']} | " + " | ".join(cells) + f" | {_yes(row['all_above_zero'])} |")
         out.append("")
-    if any(c and c.get("both_at_mean") for sec in ("tasks", "continual") for r in seeds[sec].values()
+    if any(c and c.get("both_at_mean") for sec in ("tasks", "continual") for r in seeds.get(sec, {}).values()
            for c in r["per_seed"]):
         out += ["\"both: training mean\": the age probe's cross-validation (train + val) chose to predict the "
                 "training mean for both models, so the difference is 0 by construction.", ""]
@@ -186,11 +212,14 @@ def seeds_table(seeds: dict) -> list[str]:
             "|---|" + "---|" * len(ss)]
     for claim, vals in seeds["claims"].items():
         out.append(f"| {claim} | " + " | ".join(_yes(v) for v in vals) + " |")
+    if seeds.get("still_rising"):
+        out.append("| SSL still rising at its last step on | "
+                   + " | ".join(", ".join(r) or "none" for r in seeds["still_rising"]) + " |")
     return out + [""]
 
 
 def _scratch(study: dict) -> str:
-    scratch = Path(study["models"]["scratch_dir"])
+    scratch = Path(study["models"].get("scratch_dir") or "stage2_from_scratch")
     if "sweep" in scratch.parts:
         return f"the sweep's `{scratch.name}` run (identical stage-2 budget and data)"
     return f"`{scratch.name}`, stage 2's config without the initialisation (same budget and data)"
@@ -200,13 +229,122 @@ _PROBES = {"linear": "linear probe", "knn": "kNN", "ridge": "ridge regression", 
 
 
 def _headline_metrics(study: dict) -> str:
-    used = dict.fromkeys(v["metric"] for v in [*study["tasks"].values(), *study["continual"].values()])
+    used = dict.fromkeys(v["metric"] for v in [*study["tasks"].values(), *study["continual"].values(),
+                                                  *study.get("curated", {}).values()])
     return ", ".join(f"`{m}` ({_PROBES.get(m.split('/')[0], m.split('/')[0])})" for m in used)
 
 
-def report(study: dict, ablation: str | None, seeds: dict | None) -> str:
+def _curve_table(curve: dict[str, dict]) -> list[str]:
+    steps = sorted({p["step"] for v in curve.values() for p in v["points"]})
+    lines = ["| task | metric | n test | " + " | ".join(f"step {s}" for s in steps)
+             + " | last − previous checkpoint [95% paired CI] | at the end |",
+             "|---|---|---:|" + "---|" * len(steps) + "---|---|"]
+    for task, v in curve.items():
+        by = {p["step"]: p for p in v["points"]}
+        cells = [f"{_f(by[s]['value'])}{_ci(by[s]['ci'])}" if s in by else "–" for s in steps]
+        last = v.get("last_step") or {}
+        lines.append(f"| {task} | {v['metric']} | {v['points'][0]['n_test']} | " + " | ".join(cells)
+                     + f" | {_f(last.get('delta'))}{_ci(last.get('delta_ci'))} | {last.get('verdict', '–')} |")
+    return lines
+
+
+def _curve_words(study: dict) -> list[str]:
+    """What the curve says about the steps the claims need, computed from it."""
+    r = study["claims"].get("still_rising", {})
+    if not r.get("n_tasks"):
+        return []
+    plan = study["plan"]
+    out = [f"At the end ({plan['ssl_steps']} steps) the last checkpoint beats the one before with a CI above 0 on "
+           f"{len(r['rising'])} of {r['n_tasks']} tasks ({', '.join(r['rising']) or 'none'}); flat on "
+           f"{', '.join(r['flat']) or 'none'}; falling on {', '.join(r['falling']) or 'none'}."]
+    if r["rising"]:
+        out.append("Still rising: more steps would still pay on those tasks; the curve gives no sign of where it "
+                   "flattens, so the steps the claims need are more than this run had.")
+    else:
+        out.append("No task still rises with a CI above 0 over the last interval: at this batch and resolution, "
+                   "more steps of this recipe are not where the claims' missing evidence comes from.")
+    need = []
+    for task, v in study["curve"].items():
+        n = v.get("more_steps_to_clear")
+        if n == 0:
+            need.append(f"{task}: its CI of the difference from step 0 already clears 0")
+        elif n is not None:
+            need.append(f"{task}: ~{n:,} more steps at the last interval's rate")
+        elif v.get("last_step"):
+            need.append(f"{task}: no estimate (the last interval did not rise)")
+    if need:
+        out.append("Steps until the CI of (checkpoint − step 0) would clear 0, extrapolating the last interval "
+                   "linearly with the CI's width unchanged (a floor, not a forecast): " + "; ".join(need) + ".")
+    return out
+
+
+def _setup(study: dict) -> list[str]:
     data, ev, plan = study["data"], study["eval"], study["plan"]
     groups = ", ".join(f"{g} {v['images']} ({'+'.join(v['datasets'])})" for g, v in data["groups"].items())
+    arms = plan.get("arms") or ["ssl", "scaling", "continual"]
+    out = [f"- Recipe: `{Path(study['recipe']).name}` + study overrides `{' '.join(study['overrides']) or '(none)'}`; "
+           f"seed {study['seed']} (train.seed and data.seed); every run {plan['steps']} steps of batch "
+           f"{plan.get('batch')}" + (f", but the SSL run: {plan['ssl_steps']}" if plan.get("ssl_steps") else "") + ".",
+           f"- Pretraining shard sets (images after the hold-out): {groups}."]
+    if "ssl" in arms:
+        out.append(f"- SSL arm: one run on the whole pool, {plan.get('ssl_steps')} steps, exported at steps "
+                   f"{', '.join(map(str, plan.get('curve_steps', [])[1:]))}; random = the same network at the "
+                   "recipe's initial weights (same arch, LayerScale init and seed, built by the trainer and exported "
+                   "at step 0), which is also the learning curve's step 0.")
+    if "scaling" in arms:
+        out.append(f"- Data-scaling sweep: sizes {plan['sizes']} training images x diversity "
+                   + " and ".join(f"`{k}` = [{', '.join(v)}]" for k, v in study.get("diversity", {}).items())
+                   + " (same totals, split over the sources by their sizes).")
+    if "continual" in arms:
+        out.append("- Continual: stage 1 on derm + us + mri + ct, exported; stage 2 on cxr from its backbone and DINO "
+                   "head (`model.pretrained`, `model.pretrained_head`); from scratch = " + _scratch(study) + ".")
+    if "curated" in arms and study.get("models", {}).get("curated_dir"):
+        out.append(f"- Curated arm: `dinotrain curate --target` (near-duplicates dropped, then balanced k-means "
+                   f"sampling) over the `all` groups gives `{Path(study['models']['curated_dir']).name}`; it is "
+                   f"compared with the sweep's `{Path(study['models']['curated_twin_dir']).name}` (a random subset of "
+                   "the same size, same steps).")
+    split = "validation (test images not read)" if ev.get("split") == "val" else "test"
+    out.append(f"- Evaluation on the {split} split: frozen teacher features at {ev['resolution']} px (not 518: CPU); "
+               f"headline metric per task (probe/metric): {_headline_metrics(study)}; {ev['bootstrap']} bootstrap "
+               f"resamples; {ev['ci']}.")
+    return out
+
+
+def _budget(plan: dict) -> list[str]:
+    """How the training time was split between the arms, and why (the settings' note)."""
+    if not plan.get("ssl_steps"):
+        return []
+    batch = plan.get("batch") or 0
+    others = plan["runs"] - 1
+    lines = ["## Budget", "",
+             f"Training time: the SSL run {plan['ssl_steps']} steps ({plan['ssl_steps'] * batch:,} images drawn), "
+             f"each of the other {others} run(s) {plan['steps']} steps ({plan['steps'] * batch:,}); the SSL run holds "
+             f"{plan['ssl_steps'] / (plan['ssl_steps'] + others * plan['steps']):.0%} of all training steps."]
+    if plan.get("budget_why"):
+        lines += ["", plan["budget_why"].strip()]
+    return lines + [""]
+
+
+def _held_out(data: dict) -> list[str]:
+    nd = data.get("near_duplicates")
+    extra = ""
+    if nd:
+        extra = (f" Then every pool image that near-duplicates a test image under `dinotrain curate --against`'s rule "
+                 f"({nd['encoder']} embedding, cosine >= {nd['threshold']}) is dropped from every run's sources (a "
+                 f"selection file): {nd['dropped']} dropped (" + ", ".join(f"{g} {n}" for g, n in nd["per_group"].items())
+                 + ").")
+    return ["Every task below is loaded exactly as `dinotrain eval` loads it; the images of its `test` split, every "
+            "other image of the same patient, lesion or near-duplicate series (the task's group column), and every "
+            "copy of the same source file under another dataset folder are left out of every pretraining shard set. "
+            "Only the image files named in each dataset's metadata.csv are built (never mask files). The shards were "
+            "read back after building: held-out images found in them: "
+            f"{sum(g.get('held_out_images_found', 0) for g in data['groups'].values())}. Held out: "
+            f"{data['held_out_images']} test images and {data.get('held_out_group_images', 0)} images of their groups; "
+            "test images per task: " + ", ".join(f"{k} {v}" for k, v in data["held_out_per_task"].items()) + "." + extra]
+
+
+def report(study: dict, ablation: str | None, seeds: dict | None) -> str:
+    plan = study["plan"]
     reevaluated = study.get("reevaluated_minutes")
     lines = [
         f"# Laptop study: RAD-DINO pretraining on real medical images (seed {study['seed']})", "",
@@ -217,33 +355,29 @@ def report(study: dict, ablation: str | None, seeds: dict | None) -> str:
         + f"; runs launched with `launch.cluster={study['cluster']}`"
         + (f" ({study['cluster_reason']})" if study.get("cluster_reason") else "")
         + (" — **quick mode: a machinery check, the numbers mean nothing**" if study.get("quick") else "") + ".", "",
-        "## Setup", "",
-        f"- Recipe: `{Path(study['recipe']).name}` + study overrides `{' '.join(study['overrides']) or '(none)'}`; "
-        f"every run {plan['steps']} steps, seed {study['seed']} (train.seed and data.seed).",
-        f"- Pretraining shard sets (images after the hold-out): {groups}.",
-        f"- Data-scaling sweep: sizes {plan['sizes']} training images x diversity `cxr` = [cxr] and `all` = "
-        "[cxr, derm, us, mri, ct] (same totals, split over the sources by their sizes).",
-        "- Continual: stage 1 on derm + us + mri + ct, exported; stage 2 on cxr from its backbone and DINO head "
-        "(`model.pretrained`, `model.pretrained_head`); from scratch = " + _scratch(study) + ".",
-        "- SSL = the sweep's `all` run at the largest size; random = the same networks at the recipe's initial "
-        "weights (same arch, LayerScale init and seed, built by the trainer and exported at step 0).",
-        f"- Evaluation: frozen teacher features at {ev['resolution']} px (not 518: CPU); headline metric per task "
-        f"(probe/metric): {_headline_metrics(study)}; {ev['bootstrap']} bootstrap resamples; {ev['ci']}.", "",
-        "## Held-out policy", "",
-        "Every task below is loaded exactly as `dinotrain eval` loads it; the images of its `test` split, and "
-        "every other image of the same patient (the task's group column), are left out of every pretraining "
-        "shard set. Only the image files named in each dataset's metadata.csv are built (never mask files). "
-        "The shards were read back after building: held-out images found in them: "
-        f"{sum(g.get('held_out_images_found', 0) for g in data['groups'].values())}. Held out: "
-        f"{data['held_out_images']} test images; test images per task: "
-        + ", ".join(f"{k} {v}" for k, v in data["held_out_per_task"].items()) + ".", "",
-        "## SSL vs random initialisation", "", *_comparison_table(study["tasks"], "ssl", "random"), "",
-        "![ssl vs random](ssl_vs_random.png)", "",
-        "## Continual pretraining (stage 2 on CXR)", "",
-        *_comparison_table(study["continual"], "from_stage1", "from_scratch"), "", "![continual](continual.png)", "",
-        "## Data scaling", "", *_scaling_table(study["scaling"]), "",
-        "![scaling](scaling.png)  (a power law is drawn only through >= 3 sizes of positive values whose "
-        "smallest and largest sizes have CIs apart)", "",
+        "## Setup", "", *_setup(study), "", *_budget(plan),
+        "## Held-out policy", "", *_held_out(study["data"]), "",
+    ]
+    if study["tasks"]:
+        lines += ["## SSL vs random initialisation", "", *_comparison_table(study["tasks"], "ssl", "random"), "",
+                  "![ssl vs random](ssl_vs_random.png)", ""]
+    if study.get("curve"):
+        lines += ["## Learning curve of the SSL run", "",
+                  "Each checkpoint's teacher evaluated like the final one; step 0 is the random init above. "
+                  "The last column compares the last checkpoint with the one before on the same test items.", "",
+                  *_curve_table(study["curve"]), "", *_curve_words(study), "", "![learning curve](curve.png)", ""]
+    if study["continual"]:
+        lines += ["## Continual pretraining (stage 2 on CXR)", "",
+                  *_comparison_table(study["continual"], "from_stage1", "from_scratch"), "",
+                  "![continual](continual.png)", ""]
+    if study["scaling"]:
+        lines += ["## Data scaling", "", *_scaling_table(study["scaling"]), "",
+                  "![scaling](scaling.png)  (a power law is drawn only through >= 3 sizes of positive values whose "
+                  "smallest and largest sizes have CIs apart)", ""]
+    if study.get("curated"):
+        lines += ["## Curated vs random subset (same size, same steps)", "",
+                  *_comparison_table(study["curated"], "curated", "random_subset"), "", "![curated](curated.png)", ""]
+    lines += [
         "## Which claims hold (computed from the tables above)", "", *_claims(study["claims"]), "",
         "## What limited these numbers (computed from the study's own numbers)", "", *limits(study), "",
         "## Training runs", "", "Collapse indicators at the last logged step (entropy / max near 1: uniform "

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dinotrain.run_layout import RUN_RECORD, config_path, metrics_path
+from launch.study.settings import laptop
 from launch.sweeps.report import finite_or_none
 
 STUDY_KEYS = ("seed", "minutes", "tasks", "continual", "scaling")
@@ -90,21 +91,82 @@ def scaling_rows(sweep_dirs: list[Path], tasks: list[str]) -> list[dict]:
     return sorted(rows, key=lambda x: (x["task"], x["diversity"], x["images"]))
 
 
+def curve_rows(result: dict | None, last: dict | None, steps: dict[str, int], tasks: list[str]) -> dict[str, dict]:
+    """task -> the learning curve of its headline metric: per checkpoint the value, its CI and the
+    paired difference from step 0, and the last checkpoint minus the one before (paired CI) with the
+    verdict it supports: rising (CI above 0), falling (below), or flat (includes 0)."""
+    if not result:
+        return {}
+    records = {(r["model"], r["task"], f"{r['kind']}/{r['metric']}"): r for r in result["records"]}
+    paired = {(p["model"], p["task"], f"{p['kind']}/{p['metric']}"): p for p in result.get("paired") or []}
+    out = {}
+    for task in tasks:
+        metric = primary_metric(task)
+        points = []
+        for model, step in sorted(steps.items(), key=lambda kv: kv[1]):
+            r = records.get((model, task, metric))
+            if r is None:
+                continue
+            d = paired.get((model, task, metric))
+            points.append({"step": step, "value": r["value"], "ci": [finite_or_none(r["ci_low"]), finite_or_none(r["ci_high"])],
+                           "n_test": r["n"], **({"delta_from_step0": d["delta"],
+                                                 "delta_ci": [finite_or_none(d["ci_low"]), finite_or_none(d["ci_high"])]}
+                                                if d else {})})
+        if not points:
+            continue
+        row: dict[str, Any] = {"metric": metric, "points": points}
+        lp = next((p for p in (last or {}).get("paired") or [] if p["task"] == task
+                   and f"{p['kind']}/{p['metric']}" == metric), None)
+        if lp is not None:
+            ci = [finite_or_none(lp["ci_low"]), finite_or_none(lp["ci_high"])]
+            verdict = "rising" if (ci[0] or -1) > 0 else "falling" if (ci[1] if ci[1] is not None else 1) < 0 else "flat"
+            row["last_step"] = {"from": points[-2]["step"] if len(points) > 1 else None, "to": points[-1]["step"],
+                                "delta": lp["delta"], "delta_ci": ci, "verdict": verdict}
+            row["more_steps_to_clear"] = steps_to_clear(points, lp["delta"])
+        out[task] = row
+    return out
+
+
+def steps_to_clear(points: list[dict], last_delta: float) -> int | None:
+    """Steps beyond the last checkpoint until the paired CI of (checkpoint − step 0) would clear 0 if the
+    last interval's rate held and the CI kept its width: 0 when it already clears, None when the last
+    interval did not rise (a linear extrapolation: a floor on what the claim needs, not a forecast)."""
+    end = points[-1]
+    lo, hi = (end.get("delta_ci") or [None, None])
+    if lo is None or hi is None or len(points) < 2:
+        return None
+    if lo > 0:
+        return 0
+    interval = end["step"] - points[-2]["step"]
+    if last_delta is None or last_delta <= 0 or interval <= 0:
+        return None
+    return int(math.ceil(-lo / (last_delta / interval)))
+
+
 def assemble(opts, plan, data: dict, results: dict, sweep_dirs: list[Path], cluster: str,
              minutes: float) -> dict:
-    ssl = _comparisons(results["ssl"], results["ssl_dir"], ("ssl", "random"))
-    cont = _comparisons(results["continual"], results["stage2_dir"], ("from_stage1", "from_scratch"))
+    models = results.get("models", {})
+    ssl = _comparisons(results["ssl"], models["ssl_dir"], ("ssl", "random")) if "ssl" in results else {}
+    cont = (_comparisons(results["continual"], models["stage2_dir"], ("from_stage1", "from_scratch"))
+            if "continual" in results else {})
+    cur = (_comparisons(results["curated"], models["curated_dir"], ("curated", "random_subset"))
+           if "curated" in results else {})
     study = {
         "seed": opts.seed, "minutes": round(minutes, 2),
         "tasks": _headline(ssl, opts.tasks, ("ssl", "random")),
         "continual": _headline(cont, opts.continual_tasks, ("from_stage1", "from_scratch")),
         "scaling": scaling_rows(sweep_dirs, opts.scaling_tasks),
+        "curve": curve_rows(results.get("curve"), results.get("curve_last"), results.get("curve_models", {}),
+                            opts.curve_tasks),
+        "curated": _headline(cur, opts.scaling_tasks, ("curated", "random_subset")),
+        "diversity": {k: list(v) for k, v in laptop().diversity.items()},
         "plan": asdict(plan), "cluster": cluster, "quick": opts.quick, "data": data,
         "recipe": str(opts.config), "overrides": list(opts.overrides),
         "eval": {"resolution": opts.resolution, "bootstrap": opts.bootstrap, "max_samples": opts.max_samples,
-                 "seg_steps": opts.seg_steps, "ci": "95% percentile bootstrap over test images (whole patients "
+                 "seg_steps": opts.seg_steps, "split": opts.eval_split,
+                 "ci": "95% percentile bootstrap over test images (whole patients "
                  "where the task groups them); deltas: paired, the same resamples for both models"},
-        "models": {k: results[k] for k in ("ssl_dir", "random_dir", "stage2_dir", "scratch_dir")},
+        "models": models,
     }
     study["claims"] = claims(study)
     return study
@@ -180,7 +242,18 @@ def claims(study: dict) -> dict:
     continual = {"ci_above_zero": better, "ci_below_zero": worse, "n_tasks": len(cont),
                  "mean_delta": _mean([v.get("delta") for v in cont.values()]),
                  "holds": bool(better) and not worse}
-    return {"ssl_beats_random": ssl, "continual_beats_scratch": continual, "scaling": scaling_claim(study)}
+    curated = study.get("curated", {})
+    cur = {"ci_above_zero": sorted(k for k, v in curated.items() if (_lo(v) or -1) > 0),
+           "ci_below_zero": sorted(k for k, v in curated.items() if (_hi(v) if _hi(v) is not None else 1) < 0),
+           "n_tasks": len(curated)}
+    cur["holds"] = bool(cur["ci_above_zero"]) and not cur["ci_below_zero"]
+    curve = study.get("curve", {})
+    rising = {"rising": sorted(k for k, v in curve.items() if v.get("last_step", {}).get("verdict") == "rising"),
+              "flat": sorted(k for k, v in curve.items() if v.get("last_step", {}).get("verdict") == "flat"),
+              "falling": sorted(k for k, v in curve.items() if v.get("last_step", {}).get("verdict") == "falling"),
+              "n_tasks": len(curve)}
+    return {"ssl_beats_random": ssl, "continual_beats_scratch": continual, "scaling": scaling_claim(study),
+            "curated_beats_random": cur, "still_rising": rising}
 
 
 def _mean(xs: list) -> float | None:
@@ -189,7 +262,7 @@ def _mean(xs: list) -> float | None:
 
 
 def scaling_claim(study: dict) -> dict:
-    """The largest size beats the smallest on the CXR probes (per diversity set and task)."""
+    """The largest size beats the smallest on the scaling tasks (per diversity set and task)."""
     by: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in study.get("scaling", []):
         by[(r["diversity"], r["task"])].append(r)
@@ -315,6 +388,39 @@ def plot_scaling(rows: list[dict], path: Path, min_fit_points: int = 3) -> Path:
     return path
 
 
+def plot_curve(curve: dict[str, dict], path: Path) -> Path:
+    """Per task: the headline metric of each checkpoint of the SSL run with its 95% CI; step 0 is the init."""
+    plt = _plt()
+    tasks = list(curve)
+    cols = min(4, len(tasks))
+    nrows = math.ceil(len(tasks) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.8 * cols, 3.2 * nrows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        v = curve[task]
+        pts = v["points"]
+        x = [p["step"] for p in pts]
+        y = [p["value"] for p in pts]
+        lo = [p["ci"][0] if p["ci"][0] is not None else p["value"] for p in pts]
+        hi = [p["ci"][1] if p["ci"][1] is not None else p["value"] for p in pts]
+        ax.fill_between(x, lo, hi, color="C0", alpha=0.2, lw=0)
+        ax.plot(x, y, "o-", color="C0")
+        last = v.get("last_step")
+        if last:
+            ax.set_title(f"{task}\nlast interval: {last['verdict']}", fontsize="medium")
+        else:
+            ax.set_title(task, fontsize="medium")
+        ax.set_xlabel("training step (0 = init)")
+        ax.set_ylabel(v["metric"])
+        ax.grid(True, alpha=0.3)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    fig.suptitle("SSL run: probe metric per checkpoint (95% CI band)", fontsize="medium")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_losses(run_dirs: dict[str, Path], path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -369,13 +475,20 @@ def render(out: Path, ablation: Path | None = None) -> dict[str, Path]:
     after = json.dumps(clean(study), indent=1, allow_nan=False)
     if after != before:
         (out / "study.json").write_text(after + "\n")
-    paths = {
-        "ssl_vs_random": plot_deltas(study["tasks"], "SSL − random init (paired 95% CI)", "difference in the task's metric",
-                                     out / "ssl_vs_random.png"),
-        "continual": plot_deltas(study["continual"], "stage 2: from stage 1 − from scratch (paired 95% CI)",
-                                 "difference in the task's metric", out / "continual.png"),
-        "scaling": plot_scaling(study["scaling"], out / "scaling.png"),
-    }
+    paths = {}
+    if study["tasks"]:
+        paths["ssl_vs_random"] = plot_deltas(study["tasks"], "SSL − random init (paired 95% CI)",
+                                             "difference in the task's metric", out / "ssl_vs_random.png")
+    if study["continual"]:
+        paths["continual"] = plot_deltas(study["continual"], "stage 2: from stage 1 − from scratch (paired 95% CI)",
+                                         "difference in the task's metric", out / "continual.png")
+    if study["scaling"]:
+        paths["scaling"] = plot_scaling(study["scaling"], out / "scaling.png")
+    if study.get("curve"):
+        paths["curve"] = plot_curve(study["curve"], out / "curve.png")
+    if study.get("curated"):
+        paths["curated"] = plot_deltas(study["curated"], "curated − random subset, same size (paired 95% CI)",
+                                       "difference in the task's metric", out / "curated.png")
     run_dirs = _run_dirs(out, study)
     if run_dirs or not (out / "loss_curves.png").exists():  # a published copy keeps the curves it was given
         paths["loss_curves"] = plot_losses(run_dirs, out / "loss_curves.png")
@@ -414,11 +527,11 @@ def combine(folders: list[Path], out: Path) -> list[Path]:
             raise FileNotFoundError(f"{path} not found: give folders written by `dinotrain study OUT`")
         studies.append(json.loads(path.read_text()))
     seeds: dict[str, Any] = {"seeds": [s["seed"] for s in studies], "folders": [str(f) for f in folders]}
-    for section in ("tasks", "continual"):
-        names = list(dict.fromkeys(t for s in studies for t in s[section]))
+    for section in ("tasks", "continual", "curated"):
+        names = list(dict.fromkeys(t for s in studies for t in s.get(section, {})))
         seeds[section] = {}
         for t in names:
-            per = [s[section].get(t) for s in studies]
+            per = [s.get(section, {}).get(t) for s in studies]
             metric = next(p["metric"] for p in per if p)
             seeds[section][t] = {"metric": metric,
                                  "per_seed": [{"delta": p["delta"], "delta_ci": p["delta_ci"],
@@ -428,7 +541,9 @@ def combine(folders: list[Path], out: Path) -> list[Path]:
     seeds["claims"] = {name: [claims(s)[key]["holds"] for s in studies]
                        for name, key in (("SSL beats random", "ssl_beats_random"),
                                          ("continual beats scratch", "continual_beats_scratch"),
-                                         ("largest size beats smallest", "scaling"))}
+                                         ("largest size beats smallest", "scaling"),
+                                         ("curated beats random subset", "curated_beats_random"))}
+    seeds["still_rising"] = [claims(s)["still_rising"]["rising"] for s in studies]
     out.mkdir(parents=True, exist_ok=True)
     (out / "seeds.json").write_text(json.dumps(clean(seeds), indent=1) + "\n")
     (out / "seeds.md").write_text("# Laptop study across seeds\n\n" + "\n".join(seeds_table(seeds)))
