@@ -106,11 +106,14 @@ class TrainLoader:
         self.rank, self.world_size = rank, world_size
         self.batch_size = int(d.batch_size_per_gpu)
         self.seed = int(d.seed)
-        sources = [
-            make_source(s.name, s.path, s.weight, apply_selection(index_source(s.path, s.split), s.selection, s.path),
-                        s.max_samples, self.seed)
-            for s in d.sources
-        ]
+        sources = []
+        for s in d.sources:
+            refs = apply_selection(index_source(s.path, s.split), s.selection, s.path)
+            if not refs:  # a selection that keeps nothing of a set: say so, not an IndexError later
+                raise DataError(f"data.sources '{s.name}' ({s.path}): no {s.split} sample left"
+                                + (f" after its selection {s.selection}" if s.selection else "")
+                                + "; drop the source from data.sources or select samples from it")
+            sources.append(make_source(s.name, s.path, s.weight, refs, s.max_samples, self.seed))
         self.stream = MixtureStream(sources, self.batch_size, world_size, self.seed)
         self.aug = augment_section(d)  # the data section, read per crop
         patch = int(cfg.model.patch_size)

@@ -1,15 +1,22 @@
 """`dinotrain study OUT`: the laptop-scale RAD-DINO study on real images, end to end.
 
 Phases (each prints one line with the elapsed minutes; the jobs' own progress bars follow):
-  1. data      hold out the eval test splits (patient-level), build one shard set per group:
-               cxr (JSRT + COVID X-rays), derm (HAM10000), us (BUSI), mri (brain MRI), ct (COVID CT)
-  2. pretrain  through the launcher (SLURM job array when a controller answers, else local jobs):
-               data-scaling sweep, sizes x {cxr, all}; continual stage 1 on derm+us+mri+ct (exported),
-               stage 2 on cxr initialised from it (model.pretrained + model.pretrained_head)
-  3. eval      SSL (the `all` run at the largest size) vs the same network at its initial weights,
-               stage 2 from stage 1 vs from scratch (the sweep's cxr run at the largest size: same
-               budget), with paired bootstrap CIs of the differences; each sweep run on the CXR probes
-  4. report    study.json, report.md, ssl_vs_random.png, continual.png, scaling.png, loss_curves.png
+  1. data      hold out the eval test splits (patient, lesion or near-duplicate series), build one
+               shard set per group: cxr (JSRT + COVID X-rays), derm (ham10000_large), us (BUSI),
+               mri (brain_mri_large), ct (COVID CT); drop pool images that near-duplicate a test
+               image (curate --against's rule: a selection every run's sources carry)
+  2. pretrain  through the launcher (SLURM job array when a controller answers, else local jobs),
+               the arms of --arms: ssl (one longer run on the whole pool, exported along the way),
+               scaling (sizes x {derm, all}), continual (stage 1 on derm+us+mri+ct, exported; stage 2
+               on cxr from it and from scratch), curated (curate --target N vs the sweep's all-nN)
+  3. eval      SSL vs the same network at its initial weights on every task; the learning curve
+               (each export vs step 0, the last vs the one before); continual; curated vs random;
+               each sweep run on the scaling tasks; paired bootstrap CIs of every difference
+  4. report    study.json, report.md, ssl_vs_random.png, curve.png, continual.png, scaling.png,
+               curated.png, loss_curves.png
+
+Example (the budget pilot: the SSL arm alone, scored on validation, no test image read):
+  dinotrain study OUT --seed 99 --arms ssl --eval-split val --steps 200 --curve-points 6
 
 `dinotrain study --combine OUT0 OUT1 OUT2 --out DIR` merges several seeds into DIR/seeds.md.
 `dinotrain study OUT --reevaluate` evaluates a finished study again (after a probe or metric change).
@@ -262,7 +269,11 @@ def pretrain(opts: StudyOptions, p: StudyPlan, data: dict, cluster: str, t0: flo
         size = curated_size(p.sizes)
         log(t0, f"pretrain: curated subset of {size} (dinotrain curate --target {size}) vs the sweep's random one")
         sel = curate_subset(opts, data, size)
-        sources = [{**src, "selection": str(sel)} for src in _sources(data, laptop().diversity["all"])]
+        from dinotrain.data.selection import kept_count
+
+        # balanced sampling may take nothing from a small group: the curated run trains on what it kept
+        sources = [{**src, "selection": str(sel)} for src in _sources(data, laptop().diversity["all"])
+                   if kept_count(str(sel), src["path"]) > 0]
         curated = go(study_runs.run_config(str(opts.config), over, sources, runs / f"curated-n{size}"))
         twin = opts.out / "sweep" / "runs" / f"all-n{size}"
     study_runs.wait_done(pending, echo)

@@ -316,10 +316,14 @@ def _budget(plan: dict) -> list[str]:
         return []
     batch = plan.get("batch") or 0
     others = plan["runs"] - 1
-    lines = ["## Budget", "",
-             f"Training time: the SSL run {plan['ssl_steps']} steps ({plan['ssl_steps'] * batch:,} images drawn), "
-             f"each of the other {others} run(s) {plan['steps']} steps ({plan['steps'] * batch:,}); the SSL run holds "
-             f"{plan['ssl_steps'] / (plan['ssl_steps'] + others * plan['steps']):.0%} of all training steps."]
+    if others == 0:
+        lines = ["## Budget", "", f"Training time: the SSL arm alone, one run of {plan['ssl_steps']} steps "
+                 f"({plan['ssl_steps'] * batch:,} images drawn)."]
+    else:
+        lines = ["## Budget", "",
+                 f"Training time: the SSL run {plan['ssl_steps']} steps ({plan['ssl_steps'] * batch:,} images drawn), "
+                 f"each of the other {others} runs {plan['steps']} steps ({plan['steps'] * batch:,}); the SSL run "
+                 f"holds {plan['ssl_steps'] / (plan['ssl_steps'] + others * plan['steps']):.0%} of all training steps."]
     if plan.get("budget_why"):
         lines += ["", plan["budget_why"].strip()]
     return lines + [""]
