@@ -101,9 +101,12 @@ def test_held_out_drops_the_whole_group_of_every_test_image(test_data, large_tas
              if by_source[r["source_path"]] in test_groups}
     in_small = {p for p in hold.group_images if Path(p).parent.parent.name == "brain_mri"}
     assert in_small == mates - hold.images and in_small
+    # the study's mri pool is brain_mri_large: none of its slices in a test group, every other slice kept
     listed = {r["path"] for r in study_data.group_listing("mri", test_data, hold)}
-    assert not listed & mates
-    assert len(listed) == len(_meta(test_data, "brain_mri")) - len(mates | hold.images)
+    group_of = {str((root / "brain_mri_large" / r["path"]).resolve()): r["group_id"]
+                for r in _meta(test_data, "brain_mri_large")}
+    assert listed and not {group_of[p] for p in listed} & test_groups
+    assert len(listed) == sum(g not in test_groups for g in group_of.values())
 
 
 def test_dinotrain_eval_on_each_large_task(tmp_path, test_data, large_tasks):
@@ -125,7 +128,10 @@ def test_dinotrain_eval_on_each_large_task(tmp_path, test_data, large_tasks):
         assert want <= kinds, (name, kinds)
         for r in recs:
             assert r["task"] == name and r["split"] == "test" and r["n"] == n_test and math.isfinite(r["value"])
-            assert r["ci_low"] is not None and r["ci_low"] - 1e-9 <= r["value"] <= r["ci_high"] + 1e-9, r
+            assert r["ci_low"] is not None and r["ci_low"] <= r["ci_high"], r
+            if r["metric"] != "r2":  # R² of a probe at the training mean is ~0 on all items but below 0 on most
+                # resamples (their mean differs): its percentile CI can sit just below the estimate
+                assert r["ci_low"] - 1e-9 <= r["value"] <= r["ci_high"] + 1e-9, r
     print("eval seconds per task:", {k: round(v, 1) for k, v in timings.items()})
 
 

@@ -521,8 +521,10 @@ def test_the_plan_writes_study_json_as_published():
 
     from launch.study.plan import StudyPlan
 
-    published = json.loads((REPO / "docs/results/laptop_study/study.json").read_text())["plan"]
-    assert [f.name for f in fields(StudyPlan)] == list(published)
+    studies = sorted((REPO / "docs/results/laptop_study").rglob("study.json"))
+    assert studies
+    for path in studies:
+        assert [f.name for f in fields(StudyPlan)] == list(json.loads(path.read_text())["plan"]), path
 
 
 def test_the_published_reports_re_render_byte_for_byte(tmp_path):
@@ -646,3 +648,13 @@ def test_a_selection_that_keeps_nothing_of_a_source_is_one_line(mixed_shards, tm
                       [f"output_dir={tmp_path / 'run'}", f"data.sources=[{{name: {name}, path: '{root}', selection: '{sel}'}}]"])
     with pytest.raises(DataError, match=rf"data.sources '{name}' .*: no train sample left after its selection"):
         TrainLoader(cfg)
+
+
+@pytest.mark.parametrize("arms, says", [("ssl,foo", "--arms ssl,foo: give some of ssl, scaling, continual, curated"),
+                                        ("curated", "--arms curated compares with the sweep's random subset")])
+def test_arms_are_checked_up_front(tmp_path, test_data, capsys, arms, says):
+    from dinotrain.cli import main as cli_main
+
+    assert cli_main(["study", str(tmp_path / "s"), "--data", str(test_data), "--arms", arms, "--dry-run"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and says in err and not (tmp_path / "s").exists()

@@ -77,9 +77,9 @@ def log(t0: float, text: str) -> None:
 # ----------------------------------------------------------------------------- prepare (CPU)
 def needed_datasets(tasks: list[str]) -> list[str]:
     from dinotrain.eval.specs import load_spec
-    from launch.study.study_data import GROUPS
+    from launch.study.study_data import SMALL_GROUPS
 
-    return sorted({load_spec(t).dataset for t in tasks} | {d for g in GROUPS.values() for d, _ in g})
+    return sorted({load_spec(t).dataset for t in tasks} | {d for g in SMALL_GROUPS.values() for d, _ in g})
 
 
 def shrink(src: Path, dst: Path, size: int, nearest: bool) -> None:
@@ -290,7 +290,7 @@ def run_study(opts: GpuStudyOptions) -> dict:
     log(t0, "data: holding out the eval test splits, building shards")
     hold = study_data.held_out(sorted(set(opts.tasks)), opts.data_root, opts.max_samples)
     data = study_data.prepare(opts.data_root, opts.out / "data", hold, opts.shard_size, opts.images_per_group,
-                              workers=os.cpu_count(), progress=False)
+                              workers=os.cpu_count(), progress=False, groups=study_data.SMALL_GROUPS)
     sources = [{"name": g, "path": v["path"]} for g, v in data["groups"].items()]
     ssl_dir, plan = pretrain(opts, sources, t0)
     results = evaluate(opts, ssl_dir, t0)

@@ -28,6 +28,10 @@ GROUPS: dict[str, list[tuple[str, dict[str, list[str]] | None]]] = {
     "mri": [("brain_mri_large", None)],  # all 3,264 slices (brain_mri is its Testing part)
     "ct": [("covid_cxr", {"modality": ["CT"]})],
 }
+# the GPU study's pool (launch/study/gpu_study.py): the small sets, whose files fit the 64 MiB a device
+# call carries; same groups, ham10000_derm and brain_mri in place of their large sets
+SMALL_GROUPS: dict[str, list[tuple[str, dict[str, list[str]] | None]]] = {
+    **GROUPS, "derm": [("ham10000_derm", None)], "mri": [("brain_mri", None)]}
 PATIENT_COLUMNS = ("patient_id", "lesion_id", "group_id")  # what the built-in specs group by, per dataset
 LISTING_COLUMNS = ("path", "dataset", "modality", "patient_id", "age", "sex", "view")
 
@@ -99,13 +103,15 @@ def _rows(data_root: Path, dataset: str) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def group_listing(group: str, data_root: str | Path, hold: HeldOut, limit: int | None = None) -> list[dict[str, str]]:
-    """The pretraining rows of one group: metadata image paths (absolute), minus the held-out ones.
+def group_listing(group: str, data_root: str | Path, hold: HeldOut, limit: int | None = None,
+                  groups: dict | None = None) -> list[dict[str, str]]:
+    """The pretraining rows of one group (of `groups`, default GROUPS): metadata image paths (absolute),
+    minus the held-out ones.
 
     `limit` keeps N rows evenly spaced in path order (shrunk runs), no seed involved."""
     data_root = Path(data_root).resolve()
     out = []
-    for dataset, where in GROUPS[group]:
+    for dataset, where in (groups or GROUPS)[group]:
         for row in _rows(data_root, dataset):
             if where and any((row.get(c) or "") not in v for c, v in where.items()):
                 continue
@@ -159,15 +165,15 @@ def shard_sources(shard_dir: str | Path) -> list[str]:
 
 
 def prepare(data_root: str | Path, out: Path, hold: HeldOut, size: int, limit: int | None = None,
-            workers: int | None = None, progress: bool = True) -> dict:
+            workers: int | None = None, progress: bool = True, groups: dict | None = None) -> dict:
     """Listings and shards for every group, without the held-out images; returns the record kept
     in study.json. The shards are read back and checked against the held-out images: a leak fails
     the study."""
     record: dict = {"groups": {}, "held_out_images": len(hold.images), "held_out_per_task": hold.per_task,
                     "held_out_group_images": len(hold.group_images),
                     "held_out_patients": {d: {c: len(v) for c, v in cols.items()} for d, cols in hold.patients.items()}}
-    for group in GROUPS:
-        rows = group_listing(group, data_root, hold, limit)
+    for group in groups or GROUPS:
+        rows = group_listing(group, data_root, hold, limit, groups)
         if not rows:
             raise RuntimeError(f"group '{group}': no pretraining images left under {data_root} after holding out "
                                "the eval test splits")
